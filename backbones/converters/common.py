@@ -1,0 +1,174 @@
+"""Plumbing shared by the checkpoint converters: unwrap, strip prefixes, resize bias tables, load loudly.
+
+- ``unwrap_checkpoint(obj)``: the state dict inside a loaded checkpoint (``state_dict`` / ``model`` / ... or the
+  dict itself).
+- ``strip_prefixes(state_dict, prefixes)``: drop wrapper prefixes such as ``module.`` / ``model.`` / ``backbone.``.
+- ``resize_rpb(table, size)``: bicubic resize of a relative-position-bias table ``(heads, Sh, Sw)`` on its
+  ``(2r-1) x (2r-1)`` offset grid, per head.
+- ``adapt_rpb_tables(state_dict, reference)``: resize every bias table whose grid differs from the module's.
+- ``load_converted(module, state_dict, strict=False, logger=None)``: load and log EVERY missing, unexpected and
+  shape-mismatched key; raise if nothing matched (or, with ``strict``, if anything did not).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ['DEFAULT_PREFIXES', 'RPB_SUFFIXES', 'LoadResult', 'unwrap_checkpoint', 'strip_prefixes',
+           'select_prefix', 'resize_rpb',
+           'adapt_rpb_tables', 'load_converted']
+
+DEFAULT_PREFIXES = ('module.', 'model.', 'backbone.')
+RPB_SUFFIXES = ('relative_position_bias_table', 'rpb')
+_CONTAINER_KEYS = ('state_dict', 'model', 'model_state', 'module', 'net')
+
+
+class LoadResult(NamedTuple):
+    """Outcome of ``load_converted``: loaded keys, keys the module wanted but did not get, keys of the state dict
+    the module does not have, and ``(key, checkpoint shape, module shape)`` for skipped shape mismatches."""
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+
+def unwrap_checkpoint(obj: Mapping) -> dict[str, torch.Tensor]:
+    """Return the tensor dict inside a loaded checkpoint.
+
+    Accepts a plain state dict or a dict holding it under one of ``state_dict``, ``model``, ``model_state``,
+    ``module``, ``net`` (nested containers are unwrapped too). Non-tensor entries of the final dict are dropped.
+    Raises ValueError when no tensors are found.
+    """
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'checkpoint must be a dict, got {type(obj).__name__}')
+    current = obj
+    for _ in range(4):
+        if any(isinstance(v, torch.Tensor) for v in current.values()):
+            break
+        inner = next((current[k] for k in _CONTAINER_KEYS if isinstance(current.get(k), Mapping)), None)
+        if inner is None:
+            break
+        current = inner
+    tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f'no tensors found in checkpoint (top-level keys: {sorted(map(str, obj))[:20]})')
+    return tensors
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor],
+                   prefixes: Sequence[str] = DEFAULT_PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove leading wrapper prefixes (repeatedly, e.g. ``module.backbone.x`` -> ``x``) from every key.
+
+    A prefix is removed only when ALL keys carry it, so a genuine submodule called ``model`` is not mangled and no
+    two keys can collapse onto one name. To take one part of a whole detector checkpoint (``backbone.*`` next to
+    ``neck.*``) use ``select_prefix``.
+    """
+    out = dict(state_dict)
+    changed = True
+    while changed and out:
+        changed = False
+        for prefix in prefixes:
+            if all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix):]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def select_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keep only the keys under ``prefix`` (with or without the trailing dot) and strip it; ValueError if none."""
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not out:
+        raise ValueError(f'no key starts with {prefix!r} (e.g. {sorted(state_dict)[:5]})')
+    return out
+
+
+def resize_rpb(table: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a bias table ``(heads, Sh, Sw)`` to ``(heads, Th, Tw)`` (``size`` int: square).
+
+    The grid is the table of relative offsets ``-(r-1)..(r-1)`` (``S = 2r-1``); each head is resized on its own
+    (``align_corners=True`` keeps the zero-offset centre and the extreme offsets on grid points). Computed in
+    float32, returned in the input dtype; a table already of that size is returned unchanged.
+    """
+    if table.ndim != 3:
+        raise ValueError(f'resize_rpb expects a (heads, Sh, Sw) table, got shape {tuple(table.shape)}')
+    th, tw = (size, size) if isinstance(size, int) else tuple(size)
+    if (th, tw) == tuple(table.shape[1:]):
+        return table
+    if min(th, tw) < 1:
+        raise ValueError(f'target size must be >= 1, got {(th, tw)}')
+    resized = F.interpolate(table.detach().float().unsqueeze(0), size=(th, tw), mode='bicubic', align_corners=True)
+    return resized.squeeze(0).to(table.dtype)
+
+
+def _is_rpb_key(key: str) -> bool:
+    return key.rsplit('.', 1)[-1] in RPB_SUFFIXES
+
+
+def adapt_rpb_tables(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+                     logger: logging.Logger | None = None) -> dict[str, torch.Tensor]:
+    """Resize the bias tables (keys ending in ``relative_position_bias_table`` or ``rpb``, shape
+    ``(heads, Sh, Sw)``) whose grid differs from the same key in ``reference`` (the module's state dict) but whose
+    head count matches. Other keys pass through unchanged."""
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        target = reference.get(key)
+        if (target is None or not _is_rpb_key(key) or value.ndim != 3 or target.ndim != 3
+                or value.shape == target.shape or value.shape[0] != target.shape[0]):
+            continue
+        out[key] = resize_rpb(value, tuple(target.shape[1:]))
+        if logger is not None:
+            logger.warning('resized bias table %s from %s to %s (bicubic)', key, tuple(value.shape),
+                           tuple(target.shape))
+    return out
+
+
+def load_converted(module: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False,
+                   logger: logging.Logger | None = None) -> LoadResult:
+    """Load a converted state dict into ``module``, reporting every key that did not load.
+
+    Bias tables of a different grid size are resized first (``adapt_rpb_tables``). Keys whose shape still differs
+    are skipped and reported as mismatched. Every missing, unexpected and mismatched key is logged at WARNING level,
+    one line each, plus a summary.
+
+    Raises:
+        RuntimeError: no key of ``state_dict`` matched the module (wrong format or wrong model), or ``strict`` and
+            some key is missing, unexpected or mismatched.
+    """
+    logger = logger or logging.getLogger(__name__)
+    own = module.state_dict()
+    adapted = adapt_rpb_tables(state_dict, own, logger=logger)
+    loadable, mismatched = {}, []
+    for key, value in adapted.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        elif key in own:
+            loadable[key] = value
+    missing = [k for k in own if k not in loadable]
+    unexpected = [k for k in adapted if k not in own]
+    name = type(module).__name__
+    if not loadable:
+        raise RuntimeError(f'no key of the checkpoint matches {name}: {len(adapted)} checkpoint keys (e.g. '
+                           f'{sorted(adapted)[:5]}), {len(own)} module keys (e.g. {list(own)[:5]}); wrong format '
+                           f'or wrong converter?')
+    for key in missing:
+        logger.warning('%s: missing key (kept its initial value): %s', name, key)
+    for key in unexpected:
+        logger.warning('%s: unexpected key (ignored): %s', name, key)
+    for key, got, want in mismatched:
+        logger.warning('%s: shape mismatch (ignored): %s checkpoint %s vs module %s', name, key, got, want)
+    problems = len(missing) + len(unexpected) + len(mismatched)
+    summary = (f'{name}: loaded {len(loadable)}/{len(own)} keys; {len(missing)} missing, {len(unexpected)} '
+               f'unexpected, {len(mismatched)} shape-mismatched')
+    (logger.warning if problems else logger.info)(summary)
+    if strict and problems:
+        raise RuntimeError(f'strict load failed: {summary}; missing={missing[:10]} unexpected={unexpected[:10]} '
+                           f'mismatched={mismatched[:10]}')
+    # Non-persistent buffers never appear in state_dict(), so loading with strict=False only skips those we report.
+    module.load_state_dict(loadable, strict=False)
+    return LoadResult(sorted(loadable), missing, unexpected, mismatched)

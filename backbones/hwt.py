@@ -1,0 +1,208 @@
+"""HWT: Hilbert Window Transformer (Swin layout with windows of consecutive Hilbert-curve tokens).
+
+Structure (parameter names follow the official Hilbert-Local-Attention ``hwt.py`` so its checkpoints convert with
+``backbones/converters/hwt.py``)::
+
+    patch_embed            PatchEmbed 4x4/s4 conv + LayerNorm                 (B, 3, H, W) -> (B, H/4, W/4, C)
+    layers[i].blocks[j]    HWTBlock: pre-norm Hilbert window attention + MLP   tokens (B, N_i, C_i), Hilbert order
+    layers[i].downsample   PatchMerging (stages 0..n-2)                        (B, H_i, W_i, C_i) -> (..., 2 C_i)
+    norm{i}                LayerNorm on the output of stage i (only for i in out_indices, like mmdet's Swin)
+
+Each stage reorders its map into Hilbert order ONCE, runs all blocks on the token sequence and maps back. Block j
+attends within chunks of ``window_size**2`` consecutive tokens; odd blocks shift the chunk boundaries by half a
+chunk (``sparse_ops.hilbert_window_attention(..., shift=True)``). The ragged last chunk is masked by the op, nothing
+is truncated or padded, so any H, W >= 1 works. The relative position bias is a per-block table
+``(heads, 2*ws-1, 2*ws-1)`` looked up by the 2D offset between the tokens' pixels, clamped to ``[-(ws-1), ws-1]``:
+it does not depend on the input size (the official code's table is ``(2H-1)(2W-1)`` rows for a fixed H x W).
+
+Presets (Swin-T/S/B layout, window 7 -> 49-token chunks, MLP ratio 4). ``drop_path_rate=None`` uses the preset's
+value: tiny 0.2, small 0.3, base 0.5 (Swin's ImageNet values); an arch dict without it uses 0.1.
+Differences from the official classifier: no classification head / final avgpool; no dropout / attention dropout
+(the official models train with 0); the final ``norm`` is ``norm{last}`` here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import sparse_ops
+
+from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
+from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, from_hilbert, nhwc_to_nchw, to_hilbert
+
+__all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
+
+HWT_PRESETS = {
+    'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,
+                 drop_path_rate=0.2),
+    'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,
+                  drop_path_rate=0.3),
+    'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7, mlp_ratio=4.0,
+                 drop_path_rate=0.5),
+}
+_ARCH_REQUIRED = ('embed_dims', 'depths', 'num_heads', 'window_size', 'mlp_ratio')
+_ARCH_DEFAULTS = dict(drop_path_rate=0.1)
+
+
+class HilbertWindowAttention(nn.Module):
+    """Multi-head attention within chunks of ``window_size**2`` consecutive Hilbert tokens, with a clamped 2D
+    relative position bias.
+
+    ``forward(x: (B, N, C), hw=(H, W))`` with ``N == H*W`` tokens in ``sparse_ops.hilbert_order(H, W)`` order
+    returns ``(B, N, C)``.
+
+    Parameters: ``qkv`` (Linear C -> 3C), ``proj`` (Linear C -> C),
+    ``relative_position_bias_table`` ``(num_heads, 2*window_size-1, 2*window_size-1)``.
+    """
+
+    def __init__(self, dims: int, num_heads: int, window_size: int, shift: bool, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dims % num_heads:
+            raise ValueError(f'dims={dims} is not divisible by num_heads={num_heads}')
+        self.dims, self.num_heads, self.window_size, self.shift = dims, num_heads, window_size, shift
+        self.qkv = nn.Linear(dims, 3 * dims, bias=qkv_bias)
+        self.proj = nn.Linear(dims, dims)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros(num_heads, 2 * window_size - 1, 2 * window_size - 1))
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = sparse_ops.hilbert_window_attention(q, k, v, self.window_size ** 2, shift=self.shift,
+                                                  rpb=self.relative_position_bias_table, hw=tuple(hw))
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def extra_repr(self) -> str:
+        return f'dims={self.dims}, num_heads={self.num_heads}, window={self.window_size}**2, shift={self.shift}'
+
+
+class HWTBlock(nn.Module):
+    """Pre-norm transformer block on Hilbert tokens: ``x + DP(attn(norm1(x)))``, then ``x + DP(mlp(norm2(x)))``.
+
+    ``forward(x: (B, N, C), hw=(H, W)) -> (B, N, C)``. ``shift`` (odd blocks) moves chunk boundaries by half a chunk.
+    """
+
+    def __init__(self, dims: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dims)
+        self.attn = HilbertWindowAttention(dims, num_heads, window_size, shift)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dims)
+        self.mlp = Mlp(dims, int(dims * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class HWTStage(nn.Module):
+    """One stage: ``blocks`` (alternating plain / shifted chunks) and an optional ``downsample`` (PatchMerging).
+
+    The backbone drives it (so ``with_cp`` can wrap each block): ``run_blocks`` maps channels-last
+    ``(B, H, W, C)`` to Hilbert tokens once, applies the blocks and maps back to ``(B, H, W, C)``.
+    """
+
+    def __init__(self, dims: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: Sequence[float], downsample: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            HWTBlock(dims, num_heads, window_size, shift=bool(j % 2), mlp_ratio=mlp_ratio, drop_path=drop_path[j])
+            for j in range(depth))
+        self.downsample = PatchMerging(dims) if downsample else None
+
+    def run_blocks(self, x: torch.Tensor, call=None) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``; ``call(block, tokens, hw)`` runs one block (default: direct call)."""
+        hw = (x.shape[1], x.shape[2])
+        tokens = to_hilbert(x, channels_last=True)
+        for block in self.blocks:
+            tokens = call(block, tokens, hw) if call is not None else block(tokens, hw)
+        return from_hilbert(tokens, hw, channels_last=True)
+
+
+@MODELS.register_module()
+class HWT(SparseBackbone):
+    """Hilbert Window Transformer backbone.
+
+    Args:
+        arch: ``'tiny' | 'small' | 'base'`` or a dict with ``embed_dims, depths, num_heads, window_size, mlp_ratio``
+            (optional ``drop_path_rate``). ``len(depths)`` stages; stage i has ``embed_dims * 2**i`` channels.
+        in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``.
+        drop_path_rate: stochastic depth rate of the last block (linear schedule); None: the arch's value.
+
+    ``forward(x: (B, in_channels, H, W) float)`` returns a tuple with one ``(B, embed_dims * 2**i, ceil(H / 2**(i+2)),
+    ceil(W / 2**(i+2)))`` map per ``i`` in ``out_indices`` (strides 4, 8, 16, 32), for any H, W >= 1.
+    """
+
+    def __init__(self, arch: str | dict = 'tiny', in_channels: int = 3,
+                 out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, drop_path_rate: float | None = None,
+                 init_cfg: dict | list[dict] | None = None) -> None:
+        cfg = resolve_arch(arch, HWT_PRESETS, required=_ARCH_REQUIRED, defaults=_ARCH_DEFAULTS)
+        depths, num_heads = tuple(cfg['depths']), tuple(cfg['num_heads'])
+        if not depths or len(depths) != len(num_heads):
+            raise ValueError(f'arch depths {depths} and num_heads {num_heads} must be non-empty and of equal length')
+        if any(not isinstance(d, int) or d < 1 for d in depths):
+            raise ValueError(f'arch depths must be positive ints, got {depths}')
+        if not isinstance(cfg['window_size'], int) or cfg['window_size'] < 1:
+            raise ValueError(f"arch window_size must be a positive int, got {cfg['window_size']!r}")
+        if not cfg['mlp_ratio'] > 0:
+            raise ValueError(f"arch mlp_ratio must be > 0, got {cfg['mlp_ratio']!r}")
+        embed_dims = cfg['embed_dims']
+        dims = [embed_dims * 2 ** i for i in range(len(depths))]
+        for i, (d, h) in enumerate(zip(dims, num_heads)):
+            if d % h:
+                raise ValueError(f'stage {i}: {d} channels are not divisible by num_heads={h}')
+        super().__init__(num_stages=len(depths), in_channels=in_channels, out_indices=out_indices,
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
+        self.arch = cfg
+        self.embed_dims, self.depths, self.num_heads = embed_dims, depths, num_heads
+        self.window_size, self.mlp_ratio = cfg['window_size'], cfg['mlp_ratio']
+        self.drop_path_rate = cfg['drop_path_rate'] if drop_path_rate is None else drop_path_rate
+        self.num_features = tuple(dims)
+
+        self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size=4)
+        rates = drop_path_schedule(self.drop_path_rate, depths)
+        self.layers = nn.ModuleList(
+            HWTStage(dims[i], depths[i], num_heads[i], self.window_size, self.mlp_ratio, rates[i],
+                     downsample=i < len(depths) - 1)
+            for i in range(len(depths)))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
+        self._freeze_stages()
+
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.patch_embed]
+
+    def _stage_modules(self, i: int) -> list[nn.Module]:
+        return [self.layers[i]] + ([getattr(self, f'norm{i}')] if i in self.out_indices else [])
+
+    def init_weights(self) -> None:
+        """Swin's init (trunc-normal 0.02 Linear weights and bias tables, zero biases, unit LayerNorms), then the
+        ``init_cfg`` (e.g. ``Pretrained`` / ``ConvertedPretrained``) through MMEngine."""
+        if not self._is_init:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.LayerNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, HilbertWindowAttention):
+                    nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+        super().init_weights()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            x = stage.run_blocks(x, call=self.checkpointed)
+            if i in self.out_indices:
+                outs.append(nhwc_to_nchw(getattr(self, f'norm{i}')(x)))
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return tuple(outs)

@@ -1,0 +1,19 @@
+"""Shared building blocks of the backbones (one concept per module).
+
+Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / downsamplers; tokens ``(B, N, C)``.
+
+- ``tokens``: ``nchw_to_nhwc``, ``nhwc_to_nchw``, ``to_hilbert``, ``from_hilbert``, ``hilbert_inverse``
+- ``patch_embed``: ``PatchEmbed`` (Swin 4x4 conv), ``ConvTokenizer`` (NAT two 3x3/s2 convs)
+- ``downsample``: ``PatchMerging`` (Swin 2x2 concat + norm + linear), ``ConvDownsampler`` (NAT 3x3/s2 conv + norm)
+- ``mlp``: ``Mlp`` (fc1 / act / fc2)
+- ``DropPath``: mmcv's stochastic depth (``mmcv.cnn.bricks.DropPath``), re-exported
+"""
+from mmcv.cnn.bricks import DropPath
+
+from .downsample import ConvDownsampler, PatchMerging
+from .mlp import Mlp
+from .patch_embed import ConvTokenizer, PatchEmbed
+from .tokens import from_hilbert, hilbert_inverse, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
+
+__all__ = ['DropPath', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler', 'nchw_to_nhwc',
+           'nhwc_to_nchw', 'to_hilbert', 'from_hilbert', 'hilbert_inverse']

@@ -1,0 +1,219 @@
+"""BiFormer building blocks (Zhu et al., CVPR 2023), written against ``sparse_ops.bilevel_routing_attention``.
+
+Layouts: blocks take and return NCHW ``(B, C, H, W)``; attention modules work channels-last ``(B, H, W, C)``;
+the attention core gets ``(B, heads, H, W, head_dim)``.
+
+- ``BiLevelRoutingAttention``: qkv linear, bi-level routing attention on ``n_win x n_win`` regions (top-``topk``
+  routed regions per query region), LCE (5x5 depthwise conv on V) added, output linear. Scale ``dim ** -0.5``
+  (the FULL channel dim, the official convention). No zero padding, no gathered K/V copy: any H, W >= 1.
+- ``GlobalAttentionLePE``: the last stage's dense attention (official ``AttentionLePE``): 8 heads, bias-free qkv,
+  per-head scale, LCE on the attention *input*; runs on ``scaled_dot_product_attention``.
+- ``BiFormerBlock``: ``x + pos_embed(x)`` (3x3 depthwise conv), pre-norm attention, pre-norm MLP (ratio 3),
+  optional layer scale, stochastic depth.
+- ``biformer_stem`` / ``biformer_downsample``: conv 3x3/s2 - BN - GELU - conv 3x3/s2 - BN; conv 3x3/s2 - BN.
+- ``LayerNorm2d``: LayerNorm over C of an NCHW map (the dense wrappers' output norms, eps 1e-6).
+
+Parameter names follow the official checkpoints except where ``backbones/converters/biformer.py`` renames them
+(``attn.qkv.qkv`` -> ``attn.qkv``, ``attn.wo`` -> ``attn.proj``, ``mlp.0/3`` -> ``mlp.fc1/fc2``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from torch import nn
+
+from .mlp import Mlp
+
+__all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BiFormerBlock', 'LayerNorm2d', 'biformer_stem',
+           'biformer_downsample', 'GLOBAL']
+
+GLOBAL = 'global'
+"""``topk`` value of a stage with dense (global) attention; the official code writes it as ``-2``."""
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+    return value
+
+
+def _check_lce_kernel(kernel: int) -> int:
+    _check_positive_int('side_dwconv (LCE kernel)', kernel)
+    if kernel % 2 == 0:
+        raise ValueError(f'side_dwconv (LCE kernel) must be odd to keep the map size, got {kernel}')
+    return kernel
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """Bi-level routing attention with local context enhancement: ``(B, H, W, C) -> (B, H, W, C)``.
+
+    ``q, k, v = qkv(x)`` (channel order ``[q | k | v]``, each split head-major into ``num_heads`` heads), then
+    ``sparse_ops.bilevel_routing_attention(q, k, v, n_win, topk, scale=C ** -0.5)`` on ``(B, heads, H, W, C/heads)``,
+    plus ``lepe(v)`` (depthwise ``side_dwconv x side_dwconv`` conv on V as an NCHW map), then ``proj``.
+
+    Args:
+        dim: channels C (official ``qk_dim == dim``).
+        num_heads: heads; must divide ``dim`` (official: ``dim // 32``).
+        n_win: regions per side (regions are bands of ``ceil(H / n_win)`` rows by ``ceil(W / n_win)`` columns).
+        topk: routed regions per query region; clamped to ``n_win ** 2``; the attention core never routes to empty
+            regions, so small maps work.
+        side_dwconv: LCE kernel size (odd).
+        qk_scale: attention scale; default ``dim ** -0.5`` (official: full channel dim, not per head).
+        backend: forwarded to ``sparse_ops`` (``None`` = auto, ``'torch'``, ``'triton'``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int = 5,
+                 qk_scale: float | None = None, backend: str | None = None) -> None:
+        super().__init__()
+        _check_positive_int('dim', dim)
+        _check_positive_int('num_heads', num_heads)
+        _check_positive_int('n_win', n_win)
+        _check_positive_int('topk', topk)
+        _check_lce_kernel(side_dwconv)
+        if dim % num_heads:
+            raise ValueError(f'dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}')
+        if backend not in (None, 'torch', 'triton'):
+            raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+        self.dim, self.num_heads, self.n_win, self.topk = dim, num_heads, n_win, topk
+        self.scale = float(qk_scale) if qk_scale is not None else dim ** -0.5
+        self.backend = backend
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        from sparse_ops import bilevel_routing_attention  # late import: sparse_ops imports nothing from here
+
+        b, h, w, c = x.shape
+        qkv = self.qkv(x)
+        v_map = qkv[..., 2 * c:].permute(0, 3, 1, 2)  # (B, C, H, W)
+        q, k, v = qkv.view(b, h, w, 3, self.num_heads, c // self.num_heads).permute(3, 0, 4, 1, 2, 5).unbind(0)
+        topk = min(self.topk, self.n_win * self.n_win)
+        out = bilevel_routing_attention(q, k, v, self.n_win, topk, scale=self.scale, backend=self.backend)
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, h, w, c)  # heads concatenated head-major, as the official
+        out = out + self.lepe(v_map).permute(0, 2, 3, 1)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
+
+
+class GlobalAttentionLePE(nn.Module):
+    """Dense multi-head attention plus LCE on the input: ``(B, H, W, C) -> (B, H, W, C)`` (official stage 4).
+
+    ``q, k, v = qkv(x)`` (bias-free, ``[q | k | v]``, head-major heads), ``softmax(q k^T * (C/heads) ** -0.5) v``
+    over all H*W tokens, plus ``lepe(x)`` (depthwise conv on the attention input, as the official
+    ``AttentionLePE``), then ``proj``. The official model builds it with the default 8 heads at every size.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, side_dwconv: int = 5) -> None:
+        super().__init__()
+        _check_positive_int('dim', dim)
+        _check_positive_int('num_heads', num_heads)
+        _check_lce_kernel(side_dwconv)
+        if dim % num_heads:
+            raise ValueError(f'dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}')
+        self.dim, self.num_heads = dim, num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        b, h, w, c = x.shape
+        q, k, v = self.qkv(x).view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, HW, C/heads)
+        out = out.transpose(1, 2).reshape(b, h, w, c)
+        out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+class BiFormerBlock(nn.Module):
+    """BiFormer block: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    ``x = x + pos_embed(x)``; then channels-last ``x = x + dp(g1 * attn(norm1(x)))``,
+    ``x = x + dp(g2 * mlp(norm2(x)))`` (``g1, g2`` = layer scale when ``layer_scale_init_value > 0``, else 1).
+
+    Args:
+        dim: channels.
+        num_heads: heads of the routing attention (ignored by a global stage, which uses ``global_heads``).
+        n_win: regions per side.
+        topk: routed regions per query region, or ``GLOBAL`` (``'global'``) for dense attention with LCE.
+        mlp_ratio: MLP hidden width / dim (official 3).
+        drop_path: stochastic depth rate of this block.
+        layer_scale_init_value: > 0 enables ``gamma1`` / ``gamma2``; None or <= 0 disables (official presets).
+        side_dwconv: LCE kernel (official 5). global_heads: heads of a global stage (official 8).
+        backend: ``sparse_ops`` backend of the routing attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_win: int, topk: int | str, mlp_ratio: float = 3.0,
+                 drop_path: float = 0.0, layer_scale_init_value: float | None = None, side_dwconv: int = 5,
+                 global_heads: int = 8, backend: str | None = None) -> None:
+        super().__init__()
+        if not float(mlp_ratio) > 0:
+            raise ValueError(f'mlp_ratio must be > 0, got {mlp_ratio!r}')
+        if not 0.0 <= float(drop_path) < 1.0:
+            raise ValueError(f'drop_path must be in [0, 1), got {drop_path!r}')
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        if topk == GLOBAL:
+            self.attn = GlobalAttentionLePE(dim, num_heads=global_heads, side_dwconv=side_dwconv)
+        else:
+            self.attn = BiLevelRoutingAttention(dim, num_heads, n_win, topk, side_dwconv=side_dwconv,
+                                                backend=backend)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if layer_scale_init_value is not None and layer_scale_init_value > 0:
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        x = (x + self.pos_embed(x)).permute(0, 2, 3, 1)
+        y = self.attn(self.norm1(x))
+        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
+        y = self.mlp(self.norm2(x))
+        x = x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map: ``(B, C, H, W) -> (B, C, H, W)`` (timm's, eps 1e-6)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def _norm(norm_cfg: dict, channels: int) -> nn.Module:
+    return build_norm_layer(norm_cfg, channels)[1]
+
+
+def biformer_stem(in_channels: int, dim: int, norm_cfg: dict | None = None) -> nn.Sequential:
+    """Conv stem ``(B, in_channels, H, W) -> (B, dim, ceil(ceil(H/2)/2), ceil(ceil(W/2)/2))``.
+
+    Indices match the official ``downsample_layers.0``: 0 conv3x3/s2 (-> dim/2), 1 BN, 2 GELU, 3 conv3x3/s2, 4 BN.
+    """
+    norm_cfg = norm_cfg or dict(type='BN')
+    return nn.Sequential(
+        nn.Conv2d(in_channels, dim // 2, 3, stride=2, padding=1), _norm(norm_cfg, dim // 2), nn.GELU(),
+        nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1), _norm(norm_cfg, dim))
+
+
+def biformer_downsample(in_dim: int, out_dim: int, norm_cfg: dict | None = None) -> nn.Sequential:
+    """``(B, in_dim, H, W) -> (B, out_dim, ceil(H/2), ceil(W/2))``: 0 conv3x3/s2, 1 BN (official indices)."""
+    norm_cfg = norm_cfg or dict(type='BN')
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1), _norm(norm_cfg, out_dim))

@@ -1,0 +1,115 @@
+"""Shared pieces of the PyTorch twins: argument checks, masked softmax attention, relative position bias.
+
+Shape legend (same as the package): 1D tensors ``(B, heads, N, D)``, 2D tensors ``(B, heads, H, W, D)``.
+"""
+from __future__ import annotations
+
+
+
+import torch
+
+__all__ = ['check_qkv', 'check_positive_int', 'check_rpb', 'check_hw', 'default_scale', 'masked_attention',
+           'rpb_lookup']
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, name: str) -> None:
+    """Raise ValueError unless q, k, v are floating tensors of one shape with ``ndim`` dims and non-empty
+    sequence / head dims."""
+    layout = '(B, heads, N, D)' if ndim == 4 else '(B, heads, H, W, D)'
+    for t_name, t in (('q', q), ('k', k), ('v', v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'{name}: {t_name} must be a torch.Tensor, got {type(t).__name__}')
+        if t.dim() != ndim:
+            raise ValueError(f'{name}: {t_name} must have {ndim} dims {layout}, got {t_name}.shape={tuple(t.shape)}')
+        if not t.is_floating_point():
+            raise ValueError(f'{name}: {t_name} must be a floating tensor, got {t_name}.dtype={t.dtype}')
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f'{name}: q, k, v must have the same shape {layout}, got q.shape={tuple(q.shape)}, '
+                         f'k.shape={tuple(k.shape)}, v.shape={tuple(v.shape)}')
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f'{name}: q, k, v must have the same dtype, got {q.dtype=}, {k.dtype=}, {v.dtype=}')
+    if not (q.device == k.device == v.device):
+        raise ValueError(f'{name}: q, k, v must be on one device, got {q.device=}, {k.device=}, {v.device=}')
+    if any(s == 0 for s in q.shape[2:]):
+        raise ValueError(f'{name}: token and head dims must be non-empty, got q.shape={tuple(q.shape)}')
+
+
+def check_positive_int(value, what: str, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'{name}: {what} must be an int >= 1, got {what}={value!r}')
+    if value < 1:
+        raise ValueError(f'{name}: {what} must be >= 1, got {what}={value}')
+    return value
+
+
+def check_rpb(rpb, heads: int, side: int | None, q: torch.Tensor, name: str) -> None:
+    """``rpb`` must be ``(heads, S, S)`` with odd S (``S == side`` when given), same dtype/device family as q."""
+    if not isinstance(rpb, torch.Tensor):
+        raise ValueError(f'{name}: rpb must be a tensor (heads, 2r-1, 2r-1), got {type(rpb).__name__}')
+    shape = tuple(rpb.shape)
+    if rpb.dim() != 3 or shape[0] != heads or shape[1] != shape[2] or shape[1] % 2 == 0:
+        want = f'({heads}, {side}, {side})' if side else f'({heads}, 2r-1, 2r-1)'
+        raise ValueError(f'{name}: rpb must have shape {want}, got rpb.shape={shape}')
+    if side is not None and shape[1] != side:
+        raise ValueError(f'{name}: rpb must have shape ({heads}, {side}, {side}), got rpb.shape={shape}')
+    if rpb.device != q.device:
+        raise ValueError(f'{name}: rpb must be on q.device, got {rpb.device=}, {q.device=}')
+    if not rpb.is_floating_point():
+        raise ValueError(f'{name}: rpb must be a floating tensor, got {rpb.dtype=}')
+
+
+def check_hw(hw, n: int, name: str) -> tuple[int, int]:
+    if hw is None:
+        raise ValueError(f'{name}: rpb needs hw=(H, W) with H*W == N to place tokens, got {hw=}')
+    try:
+        h, w = (int(s) for s in hw)
+    except (TypeError, ValueError):
+        raise ValueError(f'{name}: hw must be a pair (H, W), got {hw=}') from None
+    if h < 1 or w < 1 or h * w != n:
+        raise ValueError(f'{name}: hw must satisfy H*W == N with H, W >= 1, got {hw=}, N={n}')
+    return h, w
+
+
+def default_scale(scale, head_dim: int) -> float:
+    return head_dim ** -0.5 if scale is None else float(scale)
+
+
+def rpb_lookup(rpb: torch.Tensor, q_yx: torch.Tensor, k_yx: torch.Tensor) -> torch.Tensor:
+    """Relative position bias for query/key coordinate tensors.
+
+    rpb: ``(heads, 2r-1, 2r-1)``; q_yx ``(..., 2)`` and k_yx ``(..., 2)`` long, broadcastable to each other.
+    Returns ``(heads, *broadcast_shape)`` with ``rpb[h, clamp(dy) + r - 1, clamp(dx) + r - 1]``,
+    ``(dy, dx) = k_yx - q_yx`` clamped to ``[-(r-1), r-1]``. Differentiable in rpb.
+    """
+    side = rpb.shape[-1]
+    r1 = (side - 1) // 2
+    d = (k_yx - q_yx).clamp(-r1, r1) + r1
+    flat = d[..., 0] * side + d[..., 1]
+    return rpb.reshape(rpb.shape[0], side * side)[:, flat]
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scale * q @ k^T + bias, masked to ``allowed``) @ v.
+
+    q ``(..., M, D)``, k / v ``(..., S, D)``, ``allowed`` bool broadcastable to ``(..., M, S)``, ``bias``
+    broadcastable to ``(..., M, S)``. Masked logits are replaced (not added) by the dtype's lowest value so
+    a row with no allowed key gives finite (unused) values instead of NaN. fp16 / bf16 inputs are computed
+    in fp32 and cast back.
+    """
+    out_dtype = q.dtype
+    if q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+        bias = None if bias is None else bias.float()
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
+    logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+    attn = torch.softmax(logits, dim=-1)
+    return torch.matmul(attn, v).to(out_dtype)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
