@@ -1,18 +1,16 @@
-"""sparsedense backbones; importing this package registers every backbone in MMEngine's root ``MODELS``.
+"""sparsedense backbones; importing this package registers every backbone in MMEngine's root ``MODELS`` and the
+``ConvertedPretrained`` weight initializer in ``WEIGHT_INITIALIZERS``.
 
 Each module registers one type: ``HWT`` (hwt), ``HNT`` (hnt), ``BiFormer`` (biformer), ``NAT`` (nat),
-``DiNAT`` (dinat).
+``DiNAT`` (dinat). Stock mmdet / mmseg configs take them with
+``custom_imports = dict(imports=['backbones'], allow_failed_imports=False)``.
 """
-import importlib as _importlib
-import importlib.util as _importlib_util
-
 from .base import SparseBackbone
+from .converters import init as _converters_init  # noqa: F401  registers ConvertedPretrained
+from .biformer import BiFormer
+from .dinat import DiNAT
+from .hnt import HNT
 from .hwt import HWT
+from .nat import NAT
 
-# TEMPORARY while the other backbones are being written concurrently: import those that exist.
-# The lead replaces this with plain imports of hnt, biformer, nat, dinat.
-for _name in ('hnt', 'biformer', 'nat', 'dinat'):
-    if _importlib_util.find_spec(f'{__name__}.{_name}') is not None:
-        _importlib.import_module(f'{__name__}.{_name}')
-
-__all__ = ['SparseBackbone', 'HWT']
+__all__ = ['SparseBackbone', 'HWT', 'HNT', 'BiFormer', 'NAT', 'DiNAT']

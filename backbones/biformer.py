@@ -66,6 +66,9 @@ def _validate_arch(arch: dict) -> None:
             raise ValueError(f'arch[{key!r}] must list {NUM_STAGES} ints, got {value!r}')
     if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in arch['embed_dims']):
         raise ValueError(f"arch['embed_dims'] must be positive ints, got {arch['embed_dims']!r}")
+    for key in ('head_dim', 'global_heads'):
+        if isinstance(arch[key], bool) or not isinstance(arch[key], int) or arch[key] < 1:
+            raise ValueError(f'arch[{key!r}] must be a positive int, got {arch[key]!r}')
     for dim in arch['embed_dims']:
         if dim % arch['head_dim'] or dim % arch['global_heads'] or dim % 2:
             raise ValueError(f"every embed dim must be even and divisible by head_dim={arch['head_dim']} and "

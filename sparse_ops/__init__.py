@@ -1,1 +1,23 @@
-"""placeholder"""
+"""sparse_ops: sparse local attention for dense prediction (Hilbert windows / band / 1D NA, 2D NA, routing).
+
+Layout legend (one layout everywhere):
+
+- 1D patterns: ``q, k, v: (B, heads, N, D)``, the N = H*W tokens in Hilbert order: token i is the pixel with
+  row-major index ``hilbert_order(H, W)[i]`` (``hilbert_coords(H, W)[i]`` is its ``(y, x)``).
+- 2D patterns: ``q, k, v: (B, heads, H, W, D)``.
+- Output: q's shape and dtype. ``scale`` defaults to ``D ** -0.5``.
+- ``rpb``: ``(heads, 2r-1, 2r-1)`` relative position bias indexed by the (clamped) 2D offset key - query.
+- ``backend``: ``'triton' | 'torch' | None``; None takes the Triton core on CUDA when ``can_run_triton`` says so,
+  else the PyTorch twin (:mod:`sparse_ops.reference`); forcing ``'triton'`` where it cannot run raises ValueError.
+"""
+from .backend import can_run_triton, choose_backend
+from .functional import (bilevel_routing_attention, hilbert_neighborhood_attention_1d, hilbert_slide_attention,
+                         hilbert_window_attention, neighborhood_attention_2d)
+from .hilbert import hilbert_coords, hilbert_inverse, hilbert_order
+
+__all__ = [
+    'hilbert_order', 'hilbert_inverse', 'hilbert_coords',
+    'hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
+    'neighborhood_attention_2d', 'bilevel_routing_attention',
+    'can_run_triton', 'choose_backend',
+]

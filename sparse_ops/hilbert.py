@@ -9,6 +9,10 @@ long side is odd and the short side even. For power-of-two squares the curve is 
 so every run of ``4**k`` consecutive cells (starting at a multiple of ``4**k``) is an aligned
 ``2**k x 2**k`` square.
 
+Implementation: the walk of a sub-rectangle does not depend on its position, so each distinct sub-rectangle
+shape is built once as a tensor of row-major offsets and reused shifted (a few dozen shapes per grid);
+results are cached per ``(h, w)`` on CPU and per device.
+
 Layout: a grid cell ``(y, x)`` has row-major index ``y * w + x``. The curve starts at ``(0, 0)``.
 
 Public helpers (all cached; the returned tensors are shared, treat them as read-only):
@@ -20,7 +24,6 @@ Public helpers (all cached; the returned tensors are shared, treat them as read-
 from __future__ import annotations
 
 import functools
-from typing import Iterator
 
 import torch
 
@@ -31,53 +34,57 @@ def _sign(v: int) -> int:
     return (v > 0) - (v < 0)
 
 
-def _walk(x: int, y: int, ax: int, ay: int, bx: int, by: int) -> Iterator[tuple[int, int]]:
-    """Yield the (x, y) cells of the rectangle spanned from (x, y) by the major axis vector (ax, ay) and
-    the minor axis vector (bx, by), entering at (x, y) and leaving at the corner along the major axis."""
+def _walk(memo: dict, width: int, ax: int, ay: int, bx: int, by: int) -> torch.Tensor:
+    """Row-major offsets (relative to the entry cell, ``dy * width + dx``) of the cells of the rectangle spanned
+    by the major axis vector (ax, ay) and the minor axis vector (bx, by), in curve order: entering at the
+    origin, leaving at the corner along the major axis. The walk does not depend on where the rectangle sits,
+    so every shape is built once (``memo``) and its pieces are shifted copies."""
+    key = (ax, ay, bx, by)
+    if key in memo:
+        return memo[key]
     length = abs(ax + ay)   # cells along the major axis (one of ax, ay is zero)
     breadth = abs(bx + by)  # cells along the minor axis
     dax, day = _sign(ax), _sign(ay)
     dbx, dby = _sign(bx), _sign(by)
 
-    if breadth == 1:  # a single line along the major axis
-        for i in range(length):
-            yield x + i * dax, y + i * day
-        return
-    if length == 1:  # a single line along the minor axis
-        for i in range(breadth):
-            yield x + i * dbx, y + i * dby
-        return
+    def at(dx: int, dy: int) -> int:
+        return dy * width + dx
 
-    # half vectors, rounded towards -inf like the original construction
-    hax, hay = ax // 2, ay // 2
-    hbx, hby = bx // 2, by // 2
-    half_length = abs(hax + hay)
-    half_breadth = abs(hbx + hby)
-
-    if 2 * length > 3 * breadth:
-        # long rectangle: two halves along the major axis; keep the first half even so it can turn
-        if half_length % 2 and length > 2:
-            hax, hay = hax + dax, hay + day
-        yield from _walk(x, y, hax, hay, bx, by)
-        yield from _walk(x + hax, y + hay, ax - hax, ay - hay, bx, by)
+    if breadth == 1 or length == 1:  # a single line: an arithmetic run of offsets
+        step = at(dax, day) if breadth == 1 else at(dbx, dby)
+        out = torch.arange(max(length, breadth), dtype=torch.long) * step
     else:
-        # three pieces: up the minor axis, across along the major axis, back down to the far corner
-        if half_breadth % 2 and breadth > 2:
-            hbx, hby = hbx + dbx, hby + dby
-        yield from _walk(x, y, hbx, hby, hax, hay)
-        yield from _walk(x + hbx, y + hby, ax, ay, bx - hbx, by - hby)
-        yield from _walk(x + (ax - dax) + (hbx - dbx), y + (ay - day) + (hby - dby),
-                         -hbx, -hby, -(ax - hax), -(ay - hay))
+        # half vectors, rounded towards -inf like the original construction
+        hax, hay = ax // 2, ay // 2
+        hbx, hby = bx // 2, by // 2
+        if 2 * length > 3 * breadth:
+            # long rectangle: two halves along the major axis; keep the first half even so it can turn
+            if abs(hax + hay) % 2 and length > 2:
+                hax, hay = hax + dax, hay + day
+            out = torch.cat([_walk(memo, width, hax, hay, bx, by),
+                             _walk(memo, width, ax - hax, ay - hay, bx, by) + at(hax, hay)])
+        else:
+            # three pieces: up the minor axis, across along the major axis, back down to the far corner
+            if abs(hbx + hby) % 2 and breadth > 2:
+                hbx, hby = hbx + dbx, hby + dby
+            out = torch.cat([_walk(memo, width, hbx, hby, hax, hay),
+                             _walk(memo, width, ax, ay, bx - hbx, by - hby) + at(hbx, hby),
+                             _walk(memo, width, -hbx, -hby, -(ax - hax), -(ay - hay))
+                             + at((ax - dax) + (hbx - dbx), (ay - day) + (hby - dby))])
+    memo[key] = out
+    return out
 
 
 def gilbert_points(h: int, w: int) -> list[tuple[int, int]]:
     """Return the ``(y, x)`` cells of the generalized Hilbert curve over an ``h x w`` grid, in curve order."""
+    return [divmod(i, w) for i in _row_major_order(h, w).tolist()]
+
+
+def _row_major_order(h: int, w: int) -> torch.Tensor:
     _check_size(h, w)
     if w >= h:
-        cells = _walk(0, 0, w, 0, 0, h)
-    else:
-        cells = _walk(0, 0, 0, h, w, 0)
-    return [(y, x) for x, y in cells]
+        return _walk({}, w, w, 0, 0, h)
+    return _walk({}, w, 0, h, w, 0)
 
 
 def _check_size(h, w) -> None:
@@ -90,8 +97,7 @@ def _check_size(h, w) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _order_cpu(h: int, w: int) -> torch.Tensor:
-    pts = torch.tensor(gilbert_points(h, w), dtype=torch.long).reshape(h * w, 2)
-    return pts[:, 0] * w + pts[:, 1]
+    return _row_major_order(h, w)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,8 +23,9 @@ official                                            ours
 non-backbone keys of a dense checkpoint             dropped
 =================================================== ==============================================
 
-Keys that fit none of these patterns raise a ValueError (a different format, e.g. BiFormer-STL, must not load
-silently). A one-line summary (kept / renamed / dropped) goes to the MMEngine logger.
+Keys that fit none of these patterns pass through unchanged with a WARNING naming them, so the loader reports
+them as unexpected (a different format, e.g. BiFormer-STL, does not load silently). A one-line summary
+(kept / renamed / dropped) goes to the MMEngine logger.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import re
 from collections.abc import Mapping
 
 from mmengine.logging import print_log
+
+from .common import strip_prefixes, unwrap_checkpoint
 
 __all__ = ['convert', 'convert_key']
 
@@ -54,13 +57,6 @@ _KEPT = (
 )
 
 
-def _unwrap(checkpoint: Mapping) -> Mapping:
-    for key in ('state_dict', 'model'):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return checkpoint[key]
-    return checkpoint
-
-
 def convert_key(key: str) -> str | None:
     """Our name for one official (prefix-free) key, ``None`` for a dropped key; ValueError for an unknown key."""
     if _DROPPED.match(key):
@@ -76,13 +72,11 @@ def convert_key(key: str) -> str | None:
 def convert(state_dict: Mapping) -> dict:
     """Map an official BiFormer checkpoint / state dict to ours: ``{our_key: tensor}`` (tensors not copied).
 
-    Raises ValueError listing the keys that are not official BiFormer backbone keys.
+    Unknown keys pass through unchanged (logged as a WARNING) for the loader to report.
     """
-    state = dict(_unwrap(state_dict))
-    if state and all(k.startswith('module.') for k in state):  # saved from a (Distributed)DataParallel wrapper
-        state = {k[len('module.'):]: v for k, v in state.items()}
+    state = strip_prefixes(unwrap_checkpoint(state_dict))
     dropped = []
-    if any(k.startswith('backbone.') for k in state):  # a dense-task checkpoint: keep the backbone only
+    if any(k.startswith('backbone.') for k in state):  # a whole dense-task model: keep the backbone only
         dropped += [k for k in state if not k.startswith('backbone.')]
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     converted, renamed, unknown = {}, 0, []
@@ -91,18 +85,17 @@ def convert(state_dict: Mapping) -> dict:
             new_key = convert_key(key)
         except ValueError:
             unknown.append(key)
-            continue
+            new_key = key
         if new_key is None:
             dropped.append(key)
             continue
         renamed += new_key != key
         converted[new_key] = value
-    if unknown:
-        shown = ', '.join(unknown[:10]) + (f' ... ({len(unknown)} in all)' if len(unknown) > 10 else '')
-        raise ValueError(f'{len(unknown)} keys are not official BiFormer backbone keys: {shown}')
-    if not converted:
-        raise ValueError('no BiFormer backbone keys found in the checkpoint')
     print_log(f'biformer converter: {len(converted)} keys kept ({renamed} renamed), {len(dropped)} dropped'
               + (f': {", ".join(sorted(dropped)[:8])}{" ..." if len(dropped) > 8 else ""}' if dropped else ''),
               logger='current', level=logging.INFO)
+    if unknown:
+        shown = ', '.join(unknown[:10]) + (f' ... ({len(unknown)} in all)' if len(unknown) > 10 else '')
+        print_log(f'biformer converter: {len(unknown)} keys are not official BiFormer (T/S/B) backbone keys, '
+                  f'passed through unchanged: {shown}', logger='current', level=logging.WARNING)
     return converted

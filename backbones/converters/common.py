@@ -3,8 +3,9 @@
 - ``unwrap_checkpoint(obj)``: the state dict inside a loaded checkpoint (``state_dict`` / ``model`` / ... or the
   dict itself).
 - ``strip_prefixes(state_dict, prefixes)``: drop wrapper prefixes such as ``module.`` / ``model.`` / ``backbone.``.
+- ``select_prefix(state_dict, prefix)``: keep one part of a bigger checkpoint (``backbone.*`` of a detector).
 - ``resize_rpb(table, size)``: bicubic resize of a relative-position-bias table ``(heads, Sh, Sw)`` on its
-  ``(2r-1) x (2r-1)`` offset grid, per head.
+  ``(2r-1) x (2r-1)`` offset grid, per head (linear for 1D tables ``(heads, 2r-1)``).
 - ``adapt_rpb_tables(state_dict, reference)``: resize every bias table whose grid differs from the module's.
 - ``load_converted(module, state_dict, strict=False, logger=None)``: load and log EVERY missing, unexpected and
   shape-mismatched key; raise if nothing matched (or, with ``strict``, if anything did not).
@@ -19,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['DEFAULT_PREFIXES', 'RPB_SUFFIXES', 'LoadResult', 'unwrap_checkpoint', 'strip_prefixes',
-           'select_prefix', 'resize_rpb',
-           'adapt_rpb_tables', 'load_converted']
+__all__ = ['DEFAULT_PREFIXES', 'RPB_SUFFIXES', 'LoadResult', 'unwrap_checkpoint', 'strip_prefixes', 'select_prefix',
+           'resize_rpb', 'adapt_rpb_tables', 'load_converted']
 
 DEFAULT_PREFIXES = ('module.', 'model.', 'backbone.')
 RPB_SUFFIXES = ('relative_position_bias_table', 'rpb')
@@ -88,21 +88,24 @@ def select_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[s
     return out
 
 
-def resize_rpb(table: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bicubically resize a bias table ``(heads, Sh, Sw)`` to ``(heads, Th, Tw)`` (``size`` int: square).
+def resize_rpb(table: torch.Tensor, size: int | tuple[int, ...]) -> torch.Tensor:
+    """Resize a relative-position-bias table on its offset grid, per head.
 
-    The grid is the table of relative offsets ``-(r-1)..(r-1)`` (``S = 2r-1``); each head is resized on its own
-    (``align_corners=True`` keeps the zero-offset centre and the extreme offsets on grid points). Computed in
-    float32, returned in the input dtype; a table already of that size is returned unchanged.
+    2D tables ``(heads, Sh, Sw)`` -> ``(heads, Th, Tw)`` bicubically (``size`` int: square); 1D tables
+    ``(heads, S)`` (e.g. HNT's) -> ``(heads, T)`` linearly. The grid holds the offsets ``-(r-1)..(r-1)``
+    (``S = 2r-1``); ``align_corners=True`` keeps the zero-offset centre and the extreme offsets on grid points.
+    Computed in float32, returned in the input dtype; a table already of that size is returned unchanged.
     """
-    if table.ndim != 3:
-        raise ValueError(f'resize_rpb expects a (heads, Sh, Sw) table, got shape {tuple(table.shape)}')
-    th, tw = (size, size) if isinstance(size, int) else tuple(size)
-    if (th, tw) == tuple(table.shape[1:]):
+    if table.ndim not in (2, 3):
+        raise ValueError(f'resize_rpb expects a (heads, Sh, Sw) or (heads, S) table, got shape {tuple(table.shape)}')
+    spatial = table.ndim - 1
+    target = (size,) * spatial if isinstance(size, int) else tuple(size)
+    if len(target) != spatial or min(target) < 1:
+        raise ValueError(f'target size {size!r} does not fit a table of shape {tuple(table.shape)}')
+    if target == tuple(table.shape[1:]):
         return table
-    if min(th, tw) < 1:
-        raise ValueError(f'target size must be >= 1, got {(th, tw)}')
-    resized = F.interpolate(table.detach().float().unsqueeze(0), size=(th, tw), mode='bicubic', align_corners=True)
+    mode = 'bicubic' if spatial == 2 else 'linear'
+    resized = F.interpolate(table.detach().float().unsqueeze(0), size=target, mode=mode, align_corners=True)
     return resized.squeeze(0).to(table.dtype)
 
 
@@ -112,13 +115,13 @@ def _is_rpb_key(key: str) -> bool:
 
 def adapt_rpb_tables(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
                      logger: logging.Logger | None = None) -> dict[str, torch.Tensor]:
-    """Resize the bias tables (keys ending in ``relative_position_bias_table`` or ``rpb``, shape
-    ``(heads, Sh, Sw)``) whose grid differs from the same key in ``reference`` (the module's state dict) but whose
-    head count matches. Other keys pass through unchanged."""
+    """Resize the bias tables (keys ending in ``relative_position_bias_table`` or ``rpb``, shape ``(heads, Sh, Sw)``
+    or ``(heads, S)``) whose grid differs from the same key in ``reference`` (the module's state dict) but whose
+    head count and rank match. Other keys pass through unchanged."""
     out = dict(state_dict)
     for key, value in state_dict.items():
         target = reference.get(key)
-        if (target is None or not _is_rpb_key(key) or value.ndim != 3 or target.ndim != 3
+        if (target is None or not _is_rpb_key(key) or value.ndim not in (2, 3) or target.ndim != value.ndim
                 or value.shape == target.shape or value.shape[0] != target.shape[0]):
             continue
         out[key] = resize_rpb(value, tuple(target.shape[1:]))

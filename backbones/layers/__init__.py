@@ -2,7 +2,7 @@
 
 Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / downsamplers; tokens ``(B, N, C)``.
 
-- ``tokens``: ``nchw_to_nhwc``, ``nhwc_to_nchw``, ``to_hilbert``, ``from_hilbert``, ``hilbert_inverse``
+- ``tokens``: ``nchw_to_nhwc``, ``nhwc_to_nchw``, ``to_hilbert``, ``from_hilbert``
 - ``patch_embed``: ``PatchEmbed`` (Swin 4x4 conv), ``ConvTokenizer`` (NAT two 3x3/s2 convs)
 - ``downsample``: ``PatchMerging`` (Swin 2x2 concat + norm + linear), ``ConvDownsampler`` (NAT 3x3/s2 conv + norm)
 - ``mlp``: ``Mlp`` (fc1 / act / fc2)
@@ -13,7 +13,7 @@ from mmcv.cnn.bricks import DropPath
 from .downsample import ConvDownsampler, PatchMerging
 from .mlp import Mlp
 from .patch_embed import ConvTokenizer, PatchEmbed
-from .tokens import from_hilbert, hilbert_inverse, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
+from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
 __all__ = ['DropPath', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler', 'nchw_to_nhwc',
-           'nhwc_to_nchw', 'to_hilbert', 'from_hilbert', 'hilbert_inverse']
+           'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']

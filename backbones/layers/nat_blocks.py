@@ -8,7 +8,8 @@ at the end of every stage but the last. This module adds what is specific to it:
   position bias ``rpb (heads, 2k-1, 2k-1)``) -> proj, on channels-last maps ``(B, H, W, C)``. The dilation is clipped
   per call to what the map can hold (``clip_dilation``), so any ``H, W >= 1`` works.
 - ``HilbertNeighborhoodAttention1d``: qkv -> ``sparse_ops.hilbert_neighborhood_attention_1d`` (1D NA with clamped
-  centre on the Hilbert sequence) -> proj, on token sequences ``(B, N, C)`` already in Hilbert order.
+  centre on the Hilbert sequence, 1D relative position bias ``rpb (heads, 2K-1)``) -> proj, on token sequences
+  ``(B, N, C)`` already in Hilbert order.
 - ``NATBlock``: ``x + drop_path(gamma1 * attn(norm1(x)))``, ``x + drop_path(gamma2 * mlp(norm2(x)))``; ``gamma*``
   (layer scale) only when ``layer_scale`` is given. Works on any ``(..., C)`` layout; extra positional arguments go
   to the attention module.
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
@@ -122,20 +124,36 @@ class HilbertNeighborhoodAttention1d(nn.Module):
     Args:
         dim: channels ``C``.
         num_heads: heads; ``C % num_heads == 0``, scale ``(C // num_heads) ** -0.5``.
-        kernel_size: odd 1D window length (HNT: 49).
+        kernel_size: odd 1D window length ``K`` (HNT: 49).
+        rel_pos_bias: learn ``rpb (heads, 2K-1)``, added at ``(key - query) + K - 1`` in sequence positions
+            (NATTEN 0.14's ``NeighborhoodAttention1D``, which the official HNT uses).
         qkv_bias: bias of the ``qkv`` projection.
 
-    Parameters ``qkv`` (Linear C -> 3C, output laid out ``(3, heads, D)``) and ``proj`` (Linear C -> C), as in
-    NATTEN's ``NeighborhoodAttention1D``. No position bias (see ``backbones/hnt.py``).
+    Parameters ``qkv`` (Linear C -> 3C, output laid out ``(3, heads, D)``), ``rpb``, ``proj`` (Linear C -> C): names
+    and layouts of NATTEN 0.14's ``NeighborhoodAttention1D``.
+
+    The sequence bias goes through ``sparse_ops``' 2D-offset bias: laid out as a ``1 x N`` map (``hw=(1, N)``) the
+    2D offset of two tokens is ``(0, j - i)``, so a ``(heads, 2K-1, 2K-1)`` table whose only non-zero row is the
+    centre row ``K-1`` (= ``rpb``) adds exactly ``rpb[h, j - i + K - 1]``; the 1D window keeps ``|j - i| <= K-1``.
     """
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int = 49, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, kernel_size: int = 49, rel_pos_bias: bool = True,
+                 qkv_bias: bool = True) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.kernel_size = _check_odd_kernel(kernel_size)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        if rel_pos_bias:
+            self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1))
+        else:
+            self.register_parameter('rpb', None)
         self.proj = nn.Linear(dim, dim)
+
+    def _bias_table(self) -> torch.Tensor:
+        """``rpb (heads, 2K-1)`` as the centre row of a ``(heads, 2K-1, 2K-1)`` 2D-offset table (zeros elsewhere)."""
+        pad = self.kernel_size - 1
+        return F.pad(self.rpb.unsqueeze(1), (0, 0, pad, pad))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
@@ -144,11 +162,15 @@ class HilbertNeighborhoodAttention1d(nn.Module):
         # (B, N, 3C) -> (3, B, heads, N, D)
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = sparse_ops.hilbert_neighborhood_attention_1d(q, k, v, self.kernel_size)
+        if self.rpb is None:
+            out = sparse_ops.hilbert_neighborhood_attention_1d(q, k, v, self.kernel_size)
+        else:
+            out = sparse_ops.hilbert_neighborhood_attention_1d(q, k, v, self.kernel_size, rpb=self._bias_table(),
+                                                               hw=(1, n))
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
     def extra_repr(self) -> str:
-        return f'num_heads={self.num_heads}, kernel_size={self.kernel_size}'
+        return f'num_heads={self.num_heads}, kernel_size={self.kernel_size}, rel_pos_bias={self.rpb is not None}'
 
 
 class NATBlock(nn.Module):
@@ -210,8 +232,8 @@ class NATStage(nn.Module):
 
 def init_nat_weights(module: nn.Module) -> None:
     """Official NAT initialisation of one module (use with ``model.apply``): Linear weights trunc-normal(0.02) with
-    zero bias, LayerNorm weight 1 / bias 0, neighbourhood-attention ``rpb`` trunc-normal(0.02). Convs keep PyTorch's
-    default init, as in the official code."""
+    zero bias, LayerNorm weight 1 / bias 0, neighbourhood-attention ``rpb`` trunc-normal(0.02) (NATTEN's). Convs keep
+    PyTorch's default init, as in the official code."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -219,5 +241,5 @@ def init_nat_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-    elif isinstance(module, NeighborhoodAttention2d) and module.rpb is not None:
+    elif isinstance(module, (NeighborhoodAttention2d, HilbertNeighborhoodAttention1d)) and module.rpb is not None:
         trunc_normal_(module.rpb, std=0.02)

@@ -12,7 +12,7 @@ import torch
 
 import sparse_ops
 
-__all__ = ['nchw_to_nhwc', 'nhwc_to_nchw', 'hilbert_inverse', 'to_hilbert', 'from_hilbert']
+__all__ = ['nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']
 
 
 def nchw_to_nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -23,14 +23,6 @@ def nchw_to_nhwc(x: torch.Tensor) -> torch.Tensor:
 def nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
     """``(B, H, W, C) -> (B, C, H, W)``, contiguous (what necks expect)."""
     return x.permute(0, 3, 1, 2).contiguous()
-
-
-def hilbert_inverse(h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Inverse of ``sparse_ops.hilbert_order(h, w)``: ``inv[p]`` is the Hilbert position of row-major pixel ``p``."""
-    order = sparse_ops.hilbert_order(h, w, device=device)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
-    return inverse
 
 
 def to_hilbert(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -56,7 +48,7 @@ def from_hilbert(tokens: torch.Tensor, hw: tuple[int, int], channels_last: bool 
         raise ValueError(f'from_hilbert expects tokens (B, {h * w}, C) for hw={tuple(hw)}, '
                          f'got shape {tuple(tokens.shape)}')
     b, _, c = tokens.shape
-    row_major = tokens.index_select(1, hilbert_inverse(h, w, device=tokens.device))
+    row_major = tokens.index_select(1, sparse_ops.hilbert_inverse(h, w, device=tokens.device))
     if channels_last:
         return row_major.reshape(b, h, w, c)
-    return row_major.transpose(1, 2).reshape(b, c, h, w)
+    return row_major.transpose(1, 2).contiguous().view(b, c, h, w)

@@ -4,12 +4,16 @@ Shape legend (same as the package): 1D tensors ``(B, heads, N, D)``, 2D tensors 
 """
 from __future__ import annotations
 
-
+import operator
 
 import torch
 
 __all__ = ['check_qkv', 'check_positive_int', 'check_rpb', 'check_hw', 'default_scale', 'masked_attention',
-           'rpb_lookup']
+           'rpb_lookup', 'ceil_div']
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, name: str) -> None:
@@ -35,11 +39,16 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, name
 
 
 def check_positive_int(value, what: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Return ``value`` as a python int, or raise ValueError unless it is an integer >= 1 (bools rejected)."""
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        as_int = None
+    if as_int is None or isinstance(value, bool):
         raise ValueError(f'{name}: {what} must be an int >= 1, got {what}={value!r}')
-    if value < 1:
-        raise ValueError(f'{name}: {what} must be >= 1, got {what}={value}')
-    return value
+    if as_int < 1:
+        raise ValueError(f'{name}: {what} must be >= 1, got {what}={as_int}')
+    return as_int
 
 
 def check_rpb(rpb, heads: int, side: int | None, q: torch.Tensor, name: str) -> None:
@@ -107,9 +116,4 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
     attn = torch.softmax(logits, dim=-1)
     return torch.matmul(attn, v).to(out_dtype)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
 

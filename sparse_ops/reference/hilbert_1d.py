@@ -75,7 +75,7 @@ def range_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch
     allowed = (key_pos[:, None, :] >= q_lo[..., None]) & (key_pos[:, None, :] <= q_hi[..., None])
     key_pos = key_pos.clamp(max=n - 1)
 
-    qp = F.pad(q, (0, 0, front, total - front - n)).view(b, heads, nb, block, d)
+    qp = F.pad(q, (0, 0, front, total - front - n)).reshape(b, heads, nb, block, d)
     kg = k[:, :, key_pos]                                          # (B, heads, nb, span, D)
     vg = v[:, :, key_pos]
     bias = None

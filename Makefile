@@ -1,0 +1,39 @@
+# sparsedense: `make demo` (train + evaluate Mask R-CNN and UperNet with HWT on the embedded dataset),
+# `make test` (the test suite). Both create .venv first (tools/setup_env.sh; idempotent).
+PY        ?= .venv/bin/python
+DATA      ?= data/demo
+WORK      ?= work_dirs/demo
+DET_CFG   := configs/demo/mask-rcnn_hwt-demo_fpn_shapes-coco.py
+SEG_CFG   := configs/demo/upernet_hwt-demo_shapes-ade-128x128.py
+PYTEST_ARGS ?=
+
+.PHONY: all setup data demo demo-det demo-seg test clean-demo
+
+all: demo
+
+setup:
+	bash tools/setup_env.sh
+
+data: setup
+	$(PY) tools/make_demo_data.py --out $(DATA)
+
+demo:
+	@mkdir -p $(WORK) && date +%s > $(WORK)/.start
+	$(MAKE) --no-print-directory data demo-det demo-seg
+	$(PY) tools/demo_summary.py --work-dir $(WORK)
+
+demo-det:
+	$(PY) tools/train.py $(DET_CFG) --work-dir $(WORK)/det
+	$(PY) tools/test.py $(DET_CFG) $$(cat $(WORK)/det/last_checkpoint) --work-dir $(WORK)/det \
+	    --show-dir $(WORK)/det/vis
+
+demo-seg:
+	$(PY) tools/train.py $(SEG_CFG) --work-dir $(WORK)/seg
+	$(PY) tools/test.py $(SEG_CFG) $$(cat $(WORK)/seg/last_checkpoint) --work-dir $(WORK)/seg \
+	    --show-dir $(WORK)/seg/vis
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf $(WORK) $(DATA)

@@ -1,0 +1,4 @@
+# HNT-Tiny (NAT-T layout, 1D neighbourhood attention of 49 tokens on the Hilbert sequence): 64-128-256-512
+# channels at strides 4-8-16-32. Drop path 0.2 as NAT-T on COCO (ADE20K configs use 0.3).
+custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+backbone = dict(_delete_=True, type='HNT', arch='tiny', drop_path_rate=0.2, out_indices=(0, 1, 2, 3))

@@ -1,0 +1,2 @@
+_base_ = ['../_base_/recipes/cascade-mask-rcnn_fpn_ms-crop-3x_coco.py', '../_base_/backbones/biformer-t.py']
+model = dict(backbone=_base_.backbone, neck=dict(in_channels=[64, 128, 256, 512]))

@@ -1,0 +1,5 @@
+_base_ = ['../_base_/recipes/upernet_8xb2-160k_ade20k-1024x1024.py', '../_base_/backbones/hnt-t.py']
+model = dict(
+    backbone=dict(_base_.backbone, drop_path_rate=0.3),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))

@@ -1,0 +1,2 @@
+_base_ = ['../_base_/recipes/cascade-mask-rcnn_fpn_ms-crop-3x_coco.py', '../_base_/backbones/hwt-t.py']
+model = dict(backbone=_base_.backbone, neck=dict(in_channels=[96, 192, 384, 768]))

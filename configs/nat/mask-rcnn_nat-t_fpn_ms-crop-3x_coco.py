@@ -1,0 +1,3 @@
+# Reference: NAT-T, official: 47.7 box AP / 42.6 mask AP.
+_base_ = ['../_base_/recipes/mask-rcnn_fpn_ms-crop-3x_coco.py', '../_base_/backbones/nat-t.py']
+model = dict(backbone=_base_.backbone, neck=dict(in_channels=[64, 128, 256, 512]))

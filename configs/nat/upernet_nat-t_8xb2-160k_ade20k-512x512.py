@@ -1,0 +1,6 @@
+# Reference: NAT-T, official: 47.1 mIoU (single scale).
+_base_ = ['../_base_/recipes/upernet_8xb2-160k_ade20k-512x512.py', '../_base_/backbones/nat-t.py']
+model = dict(
+    backbone=dict(_base_.backbone, drop_path_rate=0.3),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))

@@ -1,0 +1,106 @@
+"""Backend choice for the sparse_ops public functions: a predicate that explains itself.
+
+``can_run_triton(q, pattern=...)`` says whether the Triton core (``sparse_ops.triton_api``) can run these
+inputs; it logs (``logging.debug``) why not, and raises a ValueError with the reason when asked to.
+``choose_backend(backend, q, pattern)`` turns the user's ``backend`` argument into ``'triton'`` or ``'torch'``:
+
+- ``'torch'``: always the PyTorch twin.
+- ``'triton'``: the Triton core, or a ValueError saying why it cannot run.
+- ``None``: Triton for CUDA tensors it can run, else the twin. CPU tensors always get the twin, even with
+  ``TRITON_INTERPRET=1`` (the interpreter is for tests and is taken only when forced with ``'triton'``).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import torch
+
+__all__ = ['can_run_triton', 'choose_backend', 'load_triton_api', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ('triton', 'torch')
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+
+_api_cache: dict = {}
+
+
+def load_triton_api():
+    """Import ``sparse_ops.triton_api`` once; returns the module or raises the (cached) ImportError."""
+    if 'module' not in _api_cache:
+        try:
+            _api_cache['module'] = importlib.import_module('sparse_ops.triton_api')
+        except Exception as err:  # ImportError, or triton failing to initialise
+            _api_cache['module'] = None
+            _api_cache['error'] = f'{type(err).__name__}: {err}'
+    if _api_cache['module'] is None:
+        raise ImportError(f"sparse_ops.triton_api is unavailable ({_api_cache['error']})")
+    return _api_cache['module']
+
+
+def _interpret_mode() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def _why_not_triton(q: torch.Tensor, pattern: str, **kw) -> str | None:
+    """Reason the Triton core cannot run, or None when it can."""
+    if q.is_cuda:
+        pass
+    elif q.device.type == 'cpu':
+        if not _interpret_mode():
+            return f'CPU tensors need TRITON_INTERPRET=1 for the Triton core, got device={q.device}'
+        if q.dtype == torch.bfloat16:
+            return f'bf16 is unreliable in the Triton interpreter (tl.dot), got dtype={q.dtype}'
+    else:
+        return f'the Triton core needs CUDA tensors, got device={q.device}'
+    if q.dtype not in TRITON_DTYPES:
+        return f'the Triton core supports {[str(t) for t in TRITON_DTYPES]}, got dtype={q.dtype}'
+    head_dim = q.shape[-1]
+    if head_dim not in TRITON_HEAD_DIMS:
+        return f'the Triton core supports head dims {TRITON_HEAD_DIMS}, got {head_dim=}'
+    try:
+        api = load_triton_api()
+    except ImportError as err:
+        return str(err)
+    check = getattr(api, 'can_run_triton', None)
+    if check is not None:
+        try:
+            check(q, pattern=pattern, raise_error=True, **kw)
+        except ValueError as err:
+            return str(err)
+    return None
+
+
+def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, **kw) -> bool:
+    """Whether the Triton core can run ``pattern`` on q (``(B, heads, N, D)`` or ``(B, heads, H, W, D)``).
+
+    Requirements: ``sparse_ops.triton_api`` imports; q on CUDA, or on CPU with ``TRITON_INTERPRET=1`` (not bf16
+    there); dtype fp16 / bf16 / fp32; head dim in 16, 32, 64, 128; plus the pattern checks of
+    ``triton_api.can_run_triton`` when it defines one (``**kw`` is passed on). Logs the reason at debug level
+    when not; with ``raise_error=True`` raises ValueError with the reason instead of returning False.
+    """
+    reason = _why_not_triton(q, pattern, **kw)
+    if reason is None:
+        return True
+    logger.debug('sparse_ops: Triton skipped for %s: %s', pattern, reason)
+    if raise_error:
+        raise ValueError(f"sparse_ops {pattern}: backend='triton' cannot run: {reason}")
+    return False
+
+
+def choose_backend(backend: str | None, q: torch.Tensor, pattern: str, **kw) -> str:
+    """Resolve ``backend`` (``'triton' | 'torch' | None``) to ``'triton'`` or ``'torch'`` (see module doc)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"sparse_ops {pattern}: backend must be 'triton', 'torch' or None, got {backend=}")
+    if backend == 'torch':
+        return 'torch'
+    if backend == 'triton':
+        can_run_triton(q, pattern=pattern, raise_error=True, **kw)
+        return 'triton'
+    if not q.is_cuda:
+        logger.debug('sparse_ops: torch twin for %s on %s tensors (Triton only when forced)', pattern, q.device)
+        return 'torch'
+    return 'triton' if can_run_triton(q, pattern=pattern, **kw) else 'torch'

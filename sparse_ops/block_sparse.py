@@ -1,0 +1,103 @@
+"""The block-sparse attention op: ``torch.library`` registration, autograd, and the public entry point.
+
+Ladder of names: ``_block_sparse_fwd_kernel`` / ``block_sparse_fwd()`` (``block_sparse_fwd.py``) ->
+``_block_sparse_bwd_*_kernel`` / ``block_sparse_bwd()`` (``block_sparse_bwd.py``) -> the registered ops
+``sparse_ops::block_sparse_attention_fwd`` / ``_bwd`` (opaque to ``torch.compile``, with fake implementations for
+tracing) -> autograd via ``torch.library.register_autograd`` -> :func:`block_sparse_attention`.
+
+``block_sparse_attention(q, k, v, pattern, scale=None, rpb=None, config=None)``: q, k, v ``(B, H, N, D)``, in the
+sequence order of ``pattern`` (a :class:`sparse_ops.patterns.BlockPattern` built for ``config``'s block sizes), or,
+when the pattern has ``rows``, in memory (row-major) order with the kernels reading token ``i`` of the sequence
+at row ``rows[i]`` (no permuted copy; the output comes back in memory order);
+``rpb (H, 2r-1, 2r-1)`` optional (needs ``pattern.tok``). Returns ``(B, H, N, D)`` like q. Differentiable in q, k, v
+and rpb.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .block_sparse_bwd import block_sparse_bwd
+from .block_sparse_fwd import Config, block_sparse_fwd, default_config
+from .patterns import BlockPattern
+
+__all__ = ['block_sparse_attention', 'Config']
+
+
+@torch.library.custom_op('sparse_ops::block_sparse_attention_fwd', mutates_args=())
+def _fwd_op(q: Tensor, k: Tensor, v: Tensor, kv_num: Tensor, kv_idx: Tensor, q_num: Tensor, q_idx: Tensor,
+            qwin: Optional[Tensor], tok: Optional[Tensor], route: Optional[Tensor], rpb: Optional[Tensor],
+            rows: Optional[Tensor], scale: float, mask_mode: int, n_groups: int, block_m: int, block_n: int,
+            num_warps: int, num_stages: int) -> tuple[Tensor, Tensor]:
+    cfg = Config(block_m, block_n, num_warps, num_stages)
+    return block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, cfg)
+
+
+@_fwd_op.register_fake
+def _(q, k, v, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, block_m,
+      block_n, num_warps, num_stages):
+    b, h, n, _ = q.shape
+    return torch.empty_like(q), q.new_empty((b, h, n), dtype=torch.float32)
+
+
+@torch.library.custom_op('sparse_ops::block_sparse_attention_bwd', mutates_args=())
+def _bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, kv_num: Tensor, kv_idx: Tensor,
+            q_num: Tensor, q_idx: Tensor, qwin: Optional[Tensor], tok: Optional[Tensor], route: Optional[Tensor],
+            rpb: Optional[Tensor], rows: Optional[Tensor], scale: float, mask_mode: int, n_groups: int,
+            block_m: int, block_n: int, num_warps: int, num_stages: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    cfg = Config(block_m, block_n, num_warps, num_stages)
+    dq, dk, dv, drpb = block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb,
+                                        rows, scale, mask_mode, n_groups, cfg)
+    return dq, dk, dv, (drpb if drpb is not None else q.new_empty((0,)))
+
+
+@_bwd_op.register_fake
+def _(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups,
+      block_m, block_n, num_warps, num_stages):
+    drpb = torch.empty_like(rpb) if rpb is not None else q.new_empty((0,))
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drpb)
+
+
+_TABLE_ARGS = ('kv_num', 'kv_idx', 'q_num', 'q_idx', 'qwin', 'tok', 'route')
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows = inputs[:12]
+    ctx.params = inputs[12:]
+    o, lse = output
+    ctx.has_rpb = rpb is not None
+    ctx.save_for_backward(q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows = ctx.saved_tensors
+    dq, dk, dv, drpb = _bwd_op(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows,
+                               *ctx.params)
+    # grads: q, k, v, the 7 tables, rpb, rows, then the 7 scalar parameters
+    return (dq, dk, dv) + (None,) * len(_TABLE_ARGS) + ((drpb if ctx.has_rpb else None), None) + (None,) * 7
+
+
+torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backward, setup_context=_setup_context)
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern, scale: Optional[float] = None,
+                           rpb: Optional[Tensor] = None, config: Optional[Config] = None) -> Tensor:
+    """Attention of q over the (key, value) pairs allowed by ``pattern``; see the module docstring for shapes."""
+    if config is None:
+        config = default_config(q.shape[-1], q.device)
+    if (pattern.block_m, pattern.block_n) != (config.block_m, config.block_n):
+        raise ValueError(f'pattern built for blocks {(pattern.block_m, pattern.block_n)} but '
+                         f'{config.block_m=} {config.block_n=}')
+    if q.shape[-2] != pattern.n:
+        raise ValueError(f'pattern is for N={pattern.n} tokens, got q.shape={tuple(q.shape)}')
+    if rpb is not None:
+        if pattern.tok is None:
+            raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
+        rpb = rpb.contiguous()
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    o, _ = _fwd_op(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.q_num, pattern.q_idx, pattern.qwin,
+                   pattern.tok, pattern.route, rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config.block_m,
+                   config.block_n, config.num_warps, config.num_stages)
+    return o

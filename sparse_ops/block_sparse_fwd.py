@@ -1,0 +1,292 @@
+"""Block-sparse flash attention, forward pass (Triton).
+
+Design note
+-----------
+Algorithm: FlashAttention-2 forward over a block table (FlexAttention's ``BlockMask`` idea). Program
+``(pid_m, pid_zh)`` owns query block ``pid_m`` of batch ``z = pid_zh // H``, head ``h = pid_zh % H``; it loads its
+``BLOCK_M x HEAD_DIM`` query tile once and walks the ``kv_num[z, pid_m]`` key blocks listed in ``kv_idx[z, pid_m]``
+(entries ``block * 2 + partial``, see ``patterns.py``), keeping a running max / sum in base 2 (``1/ln 2`` folded into
+the scale). Full blocks skip the element mask; partial blocks evaluate it from per-token int32 metadata chosen by the
+constexpr ``MASK_MODE`` (one specialised kernel per mode). An optional relative position bias ``rpb (H, 2r-1, 2r-1)``
+is gathered per pair from the tokens' 2D offsets. Outputs: ``o`` like q and ``lse (B, H, N)`` fp32 (base-2
+log-sum-exp, used by the backward).
+
+Layout: q, k, v, o ``(B, H, N, D)`` with any strides (``stride_qz, stride_qh, stride_qm, stride_qk``); batch/head
+base offsets in int64. Tables ``(Bt, n_qb, max_kv)`` with Bt in {1, B} (batch stride 0 when shared).
+
+Limits: D in {16, 32, 64, 128} (the tile is exactly D wide); fp16 / bf16; fp32 runs tl.dot in tf32 on GPUs
+(``input_precision`` default; ~1e-3 relative error) and exactly under ``TRITON_INTERPRET=1``. Query rows that see no
+key (only padding rows of the last block) produce 0. Grid axis 1 is ``B * H`` (<= 65535).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ['Config', 'CONFIGS', 'INTERPRET_CONFIGS', 'configs_for', 'default_config', 'block_sparse_fwd']
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# autotune space (data): tables are built per (block_m, block_n), so the space is searched by our launcher
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __str__(self):
+        return f'm{self.block_m}-n{self.block_n}-w{self.num_warps}-s{self.num_stages}'
+
+
+def _keep(c: Config, head_dim: int) -> bool:
+    """Prune rule: 8 warps only for 128-row tiles (always there from D = 64); 32 x 32 and 64 x 16 tiles, 2 stages."""
+    if c.num_warps == 8 and c.block_m < 128:
+        return False
+    if c.block_m == 128 and c.num_warps == 4 and head_dim >= 64:
+        return False
+    if c.block_m == 32 and (c.block_n != 32 or c.num_stages != 2):
+        return False
+    if c.block_n == 16 and (c.block_m != 64 or c.num_stages != 2):
+        return False
+    return True
+
+
+CONFIGS = [Config(bm, bn, w, s) for bm in (32, 64, 128) for bn in (16, 32, 64) for w in (4, 8) for s in (2, 3)]
+# what the interpreter runs (warps / stages have no meaning there); tests run all of them
+INTERPRET_CONFIGS = [Config(bm, bn, 1, 1) for bm in (16, 32) for bn in (16, 32)]
+
+
+def _interpret() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def configs_for(head_dim: int, interpret: bool | None = None) -> list[Config]:
+    """The pruned search space for a head dim (the interpreter space on CPU)."""
+    if interpret if interpret is not None else _interpret():
+        return list(INTERPRET_CONFIGS)
+    return [c for c in CONFIGS if _keep(c, head_dim)]
+
+
+def default_config(head_dim: int, device: torch.device | None = None, mask_mode: int | None = None) -> Config:
+    """Heuristic config (from H200 measurements, docs/benchmarks.md); the interpreter gets 16 x 16 tiles.
+
+    2D neighbourhoods (``mask_mode == 2``: mostly partial blocks, keys scattered over a few Hilbert runs) and
+    D = 128 take 32-wide key tiles; the other patterns 64 x 64.
+    """
+    if (device is not None and device.type != 'cuda') or _interpret():
+        return INTERPRET_CONFIGS[0]
+    if mask_mode == 2 or head_dim >= 128:
+        return Config(64, 32, 4, 2)
+    return Config(64, 64, 4, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared device helpers (used by the backward kernels too)
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _rows(PERM, offs, N, HAS_PERM: tl.constexpr):
+    """Memory row of each sequence position: PERM[offs] when the pattern reads tokens through a permutation."""
+    if HAS_PERM:
+        return tl.load(PERM + offs, mask=offs < N, other=0)
+    else:
+        return offs
+
+
+@triton.jit
+def _q_meta(offs_m, N, QWIN, TOK, MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr):
+    """Loop-invariant metadata of a query tile, each [BLOCK_M] int32 (0 where the mode does not use it):
+    lo, hi (interval, or rows of the 2D box), xlo, xhi (columns of the 2D box), group, y, x."""
+    ok = offs_m < N
+    lo = tl.zeros_like(offs_m)
+    hi = lo
+    xlo = lo
+    xhi = lo
+    g = lo
+    y = lo
+    x = lo
+    if MASK_MODE == 1 or MASK_MODE == 2:
+        lo = tl.load(QWIN + offs_m * 4 + 0, mask=ok, other=0)
+        hi = tl.load(QWIN + offs_m * 4 + 1, mask=ok, other=-1)
+    if MASK_MODE == 2:
+        xlo = tl.load(QWIN + offs_m * 4 + 2, mask=ok, other=0)
+        xhi = tl.load(QWIN + offs_m * 4 + 3, mask=ok, other=-1)
+    if MASK_MODE == 2 or MASK_MODE == 3:
+        g = tl.load(TOK + offs_m * 4 + 2, mask=ok, other=0)
+    if HAS_RPB:
+        y = tl.load(TOK + offs_m * 4 + 0, mask=ok, other=0)
+        x = tl.load(TOK + offs_m * 4 + 1, mask=ok, other=0)
+    return lo, hi, xlo, xhi, g, y, x
+
+
+@triton.jit
+def _k_meta(offs_n, N, TOK, MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr):
+    """Metadata of a key tile, each [BLOCK_N] int32: y, x, group (0 where unused)."""
+    ok = offs_n < N
+    y = tl.zeros_like(offs_n)
+    x = y
+    g = y
+    if MASK_MODE == 2 or HAS_RPB:
+        y = tl.load(TOK + offs_n * 4 + 0, mask=ok, other=0)
+        x = tl.load(TOK + offs_n * 4 + 1, mask=ok, other=0)
+    if MASK_MODE == 2 or MASK_MODE == 3:
+        g = tl.load(TOK + offs_n * 4 + 2, mask=ok, other=-1)
+    return y, x, g
+
+
+@triton.jit
+def _rpb_index(q_y, q_x, k_y, k_x, rpb_r):
+    """Flat index into one head's (2r-1) x (2r-1) bias for every pair of the tile: [BLOCK_M, BLOCK_N] int32."""
+    dy = tl.minimum(tl.maximum(k_y[None, :] - q_y[:, None], 1 - rpb_r), rpb_r - 1) + rpb_r - 1
+    dx = tl.minimum(tl.maximum(k_x[None, :] - q_x[:, None], 1 - rpb_r), rpb_r - 1) + rpb_r - 1
+    return dy * (2 * rpb_r - 1) + dx
+
+
+@triton.jit
+def _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x, k_y, k_x, k_g,
+            ROUTE_Z, RPB_H, N, n_groups, rpb_r, qk_scale, MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr):
+    """Raw q.k^T tile [BLOCK_M, BLOCK_N] fp32 -> base-2 logits with position bias and, for partial blocks, the
+    element mask of ``MASK_MODE`` (see patterns.py): -inf where a pair is not allowed."""
+    s = qk * qk_scale
+    if HAS_RPB:
+        idx = _rpb_index(q_y, q_x, k_y, k_x, rpb_r)
+        s += tl.load(RPB_H + idx).to(tl.float32) * 1.4426950408889634
+    if partial:
+        ok = (offs_n[None, :] < N) & (offs_m[:, None] < N)
+        if MASK_MODE == 1:    # interval on sequence positions
+            ok = ok & (offs_n[None, :] >= q_lo[:, None]) & (offs_n[None, :] <= q_hi[:, None])
+        elif MASK_MODE == 2:  # same sub-grid, key inside the query's box (sub-grid units)
+            ok = ok & (q_g[:, None] == k_g[None, :])
+            ok = ok & (k_y[None, :] >= q_lo[:, None]) & (k_y[None, :] <= q_hi[:, None])
+            ok = ok & (k_x[None, :] >= q_xlo[:, None]) & (k_x[None, :] <= q_xhi[:, None])
+        elif MASK_MODE == 3:  # routed (query region, key region) pairs
+            routed = tl.load(ROUTE_Z + q_g[:, None] * n_groups + k_g[None, :], mask=ok, other=0)
+            ok = ok & (routed != 0)
+        s = tl.where(ok, s, float('-inf'))
+    return s
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kernel
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _block_sparse_fwd_kernel(
+    Q, K, V, O, LSE, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM,
+    stride_qz, stride_qh, stride_qm, stride_qk,
+    stride_kz, stride_kh, stride_kn, stride_kk,
+    stride_vz, stride_vh, stride_vn, stride_vk,
+    stride_oz, stride_oh, stride_om, stride_ok,
+    stride_lz, stride_lh,
+    stride_numz, stride_idxz, stride_idxm,
+    stride_rz, stride_rpbh,
+    H, N, n_groups, rpb_r, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr,
+):
+    tl.static_assert(HEAD_DIM >= 16)
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
+    pid_m = tl.program_id(0)
+    pid_zh = tl.program_id(1)
+    z = pid_zh // H
+    h = pid_zh % H
+    z64 = z.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_base = Q + z64 * stride_qz + h64 * stride_qh
+    k_base = K + z64 * stride_kz + h64 * stride_kh
+    v_base = V + z64 * stride_vz + h64 * stride_vh
+    route_z = ROUTE + z64 * stride_rz
+    rpb_h = RPB + h64 * stride_rpbh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_j = tl.arange(0, BLOCK_N)
+    rows_m = _rows(PERM, offs_m, N, HAS_PERM)
+    q = tl.load(q_base + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qk, mask=offs_m[:, None] < N,
+                other=0.0)
+    q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x = _q_meta(offs_m, N, QWIN, TOK, MASK_MODE, HAS_RPB)
+
+    m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    num = tl.load(KV_NUM + z64 * stride_numz + pid_m)
+    row = KV_IDX + z64 * stride_idxz + pid_m.to(tl.int64) * stride_idxm
+    for it in range(0, num):
+        ent = tl.load(row + it)
+        start_n = (ent // 2) * BLOCK_N
+        partial = (ent % 2) == 1
+        offs_n = start_n + offs_j
+        rows_n = _rows(PERM, offs_n, N, HAS_PERM)
+        k = tl.load(k_base + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kk, mask=offs_n[:, None] < N,
+                    other=0.0)
+        v = tl.load(v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vk, mask=offs_n[:, None] < N,
+                    other=0.0)
+        k_y, k_x, k_g = _k_meta(offs_n, N, TOK, MASK_MODE, HAS_RPB)
+        qk = tl.dot(q, tl.trans(k))
+        s = _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x, k_y, k_x, k_g,
+                    route_z, rpb_h, N, n_groups, rpb_r, qk_scale, MASK_MODE, HAS_RPB)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float('-inf'), 0.0, m_new)      # rows with nothing allowed yet
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    l_use = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_use[:, None]
+    lse = tl.where(m_i == float('-inf'), 0.0, m_i) + tl.math.log2(l_use)
+    o_base = O + z64 * stride_oz + h64 * stride_oh
+    tl.store(o_base + rows_m[:, None] * stride_om + offs_d[None, :] * stride_ok, o.to(O.dtype.element_ty),
+             mask=offs_m[:, None] < N)
+    tl.store(LSE + z64 * stride_lz + h64 * stride_lh + offs_m, lse, mask=offs_m < N)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launcher
+# ----------------------------------------------------------------------------------------------------------------
+def _table_strides(num: torch.Tensor, idx: torch.Tensor):
+    """Batch stride 0 when the table is shared by the batch (Bt == 1)."""
+    shared = num.shape[0] == 1
+    return (0 if shared else num.stride(0)), (0 if shared else idx.stride(0)), idx.stride(1)
+
+
+def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale: float, mask_mode: int,
+                     n_groups: int, config: Config):
+    """Launch the forward kernel.
+
+    q, k, v: (B, H, N, D) in memory order; ``rows (N,)`` int32 or None: memory row of each sequence position
+    (the pattern's order), else memory order is the sequence order. kv_num (Bt, n_qb) / kv_idx (Bt, n_qb, max_kv)
+    int32 built for ``config``'s block sizes; qwin / tok (N, 4) int32 or None; route (B, G, G) int32 or None;
+    rpb (H, 2r-1, 2r-1) contiguous or None. Returns o (B, H, N, D) like q (memory order) and lse (B, H, N) fp32
+    (base 2, sequence order).
+    """
+    b, h, n, d = q.shape
+    o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
+    n_qb = triton.cdiv(n, config.block_m)
+    assert kv_num.shape[-1] == n_qb, (kv_num.shape, n_qb)
+    s_numz, s_idxz, s_idxm = _table_strides(kv_num, kv_idx)
+    dummy = kv_num
+    rpb_r = (rpb.shape[-1] + 1) // 2 if rpb is not None else 1
+    grid = (n_qb, b * h)
+    _block_sparse_fwd_kernel[grid](
+        q, k, v, o, lse, kv_num, kv_idx,
+        qwin if qwin is not None else dummy, tok if tok is not None else dummy,
+        route if route is not None else dummy, rpb if rpb is not None else q, rows if rows is not None else dummy,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), lse.stride(0), lse.stride(1),
+        s_numz, s_idxz, s_idxm,
+        route.stride(0) if route is not None else 0, rpb.stride(0) if rpb is not None else 0,
+        h, n, n_groups, rpb_r, scale * LOG2E,
+        HEAD_DIM=d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, MASK_MODE=mask_mode,
+        HAS_RPB=rpb is not None, HAS_PERM=rows is not None, num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return o, lse

@@ -1,0 +1,111 @@
+"""The five public attention functions: argument checks, backend choice, dispatch.
+
+Every function checks its arguments (ValueError naming the problem), picks a backend with
+:func:`sparse_ops.backend.choose_backend` and calls either ``sparse_ops.triton_api.<name>`` (same arguments,
+no ``backend``) or the PyTorch twin in :mod:`sparse_ops.reference`. Shapes: 1D ``(B, heads, N, D)`` with the
+N tokens in Hilbert order, 2D ``(B, heads, H, W, D)``; the output has q's shape and dtype; ``scale``
+defaults to ``D ** -0.5``.
+"""
+from __future__ import annotations
+
+from . import reference
+from .backend import choose_backend, load_triton_api
+from .reference._common import check_hw, check_positive_int, check_qkv, check_rpb
+
+__all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
+           'neighborhood_attention_2d', 'bilevel_routing_attention']
+
+
+def _check_1d(name, q, k, v, size_name, size, rpb, hw) -> int:
+    """Check a 1D call; returns ``size`` (window / kernel) as a python int."""
+    check_qkv(q, k, v, 4, name)
+    size = check_positive_int(size, size_name, name)
+    if rpb is not None:
+        check_hw(hw, q.shape[2], name)
+        check_rpb(rpb, q.shape[1], None, q, name)
+    elif hw is not None:
+        check_hw(hw, q.shape[2], name)
+    return size
+
+
+def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
+    """Attention inside chunks of ``window`` consecutive Hilbert-ordered tokens.
+
+    q, k, v ``(B, heads, N, D)``. ``shift=True`` puts the chunk boundaries at ``window//2 + m*window``; a ragged
+    last chunk attends within itself. ``rpb (heads, 2r-1, 2r-1)`` (optional) is added at the clamped 2D offset
+    (key - query) of the tokens' pixels; it needs ``hw=(H, W)`` with ``H*W == N`` (token i is pixel
+    ``hilbert_order(H, W)[i]``). Returns ``(B, heads, N, D)`` in q's dtype.
+    """
+    name = 'hilbert_window_attention'
+    window = _check_1d(name, q, k, v, 'window', window, rpb, hw)
+    if choose_backend(backend, q, 'window', window=window, shift=shift, rpb=rpb, hw=hw) == 'triton':
+        return load_triton_api().hilbert_window_attention(q, k, v, window, shift, scale, rpb=rpb, hw=hw)
+    return reference.hilbert_window_attention(q, k, v, window, shift, scale, rpb=rpb, hw=hw)
+
+
+def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, backend=None):
+    """Band attention on the Hilbert sequence: token i attends to j with ``|i - j| <= window//2``.
+
+    q, k, v ``(B, heads, N, D)``; ``rpb`` / ``hw`` as in :func:`hilbert_window_attention`.
+    Returns ``(B, heads, N, D)`` in q's dtype.
+    """
+    name = 'hilbert_slide_attention'
+    window = _check_1d(name, q, k, v, 'window', window, rpb, hw)
+    if choose_backend(backend, q, 'slide', window=window, rpb=rpb, hw=hw) == 'triton':
+        return load_triton_api().hilbert_slide_attention(q, k, v, window, scale, rpb=rpb, hw=hw)
+    return reference.hilbert_slide_attention(q, k, v, window, scale, rpb=rpb, hw=hw)
+
+
+def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None, backend=None):
+    """1D neighbourhood attention with clamped centre on the Hilbert sequence: every token attends to exactly
+    ``min(kernel, N)`` consecutive tokens starting at ``i - kernel//2`` shifted inward at the ends.
+
+    q, k, v ``(B, heads, N, D)``; ``rpb`` / ``hw`` as in :func:`hilbert_window_attention`.
+    Returns ``(B, heads, N, D)`` in q's dtype.
+    """
+    name = 'hilbert_neighborhood_attention_1d'
+    kernel = _check_1d(name, q, k, v, 'kernel', kernel, rpb, hw)
+    if choose_backend(backend, q, 'na1d', kernel=kernel, rpb=rpb, hw=hw) == 'triton':
+        return load_triton_api().hilbert_neighborhood_attention_1d(q, k, v, kernel, scale, rpb=rpb, hw=hw)
+    return reference.hilbert_neighborhood_attention_1d(q, k, v, kernel, scale, rpb=rpb, hw=hw)
+
+
+def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
+    """2D neighbourhood attention, NAT / NATTEN semantics, any H, W >= 1.
+
+    q, k, v ``(B, heads, H, W, D)``. With dilation d the map splits into d x d interleaved sub-grids; inside its
+    sub-grid each query attends to the ``kernel_size``² window centred on it, shifted inward at borders; where a
+    sub-grid side is shorter than ``kernel_size`` the window covers that side. ``rpb (heads, 2k-1, 2k-1)``
+    (optional) is added at ``[h, dy + k - 1, dx + k - 1]``, offsets (key - query) in sub-grid units.
+    Returns ``(B, heads, H, W, D)`` in q's dtype.
+    """
+    name = 'neighborhood_attention_2d'
+    check_qkv(q, k, v, 5, name)
+    kernel_size = check_positive_int(kernel_size, 'kernel_size', name)
+    if kernel_size % 2 == 0:
+        raise ValueError(f'{name}: kernel_size must be odd, got {kernel_size=}')
+    dilation = check_positive_int(dilation, 'dilation', name)
+    if rpb is not None:
+        check_rpb(rpb, q.shape[1], 2 * kernel_size - 1, q, name)
+    if choose_backend(backend, q, 'na2d', kernel_size=kernel_size, dilation=dilation, rpb=rpb) == 'triton':
+        return load_triton_api().neighborhood_attention_2d(q, k, v, kernel_size, dilation, rpb, scale)
+    return reference.neighborhood_attention_2d(q, k, v, kernel_size, dilation, rpb, scale)
+
+
+def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):
+    """BiFormer bi-level routing attention with ragged regions (any H, W >= 1).
+
+    q, k, v ``(B, heads, H, W, D)``. Regions: ``n_win`` bands of ``ceil(H/n_win)`` rows x ``n_win`` bands of
+    ``ceil(W/n_win)`` columns. Routing: detached region means over real tokens (heads concatenated), affinity
+    ``q_r @ k_r^T``, top-``topk`` non-empty regions, shared across heads. Each query attends to all real
+    tokens of its routed regions. ``1 <= topk <= n_win**2``. Returns ``(B, heads, H, W, D)`` in q's dtype.
+    """
+    name = 'bilevel_routing_attention'
+    check_qkv(q, k, v, 5, name)
+    n_win = check_positive_int(n_win, 'n_win', name)
+    topk = check_positive_int(topk, 'topk', name)
+    if topk > n_win * n_win:
+        raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
+    if choose_backend(backend, q, 'routing', n_win=n_win, topk=topk) == 'triton':
+        return load_triton_api().bilevel_routing_attention(q, k, v, n_win, topk, scale)
+    return reference.bilevel_routing_attention(q, k, v, n_win, topk, scale)

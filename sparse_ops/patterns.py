@@ -1,0 +1,411 @@
+"""Pattern builders: each attention pattern -> block tables + per-token metadata for the block-sparse core.
+
+Design note
+-----------
+The Triton core (``block_sparse_fwd.py`` / ``block_sparse_bwd.py``) runs attention over a 1D sequence of N tokens
+cut into query blocks of ``block_m`` and key blocks of ``block_n`` tokens. A :class:`BlockPattern` tells it
+
+- which key blocks each query block visits: ``kv_num (Bt, n_qb)`` and ``kv_idx (Bt, n_qb, max_kv)`` (FlexAttention's
+  ``BlockMask`` layout), and the transposed lists for the dK/dV pass: ``q_num (Bt, n_kb)``, ``q_idx (Bt, n_kb,
+  max_q)``. ``Bt`` is 1 (table shared by the batch) or B (routing). Heads always share the table. Every entry is
+  encoded ``block * 2 + partial``: ``partial == 0`` means every (query, key) pair of the two blocks is allowed and
+  the kernel skips the element mask; ``partial == 1`` means the kernel evaluates the element mask (and the
+  ``key < N`` bound). Entries past ``kv_num`` are unspecified and never read.
+- how to evaluate the element mask of a partial block (``mask_mode``, a kernel constexpr, one compiled kernel each):
+
+  ========================  ==================================================================================
+  ``MASK_NONE`` (0)         only ``key < N``
+  ``MASK_INTERVAL`` (1)     ``qwin[i, 0] <= j <= qwin[i, 1]`` (sequence positions): Hilbert windows (+ shift),
+                            bands, clamped 1D neighbourhoods
+  ``MASK_GRID2D`` (2)       ``tok[i, 2] == tok[j, 2]`` (same dilation sub-grid) and the key's sub-grid coords
+                            ``(tok[j, 0], tok[j, 1])`` inside the query's rectangle
+                            ``qwin[i] = (ylo, yhi, xlo, xhi)``: exact 2D neighbourhoods with dilation
+  ``MASK_ROUTE`` (3)        ``route[b, tok[i, 2], tok[j, 2]] != 0`` (region ids): bi-level routing
+  ========================  ==================================================================================
+
+- optional relative position bias: ``tok[:, 0:2]`` are the tokens' (y, x) in the units the bias is indexed in
+  (sub-grid units for dilated NA); the bias of a pair is ``rpb[h, clamp(dy) + r - 1, clamp(dx) + r - 1]`` with
+  ``(dy, dx) = key - query`` clamped to ``[-(r-1), r-1]``, ``r = (rpb.shape[-1] + 1) // 2``.
+- a token permutation for 2D patterns: ``perm (N,)`` are the row-major pixel indices in sequence order
+  (``x_seq = x_flat[..., perm, :]``) and ``inv_perm`` undoes it.
+
+Static patterns (windows, bands, 1D/2D neighbourhoods) are built once per (pattern, params, size, blocks, device)
+and cached (``functools.lru_cache``; the tables sync with the host once, at build time). Routing tables are built on
+the GPU from the run-time top-k without a host sync (:func:`routing_pattern`), on top of a cached static
+:func:`routing_layout`.
+
+Internally every builder computes a block state matrix ``(Bt, n_qb, n_kb)`` int8 (0 skip, 1 partial, 2 full) and
+:func:`tables_from_state` compacts it both ways, so memory is O(n_qb * n_kb) at build time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Optional
+
+import torch
+
+from .hilbert import hilbert_coords, hilbert_inverse, hilbert_order
+
+__all__ = [
+    'MASK_NONE', 'MASK_INTERVAL', 'MASK_GRID2D', 'MASK_ROUTE', 'BlockPattern', 'tables_from_state',
+    'hilbert_window_pattern', 'hilbert_slide_pattern', 'hilbert_na1d_pattern', 'na2d_pattern',
+    'hilbert_token_coords', 'RoutingLayout', 'routing_layout', 'routing_pattern', 'window_intervals',
+    'slide_intervals', 'na1d_intervals', 'na2d_order',
+]
+
+MASK_NONE, MASK_INTERVAL, MASK_GRID2D, MASK_ROUTE = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockPattern:
+    """Everything the block-sparse core needs to know about one pattern at one size (see the module note).
+
+    Shapes: ``kv_num (Bt, n_qb)``, ``kv_idx (Bt, n_qb, max_kv)``, ``q_num (Bt, n_kb)``, ``q_idx (Bt, n_kb, max_q)``
+    (all int32, entries ``block * 2 + partial``); ``qwin (N, 4)`` int32 or None; ``tok (N, 4)`` int32
+    ``(y, x, group, 0)`` or None; ``route (B, G, G)`` int32 or None; ``perm``/``inv_perm (N,)`` int64 or None;
+    ``rows (N,)`` int32 = ``perm`` for the kernels, which then read row-major inputs in place.
+    """
+    n: int
+    block_m: int
+    block_n: int
+    mask_mode: int
+    kv_num: torch.Tensor
+    kv_idx: torch.Tensor
+    q_num: torch.Tensor
+    q_idx: torch.Tensor
+    qwin: Optional[torch.Tensor] = None
+    tok: Optional[torch.Tensor] = None
+    route: Optional[torch.Tensor] = None
+    n_groups: int = 0
+    perm: Optional[torch.Tensor] = None
+    inv_perm: Optional[torch.Tensor] = None
+    rows: Optional[torch.Tensor] = None
+
+    @property
+    def n_qblocks(self) -> int:
+        return self.kv_num.shape[-1]
+
+    @property
+    def n_kblocks(self) -> int:
+        return self.q_num.shape[-1]
+
+    def with_tok(self, tok: Optional[torch.Tensor]) -> 'BlockPattern':
+        return dataclasses.replace(self, tok=tok)
+
+    def density(self) -> float:
+        """Fraction of (query block, key block) pairs visited (host sync; for reports only)."""
+        return float(self.kv_num.float().sum()) / (self.kv_num.shape[0] * self.n_qblocks * self.n_kblocks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# block state -> tables
+# ----------------------------------------------------------------------------------------------------------------
+def _compact(state: torch.Tensor, width: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """state (Bt, R, C) int8 -> num (Bt, R) int32, idx (Bt, R, width) int32 with entries col*2 + (state == 1)."""
+    nz = state > 0
+    num = nz.sum(-1, dtype=torch.int32)
+    if width is None:  # static patterns: one host sync at build time
+        width = int(num.max()) if num.numel() else 1
+    width = max(1, min(int(width), state.shape[-1]))
+    order = torch.argsort((~nz).to(torch.int16), dim=-1, stable=True)[..., :width]
+    partial = state.gather(-1, order) == 1
+    return num, (order * 2 + partial).to(torch.int32).contiguous()
+
+
+def tables_from_state(state: torch.Tensor, max_kv: Optional[int] = None, max_q: Optional[int] = None):
+    """Compact a block state ``(Bt, n_qb, n_kb)`` int8 (0 skip / 1 partial / 2 full) into
+    ``(kv_num, kv_idx, q_num, q_idx)``. Give ``max_kv``/``max_q`` to avoid a host sync (then they must be bounds)."""
+    kv_num, kv_idx = _compact(state, max_kv)
+    q_num, q_idx = _compact(state.transpose(1, 2), max_q)
+    return kv_num, kv_idx, q_num, q_idx
+
+
+def _n_blocks(n: int, b: int) -> int:
+    return (n + b - 1) // b
+
+
+def _block_rows(n: int, b: int, device) -> torch.Tensor:
+    """Number of real tokens in each block of size b: (n_blocks,)."""
+    starts = torch.arange(_n_blocks(n, b), device=device) * b
+    return (n - starts).clamp(max=b)
+
+
+def _interval_state(lo: torch.Tensor, hi: torch.Tensor, n: int, bm: int, bn: int) -> torch.Tensor:
+    """Block state for per-query key intervals ``[lo_i, hi_i]`` whose union over any query block is one interval
+    (true for windows, bands and clamped 1D neighbourhoods). Returns (1, n_qb, n_kb) int8."""
+    device = lo.device
+    n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
+    pad = n_qb * bm - n
+    # padding rows copy the last real row so they do not change the block's min / max
+    lo_p = torch.cat([lo, lo[-1:].expand(pad)]).view(n_qb, bm)
+    hi_p = torch.cat([hi, hi[-1:].expand(pad)]).view(n_qb, bm)
+    min_lo, max_lo = lo_p.min(1).values, lo_p.max(1).values
+    min_hi, max_hi = hi_p.min(1).values, hi_p.max(1).values
+    ks = torch.arange(n_kb, device=device) * bn                 # key block start
+    ke = torch.clamp(ks + bn, max=n) - 1                         # last real key of the block
+    visit = (ks[None, :] <= max_hi[:, None]) & (ke[None, :] >= min_lo[:, None])
+    full = (ks[None, :] >= max_lo[:, None]) & (ke[None, :] <= min_hi[:, None]) & (ks[None, :] + bn <= n)
+    state = visit.to(torch.int8) + (visit & full).to(torch.int8)
+    return state[None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1D patterns on the Hilbert sequence
+# ----------------------------------------------------------------------------------------------------------------
+def window_intervals(n: int, window: int, shift: bool, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunks of ``window`` tokens; with ``shift`` boundaries at ``window//2 + m*window``. -> lo, hi (N,) int64."""
+    i = torch.arange(n, device=device)
+    off = (window - window // 2) % window if shift else 0
+    c = (i + off) // window
+    lo = (c * window - off).clamp(min=0)
+    hi = ((c + 1) * window - off).clamp(max=n) - 1
+    return lo, hi
+
+
+def slide_intervals(n: int, window: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Band ``|i - j| <= window // 2`` -> lo, hi (N,) int64."""
+    i = torch.arange(n, device=device)
+    r = window // 2
+    return (i - r).clamp(min=0), (i + r).clamp(max=n - 1)
+
+
+def na1d_intervals(n: int, kernel: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamped-centre 1D neighbourhood of exactly ``min(kernel, n)`` tokens -> lo, hi (N,) int64."""
+    i = torch.arange(n, device=device)
+    k = min(kernel, n)
+    lo = (i - kernel // 2).clamp(min=0).clamp(max=n - k)
+    return lo, lo + k - 1
+
+
+def _interval_pattern(lo, hi, n, bm, bn) -> BlockPattern:
+    tables = tables_from_state(_interval_state(lo, hi, n, bm, bn))
+    qwin = torch.stack([lo, hi, lo, hi], 1).to(torch.int32).contiguous()
+    return BlockPattern(n, bm, bn, MASK_INTERVAL, *tables, qwin=qwin)
+
+
+def _dev(device) -> torch.device:
+    device = torch.device(device if device is not None else 'cpu')
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    return device
+
+
+@functools.lru_cache(maxsize=256)
+def _hilbert_window_pattern(n, window, shift, bm, bn, device):
+    return _interval_pattern(*window_intervals(n, window, shift, device), n, bm, bn)
+
+
+@functools.lru_cache(maxsize=256)
+def _hilbert_slide_pattern(n, window, bm, bn, device):
+    return _interval_pattern(*slide_intervals(n, window, device), n, bm, bn)
+
+
+@functools.lru_cache(maxsize=256)
+def _hilbert_na1d_pattern(n, kernel, bm, bn, device):
+    return _interval_pattern(*na1d_intervals(n, kernel, device), n, bm, bn)
+
+
+def hilbert_window_pattern(n: int, window: int, shift: bool, block_m: int, block_n: int, device=None,
+                           hw: Optional[tuple[int, int]] = None) -> BlockPattern:
+    """Hilbert window attention over N tokens (cached). ``hw`` adds the tokens' (y, x) for a position bias."""
+    p = _hilbert_window_pattern(int(n), int(window), bool(shift), int(block_m), int(block_n), _dev(device))
+    return p.with_tok(hilbert_token_coords(*hw, device=device)) if hw is not None else p
+
+
+def hilbert_slide_pattern(n: int, window: int, block_m: int, block_n: int, device=None,
+                          hw: Optional[tuple[int, int]] = None) -> BlockPattern:
+    """Hilbert band ``|i - j| <= window // 2`` (cached)."""
+    p = _hilbert_slide_pattern(int(n), int(window), int(block_m), int(block_n), _dev(device))
+    return p.with_tok(hilbert_token_coords(*hw, device=device)) if hw is not None else p
+
+
+def hilbert_na1d_pattern(n: int, kernel: int, block_m: int, block_n: int, device=None,
+                         hw: Optional[tuple[int, int]] = None) -> BlockPattern:
+    """Clamped 1D neighbourhood attention on the Hilbert sequence (cached)."""
+    p = _hilbert_na1d_pattern(int(n), int(kernel), int(block_m), int(block_n), _dev(device))
+    return p.with_tok(hilbert_token_coords(*hw, device=device)) if hw is not None else p
+
+
+@functools.lru_cache(maxsize=256)
+def _hilbert_token_coords(h, w, device):
+    yx = hilbert_coords(h, w).to(torch.int32)
+    tok = torch.cat([yx, torch.zeros(h * w, 2, dtype=torch.int32)], 1)
+    return tok.contiguous().to(device)
+
+
+def hilbert_token_coords(h: int, w: int, device=None) -> torch.Tensor:
+    """``tok (h*w, 4)`` int32 = (y, x, 0, 0) of each Hilbert-sequence position (cached)."""
+    return _hilbert_token_coords(int(h), int(w), _dev(device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exact 2D neighbourhood attention (NATTEN semantics, dilation) in sub-grid-major Hilbert order
+# ----------------------------------------------------------------------------------------------------------------
+def _axis_window(s: torch.Tensor, size: torch.Tensor, kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamped window along one axis: sub-grid coordinate s, sub-grid side size -> (lo, hi) inclusive."""
+    k = torch.clamp(size, max=kernel)
+    lo = torch.minimum((s - kernel // 2).clamp(min=0), size - k)
+    return lo, lo + k - 1
+
+
+@functools.lru_cache(maxsize=64)
+def na2d_order(h: int, w: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence order used for dilated 2D NA (CPU, cached): the d*d sub-grids one after another (row-major over
+    (y % d, x % d)), each in its own Hilbert order. Returns ``perm (N,)`` (row-major pixel of each position) and
+    ``tok (N, 4)`` int32 = (y // d, x // d, sub-grid id, 0)."""
+    d = dilation
+    perms, toks = [], []
+    for gy in range(min(d, h)):
+        for gx in range(min(d, w)):
+            hs, ws = (h - gy + d - 1) // d, (w - gx + d - 1) // d
+            yx = hilbert_coords(hs, ws)
+            y, x = yx[:, 0] * d + gy, yx[:, 1] * d + gx
+            perms.append(y * w + x)
+            g = torch.full_like(y, gy * d + gx)
+            toks.append(torch.stack([yx[:, 0], yx[:, 1], g, torch.zeros_like(g)], 1))
+    return torch.cat(perms), torch.cat(toks).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=128)
+def _na2d_pattern(h, w, kernel, dilation, bm, bn, device):
+    d, n = dilation, h * w
+    perm, tok = na2d_order(h, w, d)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n)
+    y, x = perm // w, perm % w
+    gy, gx = y % d, x % d
+    hs, ws = (h - gy + d - 1) // d, (w - gx + d - 1) // d       # side of each token's sub-grid
+    ylo, yhi = _axis_window(y // d, hs, kernel)
+    xlo, xhi = _axis_window(x // d, ws, kernel)
+    qwin = torch.stack([ylo, yhi, xlo, xhi], 1).to(torch.int32)
+    # every (query, key) pair, as block pairs: N * k_eff^2 entries
+    ar = torch.arange(kernel)
+    ky = ylo[:, None] + ar[None, :]                               # (N, k) sub-grid rows
+    kx = xlo[:, None] + ar[None, :]
+    vy, vx = ky <= yhi[:, None], kx <= xhi[:, None]
+    pix = (ky * d + gy[:, None])[:, :, None] * w + (kx * d + gx[:, None])[:, None, :]
+    ok = (vy[:, :, None] & vx[:, None, :])
+    j = inv[pix.clamp(max=n - 1)]                                 # sequence position of each key
+    i = torch.arange(n)[:, None, None].expand_as(j)
+    n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
+    key = (i // bm) * n_kb + j // bn
+    counts = torch.bincount(key[ok], minlength=n_qb * n_kb).view(n_qb, n_kb)
+    rows, cols = _block_rows(n, bm, 'cpu'), _block_rows(n, bn, 'cpu')
+    full = (counts == rows[:, None] * cols[None, :]) & (cols[None, :] == bn)
+    state = (counts > 0).to(torch.int8) + full.to(torch.int8)
+    tables = tables_from_state(state[None])
+    tables = [t.to(device) for t in tables]
+    return BlockPattern(n, bm, bn, MASK_GRID2D, *tables, qwin=qwin.contiguous().to(device),
+                        tok=tok.contiguous().to(device), perm=perm.to(device), inv_perm=inv.to(device),
+                        rows=perm.to(device=device, dtype=torch.int32))
+
+
+def na2d_pattern(h: int, w: int, kernel_size: int, dilation: int, block_m: int, block_n: int,
+                 device=None) -> BlockPattern:
+    """Exact 2D neighbourhood attention (NATTEN semantics incl. dilation, any h, w >= 1), cached.
+
+    Tokens are permuted to :func:`na2d_order` (``perm``/``inv_perm``); ``tok[:, :2]`` are sub-grid coordinates, so a
+    ``(heads, 2k-1, 2k-1)`` bias is indexed in sub-grid units.
+    """
+    return _na2d_pattern(int(h), int(w), int(kernel_size), int(dilation), int(block_m), int(block_n),
+                         _dev(device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bi-level routing: static region layout (cached) + run-time tables from top-k (GPU, no host sync)
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoutingLayout:
+    """Regions of an ``h x w`` map for ``n_win``: tokens sorted by region (row-major inside a region).
+
+    ``perm (N,)`` row-major pixel of each sequence position, ``inv_perm (N,)``, ``rows`` = perm as int32,
+    ``region (N,)`` int64 region id of each
+    sequence position, ``region_rowmajor (N,)`` region id of each pixel, ``counts (R,)`` tokens per region (R =
+    n_win**2; empty regions have 0), ``tok (N, 4)`` int32 = (0, 0, region, 0), ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
+    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``max_kv`` static bound.
+    """
+    h: int
+    w: int
+    n_win: int
+    block_m: int
+    block_n: int
+    perm: torch.Tensor
+    inv_perm: torch.Tensor
+    rows: torch.Tensor
+    region: torch.Tensor
+    region_rowmajor: torch.Tensor
+    counts: torch.Tensor
+    tok: torch.Tensor
+    a_q: torch.Tensor
+    a_k: torch.Tensor
+    n_q: torch.Tensor
+    n_k: torch.Tensor
+    k_real: torch.Tensor
+    max_kv: int
+
+    @property
+    def n_regions(self) -> int:
+        return self.n_win * self.n_win
+
+
+def _overlap(region: torch.Tensor, n: int, b: int, r: int) -> torch.Tensor:
+    nb = _n_blocks(n, b)
+    a = torch.zeros(nb, r)
+    a[torch.arange(n) // b, region] = 1.0
+    return a
+
+
+@functools.lru_cache(maxsize=128)
+def _routing_layout(h, w, n_win, bm, bn, device):
+    n, r = h * w, n_win * n_win
+    ry, rx = math.ceil(h / n_win), math.ceil(w / n_win)
+    y, x = torch.arange(h)[:, None].expand(h, w), torch.arange(w)[None, :].expand(h, w)
+    reg_rm = ((y // ry) * n_win + x // rx).reshape(-1)
+    perm = torch.argsort(reg_rm * n + torch.arange(n))               # region-major, row-major inside
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n)
+    region = reg_rm[perm]
+    counts = torch.bincount(reg_rm, minlength=r)
+    tok = torch.zeros(n, 4, dtype=torch.int32)
+    tok[:, 2] = region.to(torch.int32)
+    a_q, a_k = _overlap(region, n, bm, r), _overlap(region, n, bn, r)
+    # static bound on the key blocks a query block can visit: regions touched by one query block x topk(<= all)
+    # regions' key-block spans -- never more than n_kb
+    nonempty = counts[counts > 0]
+    span = int(((nonempty + bn - 1) // bn + 1).max())
+    per_qblock = int(a_q.sum(1).max())
+    max_kv_per_topk = per_qblock * span
+    k_real = _block_rows(n, bn, 'cpu')
+    to = functools.partial(torch.Tensor.to, device=device)
+    return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm), to(counts),
+                         to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
+                         max_kv_per_topk)
+
+
+def routing_layout(h: int, w: int, n_win: int, block_m: int, block_n: int, device=None) -> RoutingLayout:
+    """Static region layout for bi-level routing (cached per size, n_win, blocks, device)."""
+    return _routing_layout(int(h), int(w), int(n_win), int(block_m), int(block_n), _dev(device))
+
+
+def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPattern:
+    """Run-time tables for routed regions, built on topk_idx's device with no host sync.
+
+    ``topk_idx (B, R, topk)`` int64: the regions each query region routes to. Returns a BlockPattern with Bt = B,
+    ``MASK_ROUTE`` and ``route (B, R, R)`` int32 (1 where routed).
+    """
+    b, r, topk = topk_idx.shape
+    n, bm, bn = layout.h * layout.w, layout.block_m, layout.block_n
+    route = torch.zeros(b, r, r, device=topk_idx.device, dtype=torch.float32)
+    route.scatter_(2, topk_idx, 1.0)
+    # allowed (query region, key region) pairs per (query block, key block); full when all pairs are allowed
+    pairs = layout.a_q @ route @ layout.a_k.t()                       # (B, n_qb, n_kb)
+    need = layout.n_q[:, None] * layout.n_k[None, :]
+    full = (pairs >= need - 0.5) & (layout.k_real == bn)[None, None, :]
+    state = (pairs > 0.5).to(torch.int8) + full.to(torch.int8)
+    n_qb, n_kb = state.shape[1], state.shape[2]
+    max_kv = min(n_kb, layout.max_kv * topk)
+    tables = tables_from_state(state, max_kv=max_kv, max_q=n_qb)
+    return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route.to(torch.int32).contiguous(),
+                        n_groups=r, perm=layout.perm, inv_perm=layout.inv_perm, rows=layout.rows)

@@ -1,0 +1,169 @@
+"""Triton implementations of the five public attention functions (same semantics as ``sparse_ops.reference``).
+
+Each function builds (or fetches from cache) a :class:`~sparse_ops.patterns.BlockPattern` for the input size and the
+kernel config and calls the one block-sparse core :func:`~sparse_ops.block_sparse.block_sparse_attention`. 2D
+patterns run on a sequence order of their own (sub-grid-major Hilbert order for 2D NA, region order for routing);
+the kernels read the row-major inputs in place through the pattern's ``rows`` permutation and write the output in
+row-major order, so there is no permuted copy of q, k, v or o, and never a top-k gathered copy.
+
+Shapes: 1D functions take q, k, v ``(B, heads, N, D)`` (N in Hilbert order), 2D functions ``(B, heads, H, W, D)``;
+outputs have q's shape and dtype. Every function takes a keyword-only ``config`` (a
+:class:`~sparse_ops.block_sparse_fwd.Config`, default :func:`~sparse_ops.block_sparse_fwd.default_config`), used by
+the tests to run every config and by the benchmark to tune.
+
+``can_run_triton(q, pattern=..., raise_error=False, **kw)`` is the pattern-level predicate that
+``sparse_ops.backend`` consults: it says why these inputs cannot run here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import patterns
+from .block_sparse import block_sparse_attention
+from .block_sparse_fwd import Config, default_config
+
+__all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
+           'neighborhood_attention_2d', 'bilevel_routing_attention', 'can_run_triton', 'HEAD_DIMS', 'DTYPES']
+
+logger = logging.getLogger(__name__)
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+PATTERNS = ('window', 'slide', 'na1d', 'na2d', 'routing')
+_MAX_GRID_Y = 65535
+
+
+def _why_not(q: torch.Tensor, pattern: str, rpb=None, **kw) -> Optional[str]:
+    if pattern not in PATTERNS:
+        return f'unknown pattern {pattern!r}, expected one of {PATTERNS}'
+    if q.device.type == 'cpu':
+        if os.environ.get('TRITON_INTERPRET', '0') != '1':
+            return f'CPU tensors need TRITON_INTERPRET=1, got device={q.device}'
+        if q.dtype == torch.bfloat16:
+            return f'bf16 tl.dot is broken in the Triton interpreter, got dtype={q.dtype}'
+    elif q.device.type != 'cuda':
+        return f'needs CUDA tensors, got device={q.device}'
+    if q.dtype not in DTYPES:
+        return f'supports dtypes {DTYPES}, got dtype={q.dtype}'
+    head_dim = q.shape[-1]
+    if head_dim not in HEAD_DIMS:
+        return f'supports head dims {HEAD_DIMS}, got {head_dim=}'
+    want_dim = 5 if pattern in ('na2d', 'routing') else 4
+    if q.dim() != want_dim:
+        return f'pattern {pattern!r} needs {want_dim}-d q, got q.shape={tuple(q.shape)}'
+    bh = q.shape[0] * q.shape[1]
+    if bh > _MAX_GRID_Y:
+        return f'batch * heads must be <= {_MAX_GRID_Y} (grid axis 1), got {bh=}'
+    if rpb is not None and (rpb.dim() != 3 or rpb.shape[0] != q.shape[1]):
+        return f'rpb must be (heads, 2r-1, 2r-1), got rpb.shape={tuple(rpb.shape)}'
+    return None
+
+
+def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, **kw) -> bool:
+    """Whether the Triton core can run ``pattern`` ('window' | 'slide' | 'na1d' | 'na2d' | 'routing') on q.
+
+    ``**kw`` are the pattern's arguments (window, shift, kernel, kernel_size, dilation, n_win, topk, rpb, hw);
+    only ``rpb`` is checked here (every size and pattern parameter runs). With ``raise_error=True`` a ValueError
+    carries the reason; otherwise the reason is logged at debug level and False returned.
+    """
+    reason = _why_not(q, pattern, **kw)
+    if reason is None:
+        return True
+    if raise_error:
+        raise ValueError(f'sparse_ops.triton_api ({pattern}): {reason}')
+    logger.debug('sparse_ops.triton_api (%s): %s', pattern, reason)
+    return False
+
+
+def _config(q: torch.Tensor, config: Optional[Config], mask_mode: int) -> Config:
+    return config if config is not None else default_config(q.shape[-1], q.device, mask_mode)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, H, W, D) -> (B, heads, H*W, D), a view when possible; the kernels read it through the
+    pattern's ``rows`` permutation, so no permuted copy is made."""
+    b, h, hh, ww, d = x.shape
+    return x.reshape(b, h, hh * ww, d)
+
+
+def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None,
+                             config: Optional[Config] = None):
+    """Hilbert window attention (chunks of ``window`` tokens, optional shift by ``window//2``).
+
+    q, k, v ``(B, heads, N, D)``; ``rpb (heads, 2r-1, 2r-1)`` needs ``hw=(H, W)``, ``H*W == N``.
+    """
+    cfg = _config(q, config, patterns.MASK_INTERVAL)
+    p = patterns.hilbert_window_pattern(q.shape[2], window, shift, cfg.block_m, cfg.block_n, q.device,
+                                        hw=hw if rpb is not None else None)
+    return block_sparse_attention(q, k, v, p, scale, rpb, cfg)
+
+
+def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, config: Optional[Config] = None):
+    """Band attention ``|i - j| <= window // 2`` on the Hilbert sequence; shapes as the window function."""
+    cfg = _config(q, config, patterns.MASK_INTERVAL)
+    p = patterns.hilbert_slide_pattern(q.shape[2], window, cfg.block_m, cfg.block_n, q.device,
+                                       hw=hw if rpb is not None else None)
+    return block_sparse_attention(q, k, v, p, scale, rpb, cfg)
+
+
+def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None,
+                                      config: Optional[Config] = None):
+    """Clamped 1D neighbourhood attention (exactly ``min(kernel, N)`` keys); shapes as the window function."""
+    cfg = _config(q, config, patterns.MASK_INTERVAL)
+    p = patterns.hilbert_na1d_pattern(q.shape[2], kernel, cfg.block_m, cfg.block_n, q.device,
+                                      hw=hw if rpb is not None else None)
+    return block_sparse_attention(q, k, v, p, scale, rpb, cfg)
+
+
+def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, *,
+                              config: Optional[Config] = None):
+    """Exact 2D (dilated) neighbourhood attention, computed in sub-grid-major Hilbert order.
+
+    q, k, v ``(B, heads, H, W, D)``; ``rpb (heads, 2k-1, 2k-1)`` indexed by offsets in sub-grid units.
+    """
+    cfg = _config(q, config, patterns.MASK_GRID2D)
+    hh, ww = q.shape[2], q.shape[3]
+    p = patterns.na2d_pattern(hh, ww, kernel_size, dilation, cfg.block_m, cfg.block_n, q.device)
+    o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, rpb, cfg)
+    return o.view(q.shape)
+
+
+@torch.no_grad()
+def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: torch.Tensor) -> torch.Tensor:
+    """BiFormer routing, as ``reference.routing.route_regions`` but with one fp32-accumulating read of q and k.
+
+    q, k ``(B, heads, H, W, D)``; counts ``(R,)`` real tokens per region. Region means over real tokens with heads
+    concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T``, empty regions -inf, top-k. Returns ``(B, R, topk)``.
+    """
+    b, h, hh, ww, d = q.shape
+    rh, rw = -(-hh // n_win), -(-ww // n_win)
+    cnt = counts.clamp(min=1).to(torch.float32)[:, None]
+
+    def means(x):
+        pad_h, pad_w = n_win * rh - hh, n_win * rw - ww
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        s = x.reshape(b, h, n_win, rh, n_win, rw, d).sum(dim=(3, 5), dtype=torch.float32)   # (B, h, n, n, D)
+        return s.permute(0, 2, 3, 1, 4).reshape(b, n_win * n_win, h * d) / cnt
+    affinity = means(q) @ means(k).transpose(-1, -2)
+    affinity = affinity.masked_fill((counts == 0)[None, None, :], float('-inf'))
+    return affinity.topk(topk, dim=-1).indices
+
+
+def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optional[Config] = None):
+    """BiFormer bi-level routing attention; q, k, v ``(B, heads, H, W, D)``.
+
+    Routing (:func:`route_topk`: detached fp32 region means, top-k) runs in PyTorch; the block tables are built from
+    its result on the device with no host sync; the kernels read the tokens in region order in place.
+    """
+    cfg = _config(q, config, patterns.MASK_ROUTE)
+    hh, ww = q.shape[2], q.shape[3]
+    layout = patterns.routing_layout(hh, ww, n_win, cfg.block_m, cfg.block_n, q.device)
+    p = patterns.routing_pattern(layout, route_topk(q, k, n_win, topk, layout.counts))
+    o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, None, cfg)
+    return o.view(q.shape)

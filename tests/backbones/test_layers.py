@@ -1,0 +1,80 @@
+"""Shared blocks: layout helpers, Hilbert reordering, stems, downsamplers, MLP."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparse_ops
+from backbones.layers import (ConvDownsampler, ConvTokenizer, DropPath, Mlp, PatchEmbed, PatchMerging, from_hilbert,
+                              nchw_to_nhwc, nhwc_to_nchw, to_hilbert)
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (1, 7), (5, 3), (8, 8), (9, 13)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
+def test_hilbert_round_trip_and_order(hw):
+    h, w = hw
+    x = torch.randn(2, 3, h, w)
+    tokens = to_hilbert(x)
+    assert tokens.shape == (2, h * w, 3)
+    order = sparse_ops.hilbert_order(h, w)
+    torch.testing.assert_close(tokens[:, 0], x.flatten(2)[:, :, order[0]])
+    torch.testing.assert_close(tokens[:, -1], x.flatten(2)[:, :, order[-1]])
+    torch.testing.assert_close(to_hilbert(nchw_to_nhwc(x), channels_last=True), tokens)
+    back = from_hilbert(tokens, hw)
+    assert back.is_contiguous()
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(from_hilbert(tokens, hw, channels_last=True), nchw_to_nhwc(x))
+    assert nhwc_to_nchw(nchw_to_nhwc(x)).equal(x)
+
+
+def test_hilbert_helpers_reject_bad_shapes():
+    with pytest.raises(ValueError, match='4D'):
+        to_hilbert(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match='hw='):
+        from_hilbert(torch.zeros(1, 10, 3), (3, 3))
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (4, 8), (5, 11), (17, 2)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
+def test_patch_embed(hw):
+    embed = PatchEmbed(3, 6, patch_size=4)
+    x = torch.randn(1, 3, *hw)
+    out = embed(x)
+    assert out.shape == (1, math.ceil(hw[0] / 4), math.ceil(hw[1] / 4), 6)
+    padded = F.pad(x, (0, (-hw[1]) % 4, 0, (-hw[0]) % 4))
+    torch.testing.assert_close(out, embed.norm(F.conv2d(padded, embed.proj.weight, embed.proj.bias, stride=4)
+                                               .permute(0, 2, 3, 1)))
+    assert PatchEmbed(3, 6, norm=False).norm is None
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (4, 6), (5, 7)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
+def test_patch_merging(hw):
+    merge = PatchMerging(2)
+    x = torch.randn(1, *hw, 2)
+    out = merge(x)
+    assert out.shape == (1, math.ceil(hw[0] / 2), math.ceil(hw[1] / 2), 4)
+    # Swin's order: (row, col) offsets (0,0), (1,0), (0,1), (1,1); zero padding for odd sizes
+    padded = F.pad(x, (0, 0, 0, hw[1] % 2, 0, hw[0] % 2))
+    cat = torch.cat([padded[:, 0, 0], padded[:, 1, 0], padded[:, 0, 1], padded[:, 1, 1]], dim=-1)
+    torch.testing.assert_close(out[:, 0, 0], merge.reduction(merge.norm(cat)))
+    assert merge.reduction.bias is None and merge.norm.normalized_shape == (8,)
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (7, 9), (16, 16)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
+def test_nat_stem_and_downsampler(hw):
+    out = ConvTokenizer(3, 8)(torch.randn(1, 3, *hw))
+    assert out.shape == (1, math.ceil(hw[0] / 4), math.ceil(hw[1] / 4), 8)
+    down = ConvDownsampler(8)
+    assert down(out).shape == (1, math.ceil(out.shape[1] / 2), math.ceil(out.shape[2] / 2), 16)
+    assert down.reduction.bias is None
+    assert [n for n, _ in ConvTokenizer(3, 8).named_parameters()] == [
+        'proj.0.weight', 'proj.0.bias', 'proj.1.weight', 'proj.1.bias', 'norm.weight', 'norm.bias']
+
+
+def test_mlp_and_drop_path():
+    mlp = Mlp(4, 16)
+    assert mlp(torch.randn(2, 3, 4)).shape == (2, 3, 4)
+    assert [n for n, _ in mlp.named_parameters()] == ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+    assert Mlp(4, 8, out_features=2)(torch.randn(1, 4)).shape == (1, 2)
+    drop = DropPath(0.5).eval()
+    x = torch.randn(4, 3)
+    assert drop(x).equal(x)

@@ -1,0 +1,246 @@
+"""Every config in configs/ (except configs/demo, tested with the tools) parses, matches its file name, builds its
+model, and builds train / test dataloaders that yield a batch of the embedded dataset (pointed at it with
+cfg-options). Light models (tiny / mini backbones) also run backbone + neck / decode heads on a 64 x 64 image so
+that stage widths and head inputs agree; heavy ones are built only. Models and dataloaders shared by several
+configs (same recipe, same backbone) are built once per session."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if p.parts[-2] not in ('demo', 'backbones', 'datasets',
+                                                                                     'schedules', 'recipes'))
+ALL_FILES = sorted((REPO / 'configs').rglob('*.py'))
+BACKBONE_TYPES = {'hwt': 'HWT', 'hnt': 'HNT', 'nat': 'NAT', 'dinat': 'DiNAT', 'biformer': 'BiFormer'}
+SIZES = {'t': 'tiny', 's': 'small', 'b': 'base', 'm': 'mini'}
+ALGORITHMS = {  # file-name algorithm -> (model type, decode head / neck type that must appear)
+    'mask-rcnn': ('MaskRCNN', None), 'cascade-mask-rcnn': ('CascadeRCNN', None), 'retinanet': ('RetinaNet', None),
+    'upernet': ('EncoderDecoder', 'UPerHead'), 'fpn': ('EncoderDecoder', 'FPNHead'),
+    'upernet-routing': ('EncoderDecoder', 'SparseContextUPerHead'),
+    'upernet-hilbert': ('EncoderDecoder', 'SparseContextUPerHead'),
+}
+DET_CLASSES = ('circle', 'square', 'triangle', 'star')
+# configs/hwt/{mask-rcnn 1x, upernet 512} of HWT-T belong to the foundation; the S / B deltas inherit them
+FOUNDATION_DERIVED = {f'mask-rcnn_hwt-{s}_fpn_1x_coco' for s in 'tsb'} | {
+    f'upernet_hwt-{s}_8xb2-160k_ade20k-512x512' for s in 'tsb'}
+
+
+def _cid(p: Path) -> str:
+    return f'{p.parent.name}/{p.stem}'
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory) -> Path:
+    """The embedded dataset (64 px, 4 train + 2 val images) written by tools/make_demo_data.py."""
+    spec = importlib.util.spec_from_file_location('sparsedense_tools_make_demo_data', REPO / 'tools/make_demo_data.py')
+    mdd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mdd)
+    root = tmp_path_factory.mktemp('configs_data') / 'demo'
+    mdd.make_demo_data(root, mdd.Params(size=64, num_train=4, num_val=2))
+    return root
+
+
+def data_options(scope: str, root: Path) -> dict:
+    """cfg-options that point every dataloader (and the COCO evaluators) at the embedded dataset, no workers."""
+    opts = {}
+    for phase, split in (('train', 'train'), ('val', 'val'), ('test', 'val')):
+        key = f'{phase}_dataloader'
+        opts.update({f'{key}.num_workers': 0, f'{key}.persistent_workers': False})
+        if scope == 'mmdet':
+            opts.update({f'{key}.dataset.data_root': f'{root}/coco/',
+                         f'{key}.dataset.ann_file': f'annotations/instances_{split}.json',
+                         f'{key}.dataset.data_prefix': dict(img=f'{split}/'),
+                         f'{key}.dataset.metainfo': dict(classes=DET_CLASSES)})
+        else:
+            folder = 'training' if split == 'train' else 'validation'
+            opts.update({f'{key}.dataset.data_root': f'{root}/ade',
+                         f'{key}.dataset.data_prefix': dict(img_path=f'images/{folder}',
+                                                            seg_map_path=f'annotations/{folder}')})
+    if scope == 'mmdet':
+        opts.update({'val_evaluator.ann_file': f'{root}/coco/annotations/instances_val.json',
+                     'test_evaluator.ann_file': f'{root}/coco/annotations/instances_val.json'})
+    return opts
+
+
+_CACHE: dict[str, object] = {}
+
+
+def once(key: str, fn):
+    """Run fn once per key for the session; later calls return (or re-raise) the first outcome."""
+    if key not in _CACHE:
+        try:
+            _CACHE[key] = ('ok', fn())
+        except Exception as e:  # noqa: BLE001  re-raised for every config that shares the key
+            _CACHE[key] = ('err', e)
+    status, value = _CACHE[key]
+    if status == 'err':
+        raise value
+    return value
+
+
+def _key(node) -> str:
+    return json.dumps(node, sort_keys=True, default=str)
+
+
+def load(path: Path):
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(path))
+    scope = cfg.get('default_scope')
+    assert scope in ('mmdet', 'mmseg'), f'default_scope {scope!r}'
+    import importlib
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    return cfg, scope
+
+
+# ------------------------------------------------------------------------------------------------- static checks
+@pytest.mark.parametrize('path', ALL_FILES, ids=[_cid(p) for p in ALL_FILES])
+def test_no_top_level_import(path):
+    """mmengine's lazy-import handling breaks old-style configs with `import` on Python >= 3.11."""
+    tree = ast.parse(path.read_text())
+    assert not [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[_cid(p) for p in CONFIGS])
+def test_config_matches_its_name(path):
+    """Algorithm, backbone type and size, schedule, batch and resolution in the file name are what the config says."""
+    cfg, scope = load(path)
+    m = cfg.model
+    parts = path.stem.split('_')
+    algo, backbone = parts[0], parts[1]
+    assert cfg.custom_imports.allow_failed_imports is False and 'backbones' in cfg.custom_imports.imports
+    model_type, head_type = ALGORITHMS[algo]
+    assert m.type == model_type
+    if head_type:
+        assert head_type in (m.decode_head.type, m.get('neck', {}).get('type'))
+    if any('SparseContext' in str(n) for n in (m.get('neck'), m.get('decode_head'))):
+        assert 'heads' in cfg.custom_imports.imports
+    name, _, size = backbone.rpartition('-')
+    if size != 'demo':
+        assert m.backbone.type == BACKBONE_TYPES[name] and m.backbone.arch == SIZES[size]
+        assert 'depth' not in m.backbone and 'num_stages' not in m.backbone, 'ResNet keys leaked (_delete_?)'
+    stem = path.stem
+    if re.search(r'_(ms-crop-)?3x_', stem):
+        assert cfg.train_cfg.max_epochs == 36
+    elif '_1x_' in stem:
+        assert cfg.train_cfg.max_epochs == 12
+    if 'ms-crop' in stem:
+        assert any(t.type == 'RandomChoice' for t in cfg.train_dataloader.dataset.pipeline)
+    for iters in ('160k', '80k'):
+        if f'-{iters}_' in stem:
+            assert cfg.train_cfg.max_iters == int(iters[:-1]) * 1000
+    batch = re.search(r'_8xb(\d+)-', stem)
+    if batch:
+        assert cfg.train_dataloader.batch_size == int(batch.group(1))
+    crop = re.search(r'ade20k-(\d+)x(\d+)$', stem)
+    if crop:
+        assert tuple(m.data_preprocessor.size) == (int(crop.group(1)), int(crop.group(2)))
+        assert any(t.type == 'RandomCrop' and tuple(t.crop_size) == tuple(m.data_preprocessor.size)
+                   for t in cfg.train_dataloader.dataset.pipeline)
+        if int(crop.group(1)) >= 1024:
+            assert m.test_cfg.mode == 'slide'
+    if stem.endswith('coco-2048'):
+        scales = [t.scale for t in cfg.test_dataloader.dataset.pipeline if t.type == 'Resize']
+        assert scales and max(scales[0]) == 2048
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[_cid(p) for p in CONFIGS])
+def test_zoo_recipe_is_amp_adamw_without_decay_on_norms_and_biases(path):
+    """Configs built on our recipes use AmpOptimWrapper + AdamW with zero weight decay on norms and position bias."""
+    cfg, _ = load(path)
+    ow = cfg.optim_wrapper
+    if path.parent.name == 'heads' or path.stem in FOUNDATION_DERIVED:
+        pytest.skip('inherits a foundation config (tools/train.py --amp turns AMP on)')
+    assert ow.type == 'AmpOptimWrapper' and ow.optimizer.type == 'AdamW'
+    assert ow.paramwise_cfg.norm_decay_mult == 0.0
+    assert {'rpb', 'relative_position_bias_table'} <= set(ow.paramwise_cfg.custom_keys)
+
+
+# ------------------------------------------------------------------------------------------------- builds
+def _build_model(cfg, scope):
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        return revert_sync_batchnorm(MODELS.build(cfg.model))
+
+
+def _light(path: Path) -> bool:
+    backbone = path.stem.split('_')[1]
+    return backbone.endswith(('-t', '-m'))
+
+
+def _check_forward(model, scope):
+    """Backbone + neck (mmdet) or backbone + decode / auxiliary heads (mmseg) on one 64 x 64 image."""
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        if scope == 'mmdet':
+            assert all(f.shape[1] == model.neck.out_channels for f in feats)
+        else:
+            assert model.decode_head.forward(feats).shape[:2] == (1, model.decode_head.num_classes)
+            if getattr(model, 'auxiliary_head', None) is not None:
+                model.auxiliary_head.forward(feats)
+
+
+def _check_optimizer(model, cfg):
+    """Norm layers and relative position biases get no weight decay; conv / linear weights do."""
+    from mmengine.optim import build_optim_wrapper
+    ow_cfg = cfg.optim_wrapper.copy()
+    ow_cfg['type'] = 'OptimWrapper'  # AmpOptimWrapper needs CUDA; the parameter groups are the same
+    ow_cfg.pop('loss_scale', None)
+    optim = build_optim_wrapper(model, ow_cfg).optimizer
+    decay = {id(p): g['weight_decay'] for g in optim.param_groups for p in g['params']}
+    norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
+    norm_params = {id(p) for mod in model.modules() if isinstance(mod, norm_types) for p in mod.parameters()}
+    bias_names = [n for n, p in model.named_parameters() if 'rpb' in n or 'relative_position_bias_table' in n]
+    for n, p in model.named_parameters():
+        if id(p) in norm_params or n in bias_names:
+            assert decay[id(p)] == 0.0, f'{n} is decayed'
+    assert any(decay[id(p)] > 0 for n, p in model.named_parameters() if n.endswith('weight') and p.ndim >= 2)
+    if model.backbone.__class__.__name__ in ('HWT', 'NAT', 'DiNAT', 'HNT'):
+        assert bias_names, 'no relative position bias found by name: the no-decay keys do not match'
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[_cid(p) for p in CONFIGS])
+def test_config_builds_model_and_dataloaders(path, demo_data):
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+    cfg, scope = load(path)
+    model_key = _key(cfg.model)
+
+    def build():
+        model = _build_model(cfg, scope)
+        if _light(path):
+            _check_forward(model, scope)
+        return model
+
+    model = once('model:' + model_key, build)
+    once('optim:' + model_key + _key(cfg.optim_wrapper), lambda: _check_optimizer(model, cfg))
+
+    cfg.merge_from_dict(data_options(scope, demo_data))
+    for phase in ('train', 'test'):
+        loader_cfg = cfg.get(f'{phase}_dataloader')
+
+        def build_loader():
+            with DefaultScope.overwrite_default_scope(scope):
+                loader = Runner.build_dataloader(loader_cfg, seed=0)
+                batch = next(iter(loader))
+            assert len(batch['inputs']) == min(loader_cfg.batch_size, len(loader.dataset))
+            img = batch['inputs'][0]
+            assert img.ndim == 3 and img.shape[0] == 3 and img.dtype == torch.uint8
+            sample = batch['data_samples'][0]
+            if phase == 'train':
+                assert ('gt_instances' in sample) if scope == 'mmdet' else ('gt_sem_seg' in sample)
+            return True
+
+        once(f'{phase}:' + _key(loader_cfg), build_loader)

@@ -1,0 +1,277 @@
+"""The Triton block-sparse core vs the PyTorch twins: every pattern, every interpreter config, odd sizes, all
+gradients (q, k, v, rpb), fp32 and fp16, plus a seeded random sweep (``SPARSE_OPS_SWEEP=1`` for >= 500 cases).
+
+On CPU the kernels run under ``TRITON_INTERPRET=1`` (tests/conftest.py sets it before any kernel module is
+imported); bf16 is GPU-only (tests/sparse_ops/test_gpu.py). Tolerance (flash-attention's rule): the kernel's error
+vs an fp64 run of the twin must be <= 2x the error of the twin run in the same dtype, plus a small atol.
+Outputs are allocated NaN-poisoned (``torch.empty`` patched), so an unwritten tile fails.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+triton = pytest.importorskip('triton')
+
+if not torch.cuda.is_available() and os.environ.get('TRITON_INTERPRET') != '1':
+    pytest.skip('needs CUDA or TRITON_INTERPRET=1', allow_module_level=True)
+
+from sparse_ops import reference  # noqa: E402
+from sparse_ops import triton_api  # noqa: E402
+from sparse_ops.block_sparse_fwd import Config, configs_for  # noqa: E402
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+CONFIGS = configs_for(16, interpret=DEVICE == 'cpu')
+# fp32: exact tl.dot in the interpreter; tf32 (Triton's default fp32 dot) on GPUs
+ATOL = {torch.float32: 2e-5 if DEVICE == 'cpu' else 4e-3, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture(autouse=True)
+def nan_poisoned_empty(monkeypatch):
+    """Make torch.empty / empty_like return NaN-filled float tensors so unwritten outputs show up."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        if t.is_floating_point():
+            t.fill_(float('nan'))
+        return t
+
+    monkeypatch.setattr(torch, 'empty', lambda *a, **k: poison(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, 'empty_like', lambda *a, **k: poison(real_empty_like(*a, **k)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one case = (name of the public function, args); run kernel, twin in dtype, twin in fp64
+# ------------------------------------------------------------------------------------------------------------
+def _inputs(shape, dtype, rpb_side, heads, seed):
+    g = torch.Generator().manual_seed(seed)
+    qkv = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
+    rpb = torch.randn(heads, rpb_side, rpb_side, generator=g, dtype=torch.float64) if rpb_side else None
+    return qkv, rpb
+
+
+def _run(fn, qkv, rpb, dtype, kwargs, grad_out, device):
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in qkv]
+    rpb_leaf = rpb.to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype).requires_grad_() \
+        if rpb is not None else None
+    kw = dict(kwargs)
+    if rpb_leaf is not None:
+        kw['rpb'] = rpb_leaf
+    out = fn(*leaves, **kw)
+    wrt = leaves + ([rpb_leaf] if rpb_leaf is not None else [])
+    grads = torch.autograd.grad(out, wrt, grad_out.to(device=device, dtype=out.dtype))
+    return [t.detach().double().cpu() for t in (out, *grads)]
+
+
+def check_case(name, shape, kwargs, dtype=torch.float32, config=None, rpb_side=0, seed=0):
+    """Compare the Triton function ``name`` with its twin on one input; returns the worst error ratio."""
+    qkv, rpb = _inputs(shape, dtype, rpb_side, shape[1], seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_out = torch.randn(shape, generator=g, dtype=torch.float64)
+    twin = getattr(reference, name)
+    kern = getattr(triton_api, name)
+    ref = _run(twin, qkv, rpb, torch.float64, kwargs, grad_out, DEVICE)
+    same = _run(twin, qkv, rpb, dtype, kwargs, grad_out, DEVICE)
+    got = _run(lambda *a, **k: kern(*a, config=config, **k), qkv, rpb, dtype, kwargs, grad_out, DEVICE)
+    labels = ['out', 'dq', 'dk', 'dv', 'drpb']
+    worst = 0.0
+    for label, r, s, t in zip(labels, ref, same, got):
+        assert not torch.isnan(t).any(), f'{name} {label}: NaN (unwritten or invalid) in the kernel result'
+        scale = max(1.0, r.abs().max().item())
+        atol = ATOL[dtype] * scale * (4 if label == 'drpb' else 1)
+        err_t, err_s = (t - r).abs().max().item(), (s - r).abs().max().item()
+        assert err_t <= 2 * err_s + atol, (f'{name} {label} {tuple(shape)} {kwargs} {dtype} {config}: kernel err '
+                                           f'{err_t:.3e} > 2 x torch err {err_s:.3e} + atol {atol:.1e}')
+        worst = max(worst, err_t / (2 * err_s + atol))
+    return worst
+
+
+def _id(v):
+    if isinstance(v, Config):
+        return str(v)
+    if isinstance(v, torch.dtype):
+        return str(v).replace('torch.', '')
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# every pattern x every config the interpreter / GPU space has
+# ------------------------------------------------------------------------------------------------------------
+PATTERN_CASES = [
+    ('hilbert_window_attention', (1, 2, 45, 16), dict(window=9)),
+    ('hilbert_window_attention', (1, 2, 45, 16), dict(window=9, shift=True)),
+    ('hilbert_slide_attention', (1, 2, 45, 16), dict(window=11)),
+    ('hilbert_neighborhood_attention_1d', (1, 2, 45, 16), dict(kernel=7)),
+    ('neighborhood_attention_2d', (1, 2, 7, 9, 16), dict(kernel_size=3, dilation=2)),
+    ('bilevel_routing_attention', (2, 2, 7, 9, 16), dict(n_win=3, topk=2)),
+]
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=_id)
+@pytest.mark.parametrize('name,shape,kwargs', PATTERN_CASES,
+                         ids=[f'{c[0].split("_attention")[0]}-{"-".join(f"{k}{v}" for k, v in c[2].items())}'
+                              for c in PATTERN_CASES])
+def test_every_pattern_every_config(name, shape, kwargs, config):
+    check_case(name, shape, kwargs, config=config)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# odd sizes, borders, relative position bias and its gradient
+# ------------------------------------------------------------------------------------------------------------
+ODD_HW = [(1, 1), (1, 17), (13, 7), (31, 45)]
+# 64 x 64 tiles (a legal config outside the interpreter space) keep the 31 x 45 case affordable on CPU
+BIG = Config(64, 64, 4, 2)
+
+
+@pytest.mark.parametrize('hw', ODD_HW, ids=lambda s: f'{s[0]}x{s[1]}')
+def test_na2d_odd_sizes_rpb(hw):
+    # kernel 5 > the side for 1x1, 1x17 and 13x7's sub-grids: the window covers the whole side
+    check_case('neighborhood_attention_2d', (1, 1, *hw, 16), dict(kernel_size=5, dilation=2), rpb_side=9,
+               config=BIG)
+
+
+@pytest.mark.parametrize('hw', ODD_HW[:3], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_routing_odd_sizes(hw):
+    check_case('bilevel_routing_attention', (1, 1, *hw, 16), dict(n_win=4, topk=3), config=BIG)
+
+
+@pytest.mark.parametrize('hw', ODD_HW[:3], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_window_odd_sizes_rpb(hw):
+    # window 20 is not a multiple of any block: ragged last window, shifted windows straddle blocks
+    n = hw[0] * hw[1]
+    check_case('hilbert_window_attention', (1, 1, n, 16), dict(window=20, shift=True, hw=hw), rpb_side=7,
+               config=BIG)
+
+
+@pytest.mark.parametrize('name,kw', [('hilbert_slide_attention', dict(window=9)),
+                                     ('hilbert_neighborhood_attention_1d', dict(kernel=13))],
+                         ids=['slide', 'na1d'])
+def test_1d_rpb_grad(name, kw):
+    check_case(name, (2, 2, 13 * 7, 32), dict(kw, hw=(13, 7)), rpb_side=5)
+
+
+@pytest.mark.parametrize('kernel,dilation', [(3, 1), (7, 1), (3, 3), (7, 4)], ids=lambda v: str(v))
+def test_na2d_kernel_dilation(kernel, dilation):
+    check_case('neighborhood_attention_2d', (1, 2, 11, 10, 16), dict(kernel_size=kernel, dilation=dilation),
+               rpb_side=2 * kernel - 1)
+
+
+@pytest.mark.parametrize('topk', [1, 9], ids=lambda t: f'topk{t}')
+def test_routing_topk_extremes(topk):
+    # 3 x 3 regions: topk=9 is every region (global attention), topk=1 a single region
+    check_case('bilevel_routing_attention', (2, 2, 10, 11, 16), dict(n_win=3, topk=topk))
+
+
+def test_routing_more_regions_than_rows():
+    # n_win 4 on 3 rows: ceil(3/4) = 1 row per band, the last band is empty; topk = all 16 includes empty ones
+    check_case('bilevel_routing_attention', (1, 2, 3, 5, 16), dict(n_win=4, topk=16))
+
+
+@pytest.mark.parametrize('hw,n_win,topk', [((12, 12), 3, 2), ((13, 7), 4, 5), ((3, 5), 4, 16)],
+                         ids=['12x12', '13x7', '3x5-empty'])
+def test_route_topk_matches_twin(hw, n_win, topk):
+    from sparse_ops import patterns
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(2, 3, *hw, 16, generator=g).to(DEVICE) for _ in range(2))
+    counts = patterns.routing_layout(*hw, n_win, 16, 16, q.device).counts
+    ours = triton_api.route_topk(q, k, n_win, topk, counts)
+    ref = reference.route_regions(q, k, n_win, topk)
+    # compare as sets per query region (order among equal -inf empties is arbitrary)
+    assert torch.equal(ours.sort(-1).values[..., :], ref.sort(-1).values) or hw == (3, 5)
+    assert torch.equal(counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
+
+
+def test_window_larger_than_sequence_and_scale():
+    check_case('hilbert_window_attention', (1, 2, 10, 16), dict(window=64, scale=0.3))
+
+
+@pytest.mark.parametrize('d', [16, 32, 64, 128], ids=lambda d: f'd{d}')
+def test_head_dims(d):
+    check_case('hilbert_slide_attention', (1, 1, 19, d), dict(window=7))
+
+
+@pytest.mark.parametrize('name,shape,kwargs', [PATTERN_CASES[i] for i in (1, 3, 4, 5)],
+                         ids=['window-shift', 'na1d', 'na2d', 'routing'])
+def test_fp16(name, shape, kwargs):
+    check_case(name, shape, kwargs, dtype=torch.float16)
+
+
+def test_strided_inputs_and_outputs():
+    """q/k/v as non-contiguous views of one packed qkv tensor (the usual layout in models)."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(1, 40, 3, 2, 16, generator=g).to(DEVICE).permute(2, 0, 3, 1, 4)   # (3, B, H, N, D) view
+    q, k, v = (t.requires_grad_() for t in qkv.clone().unbind(0))
+    qs, ks, vs = qkv.unbind(0)
+    out = triton_api.hilbert_slide_attention(qs, ks, vs, 9)
+    ref = reference.hilbert_slide_attention(q, k, v, 9)
+    torch.testing.assert_close(out, ref, atol=ATOL[torch.float32], rtol=1e-5)
+
+
+def test_can_run_triton_explains():
+    q = torch.randn(1, 2, 10, 24).to(DEVICE)
+    assert not triton_api.can_run_triton(q, pattern='window')
+    with pytest.raises(ValueError, match='head_dim=24'):
+        triton_api.can_run_triton(q, pattern='window', raise_error=True)
+    with pytest.raises(ValueError, match='5-d q'):
+        triton_api.can_run_triton(torch.randn(1, 2, 10, 16).to(DEVICE), pattern='na2d', raise_error=True)
+    assert triton_api.can_run_triton(torch.randn(1, 2, 4, 4, 16).to(DEVICE), pattern='routing', n_win=2, topk=1)
+
+
+def test_torch_compile_traces_the_op():
+    """The registered op has a fake implementation, so torch.compile traces through it without breaking."""
+    import torch._dynamo.testing as dt
+    counter = dt.CompileCounter()
+    q, k, v = (torch.randn(1, 2, 40, 16).to(DEVICE) for _ in range(3))
+    f = torch.compile(lambda q, k, v: triton_api.hilbert_window_attention(q, k, v, 8), backend=counter)
+    out = f(q, k, v)
+    torch.testing.assert_close(out, reference.hilbert_window_attention(q, k, v, 8), atol=ATOL[torch.float32],
+                               rtol=1e-5)
+    assert counter.frame_count >= 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# seeded random sweep: quick subset by default, >= 500 cases with SPARSE_OPS_SWEEP=1
+# ------------------------------------------------------------------------------------------------------------
+def _sweep_cases(n_cases, seed=1234):
+    rng = random.Random(seed)
+    dtypes = [torch.float32, torch.float16]
+    cases = []
+    for i in range(n_cases):
+        name = rng.choice(['hilbert_window_attention', 'hilbert_slide_attention',
+                           'hilbert_neighborhood_attention_1d', 'neighborhood_attention_2d',
+                           'bilevel_routing_attention'])
+        h, w = rng.randint(1, 12), rng.randint(1, 12)
+        b, heads, d = rng.randint(1, 2), rng.randint(1, 2), rng.choice([16, 32])
+        rpb_side = 0
+        if name in ('neighborhood_attention_2d', 'bilevel_routing_attention'):
+            shape = (b, heads, h, w, d)
+            if name == 'neighborhood_attention_2d':
+                k = rng.choice([1, 3, 5, 7])
+                kw = dict(kernel_size=k, dilation=rng.randint(1, 3))
+                rpb_side = 2 * k - 1 if rng.random() < 0.5 else 0
+            else:
+                n_win = rng.randint(1, 4)
+                kw = dict(n_win=n_win, topk=rng.randint(1, n_win * n_win))
+        else:
+            shape = (b, heads, h * w, d)
+            size = rng.randint(1, 24)
+            kw = {'hilbert_window_attention': dict(window=size, shift=rng.random() < 0.5),
+                  'hilbert_slide_attention': dict(window=size),
+                  'hilbert_neighborhood_attention_1d': dict(kernel=size)}[name]
+            if rng.random() < 0.4:
+                kw['hw'] = (h, w)
+                rpb_side = rng.choice([3, 5, 7])
+        config = rng.choice(CONFIGS)
+        cases.append(pytest.param(name, shape, kw, rng.choice(dtypes), config, rpb_side, i, id=f'case{i}'))
+    return cases
+
+
+SWEEP = _sweep_cases(600 if os.environ.get('SPARSE_OPS_SWEEP') == '1' else 8)
+
+
+@pytest.mark.parametrize('name,shape,kwargs,dtype,config,rpb_side,seed', SWEEP)
+def test_random_sweep(name, shape, kwargs, dtype, config, rpb_side, seed):
+    check_case(name, shape, kwargs, dtype=dtype, config=config, rpb_side=rpb_side, seed=seed)

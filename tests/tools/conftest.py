@@ -1,0 +1,45 @@
+"""Shared fixtures for the tools tests: a tiny embedded dataset and a way to run the tools."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / 'tools'
+DET_CFG = REPO / 'configs/demo/mask-rcnn_hwt-demo_fpn_shapes-coco.py'
+SEG_CFG = REPO / 'configs/demo/upernet_hwt-demo_shapes-ade-128x128.py'
+# smallest settings that still exercise the whole model: 64 px, a few images, a tiny HWT
+TINY_ARCH = 'model.backbone.arch.depths=[1,1,1,1]'
+
+
+def load_tool(name: str):
+    """Import tools/<name>.py under a private module name (tools/ is not a package; `test` is a stdlib name)."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    spec = importlib.util.spec_from_file_location(f'sparsedense_tools_{name}', TOOLS / f'{name}.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='session')
+def demo_root(tmp_path_factory) -> Path:
+    """A folder holding data/demo/{coco,ade} (64 px, 12 train + 4 val images): run the tools with cwd set here so
+    the configs' relative data_root resolves to it."""
+    mdd = load_tool('make_demo_data')
+    root = tmp_path_factory.mktemp('demo_root')
+    mdd.make_demo_data(root / 'data' / 'demo', mdd.Params(size=64, num_train=12, num_val=4))
+    return root
+
+
+def run_tool(tool: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
+    """Run tools/<tool>.py in a subprocess; returns CompletedProcess with text stdout/stderr."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(TOOLS / f'{tool}.py'), *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

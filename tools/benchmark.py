@@ -1,0 +1,262 @@
+"""Inference FPS, training step time and peak memory of detectors / segmentors, several configs side by side.
+
+Synthetic inputs of a fixed size (no dataset needed): random images and, for training, random ground truth
+(boxes with rectangular masks for mmdet, a random label map for mmseg). Each config is measured in its own phase
+order: warm-up, then timed iterations (median and mean ms), with the peak memory of each phase
+(``torch.cuda.max_memory_allocated`` on GPU; on CPU the process' peak RSS, which only grows). Prints one table
+with a machine header and writes JSON with ``--out``.
+
+    python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
+        [--amp bf16] [--iters 20] [--warmup 5] [--device cuda] [--out bench.json] [--cfg-options k=v ...]
+
+Example (stock UperNet vs our routing-context UperHead at 1024^2 on a GPU):
+
+    python tools/benchmark.py configs/hwt/upernet_hwt-t_8xb2-160k_ade20k-1024x1024.py \\
+        configs/heads/upernet-routing_hwt-t_8xb2-160k_ade20k-1024x1024.py --shape 1024 1024 --amp bf16
+
+Also imported by ``tools/get_flops.py`` (``load_cfg``, ``build_model``, ``synthetic_batch``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os.path as osp
+import platform
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo root: backbones, heads, sparse_ops
+
+import torch  # noqa: E402
+
+import _runtime  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------- model + data
+def load_cfg(path: str, options: dict | None = None):
+    """Config with its scope's modules registered (and custom_imports imported); returns (cfg, scope)."""
+    from mmengine.config import Config
+    if not osp.isfile(path):
+        raise _runtime.ConfigCheckError(f"config file '{path}' does not exist")
+    cfg = Config.fromfile(path)
+    scope = _runtime.setup_scope(cfg)
+    _runtime.check_cfg_options(cfg, options, scope)
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg, scope
+
+
+def build_model(cfg, scope: str, device: str) -> torch.nn.Module:
+    """The config's model on ``device`` with SyncBN reverted to BN (single process); init_weights not called."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import DefaultScope, MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(cfg.model)
+    return revert_sync_batchnorm(model).to(device)
+
+
+def num_classes_of(cfg) -> int:
+    """Classes the model predicts, read from its head config (mmdet roi/bbox/dense heads, mmseg decode head)."""
+    m = cfg.model
+    for path in (('decode_head', ), ('roi_head', 'bbox_head'), ('bbox_head', ), ('roi_head', 'mask_head')):
+        node = m
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, (list, tuple)):
+                node = node[-1]
+        if isinstance(node, dict) and 'num_classes' in node:
+            return int(node['num_classes'])
+    return 1
+
+
+def synthetic_batch(scope: str, batch: int, h: int, w: int, num_classes: int, with_gt: bool, seed: int = 0) -> dict:
+    """A collated data batch as the dataloaders give it: ``inputs`` list of (3, h, w) uint8, ``data_samples`` with
+    metainfo (and, if ``with_gt``, 4 random boxes with box-shaped masks, or a random (1, h, w) label map)."""
+    from mmengine.structures import InstanceData, PixelData
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for _ in range(batch)]
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0), flip=False,
+                img_id=0, img_path='synthetic.png')
+    samples = []
+    for _ in range(batch):
+        if scope == 'mmdet':
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            s = DetDataSample(metainfo=meta)
+            if with_gt:
+                n = 4
+                xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+                wh = (0.1 + 0.3 * torch.rand(n, 2, generator=g)) * torch.tensor([w, h])
+                boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w - 1.0, h - 1.0]))], 1)
+                masks = torch.zeros(n, h, w, dtype=torch.uint8)
+                for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+                    masks[i, y0:y1 + 1, x0:x1 + 1] = 1
+                s.gt_instances = InstanceData(
+                    bboxes=boxes, labels=torch.randint(0, num_classes, (n, ), generator=g),
+                    masks=BitmapMasks(masks.numpy(), h, w))
+                s.ignored_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
+        else:
+            from mmseg.structures import SegDataSample
+            s = SegDataSample(metainfo=dict(meta, reduce_zero_label=False))
+            if with_gt:
+                s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w), generator=g))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+# ------------------------------------------------------------------------------------------------- measurement
+def _sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def _peak_mb(device: str) -> float:
+    if device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _timed(step, n_warmup: int, n_iters: int, device: str, label: str) -> dict:
+    """Run ``step`` n_warmup + n_iters times with a progress bar; ms of the timed ones and the phase's peak MB."""
+    from mmengine.utils import ProgressBar
+    print(f'  {label}: {n_warmup} warm-up + {n_iters} timed iterations', flush=True)
+    bar = ProgressBar(n_warmup + n_iters)
+    _reset_peak(device)
+    times = []
+    for i in range(n_warmup + n_iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= n_warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+        bar.update()
+    sys.stdout.write('\n')
+    return dict(median_ms=statistics.median(times), mean_ms=statistics.fmean(times), peak_mb=_peak_mb(device))
+
+
+def benchmark_config(path: str, args, options: dict | None) -> dict:
+    """Measure one config: parameters, inference (predict mode) and one training step (loss, backward, AdamW)."""
+    cfg, scope = load_cfg(path, options)
+    device = args.device
+    model = build_model(cfg, scope, device)
+    h, w = args.shape
+    amp_dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+    autocast = (lambda: torch.autocast(device_type=device.split(':')[0], dtype=amp_dtype)) if amp_dtype \
+        else nullcontext
+    result = dict(config=path, scope=scope, params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                  shape=[h, w], batch=args.batch_size, amp=args.amp, device=device)
+    print(f'{osp.basename(path)} ({scope}, {result["params_m"]:.1f} M parameters)', flush=True)
+    ncls = num_classes_of(cfg)
+
+    if args.mode in ('infer', 'both'):
+        model.eval()
+        data = model.data_preprocessor(synthetic_batch(scope, args.batch_size, h, w, ncls, False), False)
+
+        def infer():
+            with torch.no_grad(), autocast():
+                model(**data, mode='predict')
+
+        r = _timed(infer, args.warmup, args.iters, device, 'inference')
+        result['infer'] = dict(r, fps=args.batch_size * 1e3 / r['median_ms'])
+
+    if args.mode in ('train', 'both'):
+        model.train()
+        optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        scaler = torch.amp.GradScaler(device.split(':')[0], enabled=amp_dtype is torch.float16)
+        data = model.data_preprocessor(synthetic_batch(scope, args.batch_size, h, w, ncls, True), True)
+
+        def train_step():
+            with autocast():
+                loss, _ = model.parse_losses(model(**data, mode='loss'))
+            optim.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+
+        r = _timed(train_step, args.warmup, args.iters, device, 'train step')
+        result['train'] = dict(r, imgs_per_s=args.batch_size * 1e3 / r['median_ms'])
+    del model
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- report
+def machine_header(device: str) -> str:
+    if device.startswith('cuda'):
+        dev = torch.cuda.get_device_name(torch.device(device))
+    else:
+        dev = f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+    return f'# {dev} | torch {torch.__version__} | python {platform.python_version()}'
+
+
+def format_table(results: list[dict], device: str) -> str:
+    cols = ['config', 'params M', 'infer ms', 'FPS', 'infer peak MB', 'train ms', 'train img/s', 'train peak MB']
+    rows = []
+    for r in results:
+        i, t = r.get('infer', {}), r.get('train', {})
+        rows.append([osp.splitext(osp.basename(r['config']))[0], f"{r['params_m']:.1f}",
+                     f"{i['median_ms']:.1f}" if i else '-', f"{i['fps']:.2f}" if i else '-',
+                     f"{i['peak_mb']:.0f}" if i else '-', f"{t['median_ms']:.1f}" if t else '-',
+                     f"{t['imgs_per_s']:.2f}" if t else '-', f"{t['peak_mb']:.0f}" if t else '-'])
+    widths = [max(len(c), *(len(row[k]) for row in rows)) for k, c in enumerate(cols)]
+    r0 = results[0]
+    lines = [machine_header(device),
+             f"# input {r0['batch']} x 3 x {r0['shape'][0]} x {r0['shape'][1]}, amp {r0['amp']}, median of timed "
+             'iterations' + ('' if device.startswith('cuda') else '; CPU peak = process peak RSS (cumulative)'),
+             ' | '.join(c.ljust(wd) for c, wd in zip(cols, widths)),
+             '-|-'.join('-' * wd for wd in widths)]
+    lines += [' | '.join(v.ljust(wd) for v, wd in zip(row, widths)) for row in rows]
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('configs', nargs='+', help='config files, measured one after the other')
+    ap.add_argument('--shape', type=int, nargs=2, default=[1024, 1024], metavar=('H', 'W'))
+    ap.add_argument('--batch-size', type=int, default=1)
+    ap.add_argument('--mode', choices=['infer', 'train', 'both'], default='both')
+    ap.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='autocast dtype (GPU)')
+    ap.add_argument('--iters', type=int, default=20, help='timed iterations per phase')
+    ap.add_argument('--warmup', type=int, default=5, help='untimed iterations before them')
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--out', help='write the results as JSON here')
+    ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                    help='override keys of every config, e.g. model.backbone.with_cp=True')
+    args = ap.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1 or min(args.shape) < 1:
+        ap.error(f'need --iters >= 1, --warmup >= 0, --batch-size >= 1, --shape >= 1; got {args.iters=} '
+                 f'{args.warmup=} {args.batch_size=} {args.shape=}')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = []
+    try:
+        for path in args.configs:
+            results.append(benchmark_config(path, args, args.cfg_options))
+    except _runtime.ConfigCheckError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    table = format_table(results, args.device)
+    print(table)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(machine=machine_header(args.device), results=results), f, indent=2)
+        print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

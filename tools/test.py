@@ -1,0 +1,130 @@
+"""Evaluate a checkpoint of a detector (mmdet) or segmentor (mmseg); the library comes from ``default_scope``.
+
+    python tools/test.py CONFIG CHECKPOINT [--show-dir DIR] [--out preds.pkl] [--cfg-options k=v ...]
+    bash tools/dist_test.sh CONFIG CHECKPOINT 2 [args]
+
+Prints the metrics (COCO bbox/segm mAP, mIoU) and writes them to ``<work_dir>/test_metrics.json``. ``--show-dir``
+draws the predictions on every test image and saves PNGs (mmdet: DIR/<image>.png; mmseg: DIR/vis_data/vis_image/
+<image>_<iter>.png, left ground truth, right prediction).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root: `backbones`, `heads`
+
+import _runtime  # noqa: E402
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    ap = argparse.ArgumentParser(description='Test (evaluate) a detector or segmentor checkpoint')
+    ap.add_argument('config', help='config file path')
+    ap.add_argument('checkpoint', help='checkpoint file (e.g. written by tools/train.py)')
+    ap.add_argument('--work-dir', help='folder for logs and test_metrics.json (default: ./work_dirs/<config name>)')
+    ap.add_argument('--out', help='dump the raw predictions to this .pkl file')
+    ap.add_argument('--show-dir', help='draw predictions on the test images and save them as PNGs here')
+    ap.add_argument('--score-thr', type=float, default=0.3, help='detection score threshold for drawing')
+    ap.add_argument('--tta', action='store_true', help='test-time augmentation (config needs tta_model/tta_pipeline)')
+    ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                    help='override config keys (keys must exist in the config)')
+    ap.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    ap.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = ap.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    from mmengine.config import Config, ConfigDict
+    if not osp.isfile(args.config):
+        raise _runtime.ConfigCheckError(f"config file '{args.config}' does not exist")
+    if not osp.isfile(args.checkpoint):
+        raise _runtime.ConfigCheckError(f"checkpoint '{args.checkpoint}' does not exist")
+    cfg = Config.fromfile(args.config)
+    scope = _runtime.setup_scope(cfg)
+    _runtime.check_cfg_options(cfg, args.cfg_options, scope)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+
+    if args.show_dir:
+        vis = cfg.default_hooks.get('visualization')
+        if vis is None:
+            raise _runtime.ConfigCheckError('--show-dir: the config has no default_hooks.visualization')
+        show_dir = osp.abspath(args.show_dir)
+        vis.draw = True
+        if scope == 'mmdet':
+            vis.test_out_dir = show_dir  # absolute, so the hook does not nest it under work_dir/timestamp
+            vis.score_thr = args.score_thr
+        else:
+            vis.interval = 1
+            cfg.visualizer.save_dir = show_dir
+
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise _runtime.ConfigCheckError('--tta: the config defines no tta_model / tta_pipeline')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise _runtime.ConfigCheckError(f"--out: expected a .pkl file, got '{args.out}'")
+        dump = ConfigDict(type='DumpDetResults' if scope == 'mmdet' else 'mmengine.DumpResults',
+                          out_file_path=args.out)
+        ev = cfg.test_evaluator
+        cfg.test_evaluator = (list(ev) if isinstance(ev, (list, tuple)) else [ev]) + [dump]
+
+    _runtime.check_data_paths(cfg, ['test'])
+    _runtime.trust_checkpoints(args.checkpoint)
+    return cfg
+
+
+def _save_drawings_as_png(visualizer) -> None:
+    """mmdet's hook names drawings after the image (``000001.jpg``, so JPEG); write lossless PNGs instead."""
+    draw = visualizer.add_datasample
+
+    def add_datasample(*args, out_file=None, **kwargs):
+        if out_file is not None:
+            out_file = osp.splitext(out_file)[0] + '.png'
+        return draw(*args, out_file=out_file, **kwargs)
+
+    visualizer.add_datasample = add_datasample
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_cfg(args)
+        runner = _runtime.build_runner(cfg)
+    except _runtime.ConfigCheckError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    if args.show_dir and cfg.default_scope == 'mmdet':
+        _save_drawings_as_png(runner.visualizer)
+    metrics = runner.test()
+    if runner.rank == 0:
+        metrics = {k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in (metrics or {}).items()}
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        with open(osp.join(cfg.work_dir, 'test_metrics.json'), 'w') as f:
+            json.dump(metrics, f, indent=1)
+        print('[test] ' + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                                    for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Train a detector (mmdet) or a segmentor (mmseg) from an MM-style config.
+
+The library is picked from the config's ``default_scope``. Examples:
+
+    python tools/train.py configs/demo/mask-rcnn_hwt-demo_fpn_demo-coco.py
+    python tools/train.py CONFIG --work-dir work_dirs/x --resume            # continue from the latest checkpoint
+    python tools/train.py CONFIG --resume work_dirs/x/iter_200.pth          # continue from this checkpoint
+    python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100 --amp
+    bash tools/dist_train.sh CONFIG 2 [args]                                # torchrun, 2 processes
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root: `backbones`, `heads`
+
+import _runtime  # noqa: E402
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    ap = argparse.ArgumentParser(description='Train a detector or segmentor')
+    ap.add_argument('config', help='config file path')
+    ap.add_argument('--work-dir', help='folder for logs and checkpoints (default: ./work_dirs/<config name>)')
+    ap.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CHECKPOINT',
+                    help='resume: without a value from the latest checkpoint in the work dir, '
+                    'with a value from that checkpoint')
+    ap.add_argument('--amp', action='store_true', help='mixed-precision training (needs a GPU)')
+    ap.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the real total batch size')
+    ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                    help='override config keys, e.g. train_cfg.max_iters=100 (keys must exist in the config)')
+    ap.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    ap.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = ap.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    from mmengine.config import Config
+    if not osp.isfile(args.config):
+        raise _runtime.ConfigCheckError(f"config file '{args.config}' does not exist")
+    cfg = Config.fromfile(args.config)
+    scope = _runtime.setup_scope(cfg)
+    _runtime.check_cfg_options(cfg, args.cfg_options, scope)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise _runtime.ConfigCheckError('--amp needs a CUDA device (mmengine AmpOptimWrapper); none is available')
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise _runtime.ConfigCheckError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise _runtime.ConfigCheckError(f"--resume: checkpoint '{args.resume}' does not exist")
+        cfg.resume, cfg.load_from = True, args.resume
+    phases = ['train'] + (['val'] if cfg.get('train_cfg', {}).get('val_interval', 1) else [])
+    _runtime.check_data_paths(cfg, phases)
+    # checkpoints this tool writes (work dir) or was pointed at (--resume PATH) are trusted; load_from and
+    # init_cfg weights keep torch's weights-only loading
+    _runtime.trust_checkpoints(cfg.work_dir, args.resume if args.resume != 'auto' else None)
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_cfg(args)
+        runner = _runtime.build_runner(cfg)
+    except _runtime.ConfigCheckError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    runner.train()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
