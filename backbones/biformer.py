@@ -19,7 +19,9 @@ small  4, 4, 18, 4    64, 128, 256, 512    32        3        1,4,16,g   8      
 base   4, 4, 18, 4    96, 192, 384, 768    32        3        1,4,16,g   8            56.8 M
 ====== ============== ==================== ========= ======== ========== ============ ==========
 
-\\* with the ImageNet head, as published; no layer scale, LCE kernel 5, qk_dim = dim, attention scale dim^-0.5.
+\\* with the ImageNet head, as published. No layer scale, LCE kernel 5, qk_dim = dim; routing stages: dim / 32 heads,
+scale dim^-0.5 (full channel dim); global stage (official ``AttentionLePE``): 8 heads, bias-free qkv, scale
+(dim / 8)^-0.5, LCE on the attention input.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ Differences from the official classifier: no classification head / final avgpool
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -113,7 +113,7 @@ class HWTStage(nn.Module):
             for j in range(depth))
         self.downsample = PatchMerging(dims) if downsample else None
 
-    def run_blocks(self, x: torch.Tensor, call=None) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, call: Callable | None = None) -> torch.Tensor:
         """``(B, H, W, C) -> (B, H, W, C)``; ``call(block, tokens, hw)`` runs one block (default: direct call)."""
         hw = (x.shape[1], x.shape[2])
         tokens = to_hilbert(x, channels_last=True)
@@ -144,11 +144,13 @@ class HWT(SparseBackbone):
         depths, num_heads = tuple(cfg['depths']), tuple(cfg['num_heads'])
         if not depths or len(depths) != len(num_heads):
             raise ValueError(f'arch depths {depths} and num_heads {num_heads} must be non-empty and of equal length')
-        if any(not isinstance(d, int) or d < 1 for d in depths):
-            raise ValueError(f'arch depths must be positive ints, got {depths}')
+        for key, values in (('depths', depths), ('num_heads', num_heads), ('embed_dims', (cfg['embed_dims'],))):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f'arch {key} must be positive ints, got {cfg[key]!r}')
         if not isinstance(cfg['window_size'], int) or cfg['window_size'] < 1:
             raise ValueError(f"arch window_size must be a positive int, got {cfg['window_size']!r}")
-        if not cfg['mlp_ratio'] > 0:
+        if isinstance(cfg['mlp_ratio'], bool) or not isinstance(cfg['mlp_ratio'], (int, float)) \
+                or not cfg['mlp_ratio'] > 0:
             raise ValueError(f"arch mlp_ratio must be > 0, got {cfg['mlp_ratio']!r}")
         embed_dims = cfg['embed_dims']
         dims = [embed_dims * 2 ** i for i in range(len(depths))]

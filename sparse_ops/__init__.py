@@ -10,7 +10,7 @@ Layout legend (one layout everywhere):
 - ``backend``: ``'triton' | 'torch' | None``; None takes the Triton core on CUDA when ``can_run_triton`` says so,
   else the PyTorch twin (:mod:`sparse_ops.reference`); forcing ``'triton'`` where it cannot run raises ValueError.
 """
-from .backend import can_run_triton, choose_backend
+from .backend import can_run_triton, choose_backend, use_backend
 from .functional import (bilevel_routing_attention, hilbert_neighborhood_attention_1d, hilbert_slide_attention,
                          hilbert_window_attention, neighborhood_attention_2d)
 from .hilbert import hilbert_coords, hilbert_inverse, hilbert_order
@@ -19,5 +19,5 @@ __all__ = [
     'hilbert_order', 'hilbert_inverse', 'hilbert_coords',
     'hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
     'neighborhood_attention_2d', 'bilevel_routing_attention',
-    'can_run_triton', 'choose_backend',
+    'can_run_triton', 'choose_backend', 'use_backend',
 ]

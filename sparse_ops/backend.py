@@ -11,13 +11,15 @@ inputs; it logs (``logging.debug``) why not, and raises a ValueError with the re
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import logging
 import os
 
 import torch
 
-__all__ = ['can_run_triton', 'choose_backend', 'load_triton_api', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
+__all__ = ['can_run_triton', 'choose_backend', 'use_backend', 'load_triton_api', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,24 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
 _api_cache: dict = {}
+_default_backend: contextvars.ContextVar = contextvars.ContextVar('sparse_ops_backend', default=None)
+
+
+@contextlib.contextmanager
+def use_backend(backend: str | None):
+    """Within the block, calls that pass ``backend=None`` use ``backend`` instead.
+
+    Lets a whole model run on one path without a model argument, e.g. the twin path of a
+    backbone for benchmarks: ``with use_backend('torch'): model(x)``. The setting is a context
+    variable, restored on exit (no global state leaks between tests or threads).
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"use_backend: backend must be 'triton', 'torch' or None, got {backend=}")
+    token = _default_backend.set(backend)
+    try:
+        yield
+    finally:
+        _default_backend.reset(token)
 
 
 def load_triton_api():
@@ -95,6 +115,8 @@ def choose_backend(backend: str | None, q: torch.Tensor, pattern: str, **kw) -> 
     """Resolve ``backend`` (``'triton' | 'torch' | None``) to ``'triton'`` or ``'torch'`` (see module doc)."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"sparse_ops {pattern}: backend must be 'triton', 'torch' or None, got {backend=}")
+    if backend is None:
+        backend = _default_backend.get()
     if backend == 'torch':
         return 'torch'
     if backend == 'triton':

@@ -4,9 +4,9 @@ matmul and dense SDPA (GPU only; a script, not a test).
     PYTHONPATH=. python3 tools/benchmark_attention.py --out bench_out [--sizes s1,s4] [--flex-budget-s 300]
     PYTHONPATH=. python3 tools/benchmark_attention.py --tune --out tune_out      # time every config of ours
 
-Per (size, pattern, implementation): median ms of the forward and of forward+backward, timed as CUDA-graph replays
-(``triton.testing.do_bench_cudagraph``: GPU time without Python launch overhead; eager ``do_bench`` medians are kept
-in the JSON, and used where a graph cannot be captured), TFLOP/s on the computed blocks (4*D per computed (q, k) pair forward, 14*D
+Per (size, pattern, implementation): GPU ms of the forward and of forward+backward (sum of the device time of all
+kernels launched per call, read with torch.profiler: what the implementation makes the GPU do, without Python
+launch overhead) and the eager wall-clock median (``triton.testing.do_bench``, includes the CPU launch cost), TFLOP/s on the computed blocks (4*D per computed (q, k) pair forward, 14*D
 forward+backward), achieved GB/s against the HBM floor (q, k, v read and o written once; backward adds q, k, v, o, dO
 read and dq, dk, dv written) using the device-to-device copy bandwidth measured at start, and peak extra memory of
 one forward+backward. Prints one table and writes ``bench.json`` and ``bench.png`` into ``--out``.
@@ -60,24 +60,31 @@ def bench_ms(fn, grads=None):
     return triton.testing.do_bench(fn, warmup=20, rep=60, grad_to_none=grads, return_mode='median')
 
 
-def bench_graph_ms(fn, grads=None):
-    """Median ms of CUDA-graph replays of fn (GPU time without the Python launch overhead); None if fn cannot
-    be captured."""
-    import triton
-    try:
-        return triton.testing.do_bench_cudagraph(fn, rep=40, grad_to_none=grads, return_mode='median')
-    except Exception as err:  # noqa: BLE001 - report and fall back to eager timing
-        print(f'   (cuda graph capture failed: {type(err).__name__}: {str(err)[:120]})', flush=True)
-        torch.cuda.synchronize()
-        return None
-
-
 def copy_bandwidth() -> float:
     """Bytes/s of a large device-to-device copy (read + write)."""
     x = torch.empty(2 ** 30 // 2, dtype=torch.bfloat16, device='cuda').normal_()
     y = torch.empty_like(x)
     ms = bench_ms(lambda: y.copy_(x))
     return 2 * x.numel() * 2 / (ms * 1e-3)
+
+
+def gpu_ms(fn, iters=10, grads=None):
+    """Mean GPU time per call of fn: the sum of the device time of every kernel / copy it launches, read with
+    torch.profiler (no hardware counters needed). Excludes Python launch overhead and idle gaps, so it compares
+    implementations on what they make the GPU do, whatever their CPU cost."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            if grads:
+                for t in grads:
+                    t.grad = None
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return total_us / iters / 1e3
 
 
 def measure(fwd, qkv, pairs, floor_bytes, bandwidth, d):
@@ -96,9 +103,7 @@ def measure(fwd, qkv, pairs, floor_bytes, bandwidth, d):
         fwd(q, k, v).backward(g)
     fb()
     e_f, e_fb = bench_ms(fw), bench_ms(fb, grads=[q, k, v])
-    g_f, g_fb = bench_graph_ms(fw), bench_graph_ms(fb, grads=[q, k, v])
-    graph = g_f is not None and g_fb is not None
-    t_f, t_fb = (g_f, g_fb) if graph else (e_f, e_fb)
+    t_f, t_fb = gpu_ms(fw), gpu_ms(fb, grads=[q, k, v])
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -107,8 +112,7 @@ def measure(fwd, qkv, pairs, floor_bytes, bandwidth, d):
     peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     fl_f, fl_fb = 4 * d * pairs, 14 * d * pairs
     b_f, b_fb = floor_bytes, 3 * floor_bytes
-    return dict(fwd_ms=t_f, fb_ms=t_fb, timing='cudagraph' if graph else 'eager', eager_fwd_ms=e_f,
-                eager_fb_ms=e_fb, pairs=pairs, tflops_fwd=fl_f / t_f * 1e-9, tflops_fb=fl_fb / t_fb * 1e-9,
+    return dict(fwd_ms=t_f, fb_ms=t_fb, eager_fwd_ms=e_f, eager_fb_ms=e_fb, pairs=pairs, tflops_fwd=fl_f / t_f * 1e-9, tflops_fb=fl_fb / t_fb * 1e-9,
                 gbs_fwd=b_f / t_f * 1e-6, gbs_fb=b_fb / t_fb * 1e-6,
                 x_floor_fwd=t_f / (b_f / bandwidth * 1e3), x_floor_fb=t_fb / (b_fb / bandwidth * 1e3),
                 peak_mb=peak)
@@ -249,7 +253,7 @@ AUTO_CONFIGS = [Config(64, 64, 4, 2), Config(64, 32, 4, 2), Config(128, 64, 8, 2
 
 
 def pick_config(pattern, b, n, hh, ww, d, qkv, q2, k2):
-    """Fastest forward+backward (CUDA graph) among AUTO_CONFIGS for this pattern and size."""
+    """Fastest forward+backward (GPU time) among AUTO_CONFIGS for this pattern and size."""
     best = None
     for cfg in AUTO_CONFIGS:
         f = ours(pattern, hh, ww, cfg)
@@ -259,7 +263,7 @@ def pick_config(pattern, b, n, hh, ww, d, qkv, q2, k2):
         def fb():
             f(q, k, v).backward(g)
         fb()
-        t = bench_graph_ms(fb, grads=[q, k, v]) or bench_ms(fb, grads=[q, k, v])
+        t = gpu_ms(fb, grads=[q, k, v])
         if best is None or t < best[0]:
             best = (t, cfg)
     return best[1]
@@ -270,6 +274,12 @@ def pick_config(pattern, b, n, hh, ww, d, qkv, q2, k2):
 # ----------------------------------------------------------------------------------------------------------------
 def run(args):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    import torch._dynamo
+    # every (size, mask) recompiles flex; past dynamo's default limit it would silently run the dense eager path
+    for name in ('cache_size_limit', 'recompile_limit', 'accumulated_cache_size_limit',
+                 'accumulated_recompile_limit'):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
     flex = torch.compile(flex_attention, dynamic=False)
     bw = copy_bandwidth()
     dev = torch.cuda.get_device_properties(0)
@@ -308,7 +318,8 @@ def run(args):
             if 'error' in r:
                 print(f'{size:3s} {pattern:12s} {impl:14s} ERROR {r["error"]}', flush=True)
             else:
-                print(f"{size:3s} {pattern:12s} {impl:14s} fwd {r['fwd_ms']:8.3f} ms  f+b {r['fb_ms']:8.3f} ms  "
+                print(f"{size:3s} {pattern:12s} {impl:14s} gpu fwd {r['fwd_ms']:8.3f} f+b {r['fb_ms']:8.3f} ms | eager "
+                      f"{r['eager_fwd_ms']:8.3f} / {r['eager_fb_ms']:8.3f} ms  "
                       f"{r['tflops_fwd']:6.1f}/{r['tflops_fb']:6.1f} TF/s  x_floor {r['x_floor_fwd']:5.1f}/"
                       f"{r['x_floor_fb']:5.1f}  peak {r['peak_mb']:8.1f} MB", flush=True)
 
@@ -329,11 +340,11 @@ def run(args):
             for name, mod, perm, per_batch in flex_masks(pattern, b, hh, ww, q2, k2):
                 try:
                     t0 = time.time()
-                    bm = create_block_mask(mod, b if per_batch else None, None, n, n, device='cuda')
+                    bm = create_block_mask(mod, b if per_batch else None, None, n, n, device='cuda', _compile=True)
                     torch.cuda.synchronize()
                     t_mask = (time.time() - t0) * 1e3
                     t0 = time.time()
-                    bm = create_block_mask(mod, b if per_batch else None, None, n, n, device='cuda')
+                    bm = create_block_mask(mod, b if per_batch else None, None, n, n, device='cuda', _compile=True)
                     torch.cuda.synchronize()
                     t_mask = min(t_mask, (time.time() - t0) * 1e3)
                     kvn = bm.kv_num_blocks.sum().item() + (bm.full_kv_num_blocks.sum().item()
@@ -357,16 +368,17 @@ def run(args):
 def report(rows, meta, out):
     """Print the table (with speedups of ours) and draw the chart."""
     ours_rows = {(r['size'], r['pattern']): r for r in rows if r.get('impl') == 'ours' and 'error' not in r}
-    print('\n| size | pattern | impl | fwd ms | fwd+bwd ms | TFLOP/s f / f+b | x HBM floor f / f+b | peak MB | '
-          'ours speedup f / f+b |')
-    print('|---|---|---|---|---|---|---|---|---|')
+    print('\n| size | pattern | impl | GPU ms fwd | GPU ms fwd+bwd | eager ms fwd / fwd+bwd | TFLOP/s f / f+b | '
+          'x HBM floor f / f+b | peak MB | ours speedup (GPU) f / f+b |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         if 'error' in r:
-            print(f"| {r['size']} | {r['pattern']} | {r['impl']} | error: {r['error'][:60]} | | | | | |")
+            print(f"| {r['size']} | {r['pattern']} | {r['impl']} | error: {r['error'][:60]} | | | | | | |")
             continue
         o = ours_rows.get((r['size'], r['pattern']))
         sp = f"{r['fwd_ms'] / o['fwd_ms']:.2f} / {r['fb_ms'] / o['fb_ms']:.2f}" if o and r['impl'] != 'ours' else ''
         print(f"| {r['size']} | {r['pattern']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fb_ms']:.3f} | "
+              f"{r['eager_fwd_ms']:.3f} / {r['eager_fb_ms']:.3f} | "
               f"{r['tflops_fwd']:.0f} / {r['tflops_fb']:.0f} | {r['x_floor_fwd']:.1f} / {r['x_floor_fb']:.1f} | "
               f"{r['peak_mb']:.0f} | {sp} |")
     try:
@@ -396,7 +408,7 @@ def report(rows, meta, out):
     ax.set_yscale('log')
     ax.set_xticks([j + 0.4 for j in range(len(groups))])
     ax.set_xticklabels([f'{s}\n{p}' for s, p in groups], fontsize=7, rotation=90)
-    ax.set_ylabel('baseline time / ours (fwd+bwd), log')
+    ax.set_ylabel('baseline GPU time / ours (fwd+bwd), log')
     ax.set_title(f"block-sparse Triton core vs baselines, {meta['device']}, bf16")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -25,7 +25,7 @@ if ! "$PY" -c "import mmcv.ops, mmcv; assert mmcv.__version__ == '2.1.0'" 2>/dev
   $PIP install addict yapf pyyaml Pillow opencv-python
 fi
 $PIP install mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex \
-  triton opencv-python pycocotools pytest matplotlib "setuptools<70"
+  "triton==3.9.0" opencv-python pycocotools pytest matplotlib "setuptools<70"
 $PIP install --no-build-isolation --no-deps -e .
 "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmdet, mmseg, mmengine, torch, triton

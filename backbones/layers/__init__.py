@@ -7,6 +7,9 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 - ``downsample``: ``PatchMerging`` (Swin 2x2 concat + norm + linear), ``ConvDownsampler`` (NAT 3x3/s2 conv + norm)
 - ``mlp``: ``Mlp`` (fc1 / act / fc2)
 - ``DropPath``: mmcv's stochastic depth (``mmcv.cnn.bricks.DropPath``), re-exported
+
+Architecture-family blocks live beside them and are imported from their modules directly:
+``nat_blocks`` (NAT / DiNAT / HNT attention, block, stage) and ``biformer_blocks`` (BiFormer stem, block, BRA).
 """
 from mmcv.cnn.bricks import DropPath
 

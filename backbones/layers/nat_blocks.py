@@ -18,7 +18,7 @@ at the end of every stage but the last. This module adds what is specific to it:
 
 Parameter names follow the official checkpoints (``levels.{i}.blocks.{j}.{norm1,attn.qkv,attn.rpb,attn.proj,norm2,
 mlp.fc1,mlp.fc2,gamma1,gamma2}``, ``levels.{i}.downsample.{reduction,norm}``), so the converters only strip
-prefixes and drop the classifier.
+prefixes, drop the classifier and move the final norm to ``norm3``.
 """
 from __future__ import annotations
 

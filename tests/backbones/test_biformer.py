@@ -219,9 +219,9 @@ def test_parameter_counts_match_official(arch, official_backbone):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
 def test_presets_output_shapes(arch):
-    """64x64, 112x137 and 32x32 (a 1x1 last stage) through each full preset."""
+    """64x64 and 32x32 (a 1x1 last stage) through each full preset (odd and large sizes: the SMALL arch below)."""
     model, dims = _preset(arch), ARCH_PRESETS[arch]['embed_dims']
-    for hw in [(64, 64), (112, 137), (32, 32)]:
+    for hw in [(64, 64), (32, 32)]:
         with torch.no_grad():
             outs = model(torch.randn(1, 3, *hw))
         assert [tuple(o.shape) for o in outs] == [(1, dims[i], *s) for i, s in enumerate(_stage_sizes(*hw))], hw
@@ -292,7 +292,7 @@ def test_routing_attention_goes_through_sparse_ops(monkeypatch):
 # training behaviour
 # ---------------------------------------------------------------------------------------------------------------
 def test_gradients_reach_every_parameter_and_with_cp_matches():
-    x = torch.randn(2, 3, 48, 64)
+    x = torch.randn(2, 3, 40, 48)
     grads = []
     for with_cp in (False, True):
         torch.manual_seed(0)

@@ -46,7 +46,8 @@ def official_shapes(arch: str, *, dense: bool, in_chans: int = 3, num_classes: i
         for j in range(depth):
             p = f'stages.{i}.{j}.'
             s.update({p + 'pos_embed.weight': (c, 1, 3, 3), p + 'pos_embed.bias': (c,),
-                      p + 'norm1.weight': (c,), p + 'norm1.bias': (c,), p + 'norm2.weight': (c,), p + 'norm2.bias': (c,),
+                      p + 'norm1.weight': (c,), p + 'norm1.bias': (c,),
+                      p + 'norm2.weight': (c,), p + 'norm2.bias': (c,),
                       p + 'attn.lepe.weight': (c, 1, 5, 5), p + 'attn.lepe.bias': (c,),
                       p + 'mlp.0.weight': (3 * c, c), p + 'mlp.0.bias': (3 * c,),
                       p + 'mlp.3.weight': (c, 3 * c), p + 'mlp.3.bias': (c,)})
@@ -54,7 +55,8 @@ def official_shapes(arch: str, *, dense: bool, in_chans: int = 3, num_classes: i
                 s.update({p + 'attn.qkv.qkv.weight': (3 * c, c), p + 'attn.qkv.qkv.bias': (3 * c,),
                           p + 'attn.wo.weight': (c, c), p + 'attn.wo.bias': (c,)})
             else:  # topk == -2: AttentionLePE, qkv_bias=False
-                s.update({p + 'attn.qkv.weight': (3 * c, c), p + 'attn.proj.weight': (c, c), p + 'attn.proj.bias': (c,)})
+                s.update({p + 'attn.qkv.weight': (3 * c, c),
+                          p + 'attn.proj.weight': (c, c), p + 'attn.proj.bias': (c,)})
     if dense:
         for i, c in enumerate(dims):
             s[f'extra_norms.{i}.weight'] = (c,)
@@ -124,7 +126,10 @@ def test_dense_checkpoint_round_trip(arch, wrapper):
     full = {f'backbone.{k}': v for k, v in backbone.items()}
     full['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 64, 1, 1)
     full['roi_head.bbox_head.fc_cls.weight'] = torch.zeros(81, 1024)
-    checkpoint = {'state_dict': full, 'meta': {}} if wrapper == 'state_dict' else {f'module.{k}': v for k, v in full.items()}
+    if wrapper == 'state_dict':
+        checkpoint = {'state_dict': full, 'meta': {}}
+    else:
+        checkpoint = {f'module.{k}': v for k, v in full.items()}
     converted = convert(checkpoint)
     model = ours(arch)
     assert set(converted) == set(model.state_dict())

@@ -175,10 +175,12 @@ def test_hwt_converter_round_trip_presets(name):
     model = HWT(arch=name, out_indices=(3,))
     result = load_converted(model, converted, strict=True)
     assert not result.missing and not result.unexpected and not result.mismatched
-    torch.testing.assert_close(model.layers[2].blocks[3].attn.qkv.weight, official['layers.2.blocks.3.attn.qkv.weight'])
+    torch.testing.assert_close(model.layers[2].blocks[3].attn.qkv.weight,
+                               official['layers.2.blocks.3.attn.qkv.weight'])
     torch.testing.assert_close(model.norm3.weight, official['norm.weight'])
     table = model.layers[0].blocks[1].attn.relative_position_bias_table
-    torch.testing.assert_close(table, convert_rpb_table(official['layers.0.blocks.1.attn.relative_position_bias_table']))
+    key = 'layers.0.blocks.1.attn.relative_position_bias_table'
+    torch.testing.assert_close(table, convert_rpb_table(official[key]))
 
 
 def test_hwt_converter_all_outputs_reports_extra_norms():

@@ -39,6 +39,15 @@ PUBLISHED_M = {'nat_mini': 20, 'nat_tiny': 28, 'nat_small': 51, 'nat_base': 90, 
 SMALL = ([1, 2, 1, 1], 8, [1, 2, 2, 4], 2, 1e-5, 7)  # a cheap official-layout model for loading round trips
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Small CPU shapes run ~50x faster on one intra-op thread than on two oversubscribed ones (shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def official_shapes(depths, dim, heads, mlp, layer_scale, kernel, *, rpb_1d=False, dense=False, in_chans=3):
     """``{official key: shape}`` of the official classifier (``dense=False``) or detection backbone."""
     s = {'patch_embed.proj.0.weight': (dim // 2, in_chans, 3, 3), 'patch_embed.proj.0.bias': (dim // 2,),

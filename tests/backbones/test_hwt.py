@@ -177,6 +177,9 @@ def test_attention_uses_rpb():
     (dict(TINY, depths=(2, 2, 2)), ValueError, 'equal length'),
     (dict(TINY, window_size=0), ValueError, 'window_size'),
     (dict(TINY, windowsize=7), ValueError, 'unknown keys'),
+    (dict(TINY, num_heads=(1, 0, 2, 4)), ValueError, 'num_heads'),
+    (dict(TINY, embed_dims=0), ValueError, 'embed_dims'),
+    (dict(TINY, mlp_ratio='4'), ValueError, 'mlp_ratio'),
 ])
 def test_bad_arch(arch, err, match):
     with pytest.raises(err, match=match):

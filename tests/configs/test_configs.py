@@ -6,6 +6,9 @@ configs (same recipe, same backbone) are built once per session."""
 from __future__ import annotations
 
 import ast
+import copy
+import functools
+import importlib
 import importlib.util
 import json
 import re
@@ -44,6 +47,7 @@ def demo_data(tmp_path_factory) -> Path:
     """The embedded dataset (64 px, 4 train + 2 val images) written by tools/make_demo_data.py."""
     spec = importlib.util.spec_from_file_location('sparsedense_tools_make_demo_data', REPO / 'tools/make_demo_data.py')
     mdd = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mdd  # dataclasses look their module up
     spec.loader.exec_module(mdd)
     root = tmp_path_factory.mktemp('configs_data') / 'demo'
     mdd.make_demo_data(root, mdd.Params(size=64, num_train=4, num_val=2))
@@ -92,14 +96,38 @@ def _key(node) -> str:
     return json.dumps(node, sort_keys=True, default=str)
 
 
-def load(path: Path):
+@pytest.fixture(scope='module', autouse=True)
+def parse_metafiles_once():
+    """mmengine resolves every `mmdet::` / `mmseg::` base by first parsing all ~400 metafile YAMLs of the package
+    (about 0.4 s per reference, 4 references per config): parse each YAML once for this module."""
+    import mmengine.config.utils as cfg_utils
+    original = cfg_utils.load
+    cached = functools.lru_cache(maxsize=None)(original)
+
+    def load(file, *args, **kwargs):
+        if not args and not kwargs and str(file).endswith(('.yml', '.yaml')):
+            return cached(file)
+        return original(file, *args, **kwargs)
+
+    cfg_utils.load = load
+    yield
+    cfg_utils.load = original
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: Path):
     from mmengine.config import Config
     cfg = Config.fromfile(str(path))
     scope = cfg.get('default_scope')
     assert scope in ('mmdet', 'mmseg'), f'default_scope {scope!r}'
-    import importlib
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     return cfg, scope
+
+
+def load(path: Path):
+    """(a private copy of the parsed config, its scope); each file is parsed once per session."""
+    cfg, scope = _load(path)
+    return copy.deepcopy(cfg), scope
 
 
 # ------------------------------------------------------------------------------------------------- static checks

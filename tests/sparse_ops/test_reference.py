@@ -484,3 +484,21 @@ BAD_CALLS = [
 def test_bad_arguments_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_use_backend_overrides_none_and_restores():
+    from sparse_ops import choose_backend, use_backend
+    q = torch.zeros(1, 1, 4, 16)
+    assert choose_backend(None, q, 'window') == 'torch'
+    with use_backend('torch'):
+        assert choose_backend(None, q, 'window') == 'torch'
+    with pytest.raises(ValueError, match='backend must be'):
+        with use_backend('cuda'):
+            pass
+    if not q.is_cuda:
+        # forcing triton through the context on CPU without interpret support fails loudly,
+        # exactly like passing backend='triton'
+        import os
+        if os.environ.get('TRITON_INTERPRET') != '1':
+            with use_backend('triton'), pytest.raises(ValueError):
+                choose_backend(None, q, 'window')
