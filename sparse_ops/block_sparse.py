@@ -3,7 +3,9 @@
 Ladder of names: ``_block_sparse_fwd_kernel`` / ``block_sparse_fwd()`` (``block_sparse_fwd.py``) ->
 ``_block_sparse_bwd_*_kernel`` / ``block_sparse_bwd()`` (``block_sparse_bwd.py``) -> the registered ops
 ``sparse_ops::block_sparse_attention_fwd`` / ``_bwd`` (opaque to ``torch.compile``, with fake implementations for
-tracing) -> autograd via ``torch.library.register_autograd`` -> :func:`block_sparse_attention`.
+tracing; autograd via ``torch.library.register_autograd``), used under ``torch.compile`` -> the eager
+``BlockSparseAttention(torch.autograd.Function)`` over the same launchers (no op-dispatch overhead) ->
+:func:`block_sparse_attention`.
 
 ``block_sparse_attention(q, k, v, pattern, scale=None, rpb=None, config=None)``: q, k, v ``(B, H, N, D)``, in the
 sequence order of ``pattern`` (a :class:`sparse_ops.patterns.BlockPattern` built for ``config``'s block sizes), or,
@@ -23,7 +25,7 @@ from .block_sparse_bwd import block_sparse_bwd
 from .block_sparse_fwd import Config, block_sparse_fwd, default_config
 from .patterns import BlockPattern
 
-__all__ = ['block_sparse_attention', 'Config']
+__all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config']
 
 
 @torch.library.custom_op('sparse_ops::block_sparse_attention_fwd', mutates_args=())
@@ -82,11 +84,36 @@ def _backward(ctx, do, dlse):
 torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backward, setup_context=_setup_context)
 
 
+class BlockSparseAttention(torch.autograd.Function):
+    """Eager autograd path: calls the launchers directly (the registered op's Python dispatch costs several hundred
+    microseconds per forward+backward, comparable to the kernels at feature-map sizes). Same math as the op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, pattern, scale, config):
+        o, lse = block_sparse_fwd(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.qwin, pattern.tok, pattern.route,
+                                  rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config)
+        ctx.save_for_backward(q, k, v, o, lse, rpb)
+        ctx.pattern, ctx.scale, ctx.config = pattern, scale, config
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, rpb = ctx.saved_tensors
+        p = ctx.pattern
+        dq, dk, dv, drpb = block_sparse_bwd(do, q, k, v, o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok,
+                                            p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config)
+        return dq, dk, dv, drpb, None, None, None
+
+
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern, scale: Optional[float] = None,
                            rpb: Optional[Tensor] = None, config: Optional[Config] = None) -> Tensor:
-    """Attention of q over the (key, value) pairs allowed by ``pattern``; see the module docstring for shapes."""
+    """Attention of q over the (key, value) pairs allowed by ``pattern``; see the module docstring for shapes.
+
+    Eager calls go through :class:`BlockSparseAttention`; under ``torch.compile`` the registered op
+    ``sparse_ops::block_sparse_attention_fwd`` (with its fake and autograd registrations) is traced instead.
+    """
     if config is None:
-        config = default_config(q.shape[-1], q.device)
+        config = default_config(q.shape[-1], q.device, pattern.mask_mode)
     if (pattern.block_m, pattern.block_n) != (config.block_m, config.block_n):
         raise ValueError(f'pattern built for blocks {(pattern.block_m, pattern.block_n)} but '
                          f'{config.block_m=} {config.block_n=}')
@@ -97,7 +124,9 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPatter
             raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
         rpb = rpb.contiguous()
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if not torch.compiler.is_compiling():
+        return BlockSparseAttention.apply(q, k, v, rpb, pattern, scale, config)
     o, _ = _fwd_op(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.q_num, pattern.q_idx, pattern.qwin,
-                   pattern.tok, pattern.route, rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config.block_m,
-                   config.block_n, config.num_warps, config.num_stages)
+                   pattern.tok, pattern.route, rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups,
+                   config.block_m, config.block_n, config.num_warps, config.num_stages)
     return o

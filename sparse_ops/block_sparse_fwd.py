@@ -76,16 +76,15 @@ def configs_for(head_dim: int, interpret: bool | None = None) -> list[Config]:
 
 
 def default_config(head_dim: int, device: torch.device | None = None, mask_mode: int | None = None) -> Config:
-    """Heuristic config (from H200 measurements, docs/benchmarks.md); the interpreter gets 16 x 16 tiles.
+    """Heuristic config; the interpreter gets 16 x 16 tiles.
 
-    2D neighbourhoods (``mask_mode == 2``: mostly partial blocks, keys scattered over a few Hilbert runs) and
-    D = 128 take 32-wide key tiles; the other patterns 64 x 64.
+    On an H200 (bf16, docs/benchmarks.md) 64 x 32 tiles with 4 warps, 2 stages won forward+backward for 21 of 28
+    (size, pattern) cells among {64x64, 64x32, 128x64/8 warps}; aligned Hilbert windows (64 x 64) and routing at
+    256 x 256 were the exceptions, within 20%. ``mask_mode`` is accepted for pattern-specific choices.
     """
     if (device is not None and device.type != 'cuda') or _interpret():
         return INTERPRET_CONFIGS[0]
-    if mask_mode == 2 or head_dim >= 128:
-        return Config(64, 32, 4, 2)
-    return Config(64, 64, 4, 2)
+    return Config(64, 32, 4, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------

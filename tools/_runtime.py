@@ -60,7 +60,7 @@ def _is_trusted(path: Path) -> bool:
     return any(path == t or t in path.parents for t in _TRUSTED)
 
 
-def load_local_checkpoint(filename: str, map_location=None):
+def load_from_local(filename: str, map_location=None):
     """mmengine's local scheme, with full unpickling only for files the user handed to this tool."""
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
@@ -82,7 +82,7 @@ def trust_checkpoints(*paths: str | os.PathLike | None) -> None:
     for p in paths:
         if p:
             _TRUSTED.add(Path(p).expanduser().resolve())
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
 # ------------------------------------------------------------------------------------------------- cfg options

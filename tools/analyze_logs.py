@@ -2,7 +2,8 @@
 
 Inputs: mmengine's ``vis_data/scalars.json`` or ``<timestamp>.json`` (one JSON object per line), or a work dir
 (its newest ``*/vis_data/scalars.json`` is used). Training lines carry ``step`` (iteration) with ``loss*`` / ``lr``;
-validation lines carry the metrics (``coco/bbox_mAP``, ``mIoU``, ...) at their ``step``.
+validation lines carry the metrics (``coco/bbox_mAP``, ``mIoU``, ...) and are plotted at the iteration they
+followed (mmengine stamps them with the epoch).
 
     python tools/analyze_logs.py LOG_OR_WORK_DIR [...] [--keys loss coco/bbox_mAP] [--out curves.png]
         [--legend run_a run_b]
@@ -15,6 +16,7 @@ import argparse
 import glob
 import json
 import os.path as osp
+import re
 import sys
 
 import matplotlib
@@ -38,9 +40,18 @@ def resolve_log(path: str) -> str:
     raise FileNotFoundError(f"log '{path}' does not exist")
 
 
+def _is_train_record(rec: dict) -> bool:
+    return 'lr' in rec or any(k.startswith('loss') for k in rec)
+
+
 def load_log(path: str) -> dict[str, tuple[list[float], list[float]]]:
-    """key -> (steps, values) for every numeric key of the log (lines without ``step`` are skipped)."""
+    """key -> (iterations, values) for every numeric key of the log.
+
+    Training lines are placed at their ``step``. mmengine writes validation lines with ``step`` = the epoch (and 0
+    for iteration-based loops unless ``log_metric_by_epoch=False``), so a validation line is placed at the step of
+    the training line logged just before it (its own ``step`` when there is none, e.g. a test-only log)."""
     series: dict[str, tuple[list[float], list[float]]] = {}
+    last_train_step = None
     with open(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -53,6 +64,10 @@ def load_log(path: str) -> dict[str, tuple[list[float], list[float]]]:
             step = rec.get('step', rec.get('iter'))
             if step is None:
                 continue
+            if _is_train_record(rec):
+                last_train_step = step
+            elif last_train_step is not None:
+                step = last_train_step
             for k, v in rec.items():
                 if k in ('step', 'iter', 'epoch') or isinstance(v, bool) or not isinstance(v, (int, float)):
                     continue
@@ -65,7 +80,8 @@ def load_log(path: str) -> dict[str, tuple[list[float], list[float]]]:
 
 
 def default_keys(logs: list[dict]) -> list[str]:
-    """Loss keys first (``loss`` itself leading), then metric keys, in first-seen order."""
+    """Loss keys first (``loss`` itself leading), then metric keys in first-seen order, without COCO's per-size
+    and AP75 breakdowns (``*_s``, ``*_m``, ``*_l``, ``*_75``; ask for them with --keys)."""
     seen: list[str] = []
     for log in logs:
         for k in log:
@@ -73,7 +89,7 @@ def default_keys(logs: list[dict]) -> list[str]:
                 seen.append(k)
     losses = sorted((k for k in seen if k.startswith('loss')), key=lambda k: (k != 'loss', k))
     metrics = [k for k in seen if not k.startswith('loss') and k not in TRAIN_ONLY and not k.startswith('decode.')
-               and not k.startswith('aux.')]
+               and not k.startswith('aux.') and not re.search(r'_(s|m|l|75)$', k)]
     return losses + metrics
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -307,6 +306,8 @@ def run(args):
         forced = Config(*map(int, args.config.split(','))) if args.config else None
 
         def add(pattern, impl, fwd, qkv, pairs, extra=None):
+            if not any(impl.startswith(sel) for sel in args.impls.split(',')):
+                return
             try:
                 r = measure(fwd, qkv, pairs, floor_bytes, bw, d)
             except Exception as err:  # keep going: a failed baseline is a row with the error
@@ -335,7 +336,7 @@ def run(args):
             if pattern == 'routing':
                 add(pattern, 'gather+matmul', biformer_gather, (q2, k2, v2),
                     b * h * n * TOPK * (hh // N_WIN) * (ww // N_WIN))
-            if time.time() - t_start > args.flex_budget_s:
+            if time.time() - t_start > args.flex_budget_s or 'flex' not in args.impls:
                 continue
             for name, mod, perm, per_batch in flex_masks(pattern, b, hh, ww, q2, k2):
                 try:
@@ -451,6 +452,8 @@ def main():
                     help='stop starting FlexAttention baselines after this many seconds (compile time)')
     ap.add_argument('--config', default='', help='force our config: block_m,block_n,num_warps,num_stages '
                     '(default: the fastest of AUTO_CONFIGS per size and pattern)')
+    ap.add_argument('--impls', default='ours,sdpa,win-part,gather,flex',
+                    help='comma list of implementation name prefixes to run')
     ap.add_argument('--tune', action='store_true')
     ap.add_argument('--tune-all', action='store_true', help='tune over the whole search space, not the shortlist')
     args = ap.parse_args()

@@ -10,7 +10,7 @@ metainfo = dict(
     palette=[(220, 20, 60), (0, 160, 80), (30, 90, 220), (230, 190, 20)])
 num_classes = 4
 img_scale = (128, 128)
-max_iters = 600
+max_iters = 240
 width = 64  # neck / head channels
 
 model = dict(
@@ -79,11 +79,11 @@ optim_wrapper = dict(
     }),
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', T_max=max_iters - 50, eta_min=1e-5, by_epoch=False, begin=50, end=max_iters)
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(type='CosineAnnealingLR', T_max=max_iters - 30, eta_min=1e-5, by_epoch=False, begin=30, end=max_iters)
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=120, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False, window_size=20)
 randomness = dict(seed=0)

@@ -1,17 +1,20 @@
 # UperNet with a small HWT on the embedded shapes dataset (tools/make_demo_data.py, ADE20K layout), sized to train in
 # a few minutes on a 2-core CPU (`make demo`). Differences from the stock config: backbone, narrower heads, 5 classes
 # (labels 1..5 on disk, 0 = "other" is ignored by reduce_zero_label as in ADE20K), 128 px crops without photometric
-# distortion (hue is part of what defines a class here), an iteration schedule with AdamW.
+# distortion (hue is part of what defines a class here), an iteration schedule with AdamW. mmseg's ADE20KDataset
+# only accepts subsets of ADE20K's 150 class names, so the same on-disk layout is read with BaseSegDataset and the
+# ADE20K file conventions (.jpg images, .png labels, reduce_zero_label).
 _base_ = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
 
 data_root = 'data/demo/ade'
+dataset_type = 'BaseSegDataset'
 metainfo = dict(
     classes=('background', 'circle', 'square', 'triangle', 'star'),
     palette=[(120, 120, 120), (220, 20, 60), (0, 160, 80), (30, 90, 220), (230, 190, 20)])
 num_classes = 5
 crop_size = (128, 128)
-max_iters = 400
+max_iters = 200
 dims = [32, 64, 128, 256]
 
 model = dict(
@@ -44,12 +47,26 @@ train_dataloader = dict(
     batch_size=8,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+    dataset=dict(
+        type=dataset_type,
+        img_suffix='.jpg',
+        seg_map_suffix='.png',
+        reduce_zero_label=True,
+        data_root=data_root,
+        metainfo=metainfo,
+        pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=8,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+    dataset=dict(
+        type=dataset_type,
+        img_suffix='.jpg',
+        seg_map_suffix='.png',
+        reduce_zero_label=True,
+        data_root=data_root,
+        metainfo=metainfo,
+        pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
@@ -68,5 +85,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2))
 randomness = dict(seed=0)
+visualizer = dict(alpha=0.5)  # --show-dir drawings: the image stays visible under the predicted labels

@@ -221,7 +221,9 @@ def _check_forward(model, scope):
 
 
 def _check_optimizer(model, cfg):
-    """Norm layers and relative position biases get no weight decay; conv / linear weights do."""
+    """The backbone's norm layers and relative position biases get no weight decay; conv / linear weights do
+    (head norms follow the recipe: our recipes exempt every norm, the Swin-style foundation configs only names
+    containing 'norm')."""
     from mmengine.optim import build_optim_wrapper
     ow_cfg = cfg.optim_wrapper.copy()
     ow_cfg['type'] = 'OptimWrapper'  # AmpOptimWrapper needs CUDA; the parameter groups are the same
@@ -229,7 +231,7 @@ def _check_optimizer(model, cfg):
     optim = build_optim_wrapper(model, ow_cfg).optimizer
     decay = {id(p): g['weight_decay'] for g in optim.param_groups for p in g['params']}
     norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
-    norm_params = {id(p) for mod in model.modules() if isinstance(mod, norm_types) for p in mod.parameters()}
+    norm_params = {id(p) for mod in model.backbone.modules() if isinstance(mod, norm_types) for p in mod.parameters()}
     bias_names = [n for n, p in model.named_parameters() if 'rpb' in n or 'relative_position_bias_table' in n]
     for n, p in model.named_parameters():
         if id(p) in norm_params or n in bias_names:
@@ -246,13 +248,10 @@ def test_config_builds_model_and_dataloaders(path, demo_data):
     cfg, scope = load(path)
     model_key = _key(cfg.model)
 
-    def build():
-        model = _build_model(cfg, scope)
-        if _light(path):
-            _check_forward(model, scope)
-        return model
-
-    model = once('model:' + model_key, build)
+    model = once('model:' + model_key, lambda: _build_model(cfg, scope))
+    if _light(path):  # stage widths vs neck / head inputs, once per model structure
+        structure = _key({k: cfg.model.get(k) for k in ('backbone', 'neck', 'decode_head', 'auxiliary_head')})
+        once('forward:' + structure, lambda: _check_forward(model, scope))
     once('optim:' + model_key + _key(cfg.optim_wrapper), lambda: _check_optimizer(model, cfg))
 
     cfg.merge_from_dict(data_options(scope, demo_data))
@@ -263,7 +262,7 @@ def test_config_builds_model_and_dataloaders(path, demo_data):
             with DefaultScope.overwrite_default_scope(scope):
                 loader = Runner.build_dataloader(loader_cfg, seed=0)
                 batch = next(iter(loader))
-            assert len(batch['inputs']) == min(loader_cfg.batch_size, len(loader.dataset))
+            assert 1 <= len(batch['inputs']) <= loader_cfg.batch_size
             img = batch['inputs'][0]
             assert img.ndim == 3 and img.shape[0] == 3 and img.dtype == torch.uint8
             sample = batch['data_samples'][0]

@@ -221,15 +221,22 @@ def test_can_run_triton_explains():
 
 
 def test_torch_compile_traces_the_op():
-    """The registered op has a fake implementation, so torch.compile traces through it without breaking."""
+    """Under torch.compile the registered op (fake impl + autograd registration) is traced, forward and backward."""
     import torch._dynamo.testing as dt
     counter = dt.CompileCounter()
-    q, k, v = (torch.randn(1, 2, 40, 16).to(DEVICE) for _ in range(3))
-    f = torch.compile(lambda q, k, v: triton_api.hilbert_window_attention(q, k, v, 8), backend=counter)
-    out = f(q, k, v)
-    torch.testing.assert_close(out, reference.hilbert_window_attention(q, k, v, 8), atol=ATOL[torch.float32],
-                               rtol=1e-5)
-    assert counter.frame_count >= 1
+    q, k, v = (torch.randn(1, 2, 40, 16).to(DEVICE).requires_grad_() for _ in range(3))
+    rpb = torch.randn(2, 5, 5).to(DEVICE).requires_grad_()
+    f = torch.compile(lambda q, k, v, rpb: triton_api.hilbert_window_attention(q, k, v, 8, rpb=rpb, hw=(5, 8)),
+                      backend=counter, fullgraph=True)
+    out = f(q, k, v, rpb)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, rpb))
+    ref = reference.hilbert_window_attention(q, k, v, 8, rpb=rpb, hw=(5, 8))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v, rpb))
+    tol = ATOL[torch.float32] * 4
+    torch.testing.assert_close(out, ref, atol=tol, rtol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=tol * max(1.0, r.abs().max().item()), rtol=1e-4)
+    assert counter.frame_count == 1
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -275,3 +282,17 @@ SWEEP = _sweep_cases(600 if os.environ.get('SPARSE_OPS_SWEEP') == '1' else 8)
 @pytest.mark.parametrize('name,shape,kwargs,dtype,config,rpb_side,seed', SWEEP)
 def test_random_sweep(name, shape, kwargs, dtype, config, rpb_side, seed):
     check_case(name, shape, kwargs, dtype=dtype, config=config, rpb_side=rpb_side, seed=seed)
+
+
+def test_registered_op_opcheck():
+    """torch.library.opcheck on the registered forward op (schema, fake impl, autograd registration)."""
+    from sparse_ops import patterns
+    from sparse_ops.block_sparse_fwd import default_config
+    cfg = default_config(16, torch.device(DEVICE))
+    p = patterns.hilbert_window_pattern(40, 8, True, cfg.block_m, cfg.block_n, DEVICE, hw=(5, 8))
+    q, k, v = (torch.randn(1, 2, 40, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 5, 5, device=DEVICE, requires_grad=True)
+    args = (q, k, v, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route, rpb, p.rows, 0.25,
+            p.mask_mode, p.n_groups, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    torch.library.opcheck(torch.ops.sparse_ops.block_sparse_attention_fwd.default, args,
+                          test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     pytest.skip('needs a CUDA device', allow_module_level=True)
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_block_sparse import check_case, nan_poisoned_empty  # noqa: E402,F401
+from test_block_sparse import check_case, nan_poisoned_empty  # noqa: E402,F401 (autouse fixture)
 
 from sparse_ops import triton_api  # noqa: E402
 from sparse_ops.block_sparse_fwd import configs_for  # noqa: E402

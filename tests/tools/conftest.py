@@ -23,6 +23,7 @@ def load_tool(name: str):
         sys.path.insert(0, str(TOOLS))
     spec = importlib.util.spec_from_file_location(f'sparsedense_tools_{name}', TOOLS / f'{name}.py')
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is created
     spec.loader.exec_module(mod)
     return mod
 

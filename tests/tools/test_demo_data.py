@@ -68,11 +68,13 @@ def test_coco_files_are_valid_and_masks_agree_with_pycocotools(demo_root):
 def test_coco_loads_with_mmdet(demo_root):
     from mmdet.datasets import CocoDataset
     from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
-    ds = CocoDataset(data_root=str(demo_root / 'data/demo/coco'), ann_file='annotations/instances_train.json',
-                     data_prefix=dict(img='train/'), metainfo=dict(classes=mdd.CLASSES),
-                     pipeline=[dict(type='LoadImageFromFile'),
-                               dict(type='LoadAnnotations', with_bbox=True, with_mask=True)])
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        ds = CocoDataset(data_root=str(demo_root / 'data/demo/coco'), ann_file='annotations/instances_train.json',
+                         data_prefix=dict(img='train/'), metainfo=dict(classes=mdd.CLASSES),
+                         pipeline=[dict(type='LoadImageFromFile'),
+                                   dict(type='LoadAnnotations', with_bbox=True, with_mask=True)])
     assert len(ds) == 12
     labels = set()
     for i in range(len(ds)):
@@ -85,15 +87,22 @@ def test_coco_loads_with_mmdet(demo_root):
     assert labels <= {0, 1, 2, 3} and len(labels) >= 2
 
 
-def test_ade_loads_with_mmseg(demo_root):
-    from mmseg.datasets import ADE20KDataset
+@pytest.mark.parametrize('dataset_type', ['ADE20KDataset', 'BaseSegDataset'])
+def test_ade_loads_with_mmseg(demo_root, dataset_type):
+    """The real ADE20KDataset reads the layout (its class names are ADE20K's 150); the demo config reads it with
+    BaseSegDataset, ADE20K's file conventions and our class names."""
+    from mmseg.registry import DATASETS
     from mmseg.utils import register_all_modules
+    from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
-    classes = ('background', ) + mdd.CLASSES
-    ds = ADE20KDataset(data_root=str(demo_root / 'data/demo/ade'),
-                       data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-                       metainfo=dict(classes=classes),
-                       pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True)])
+    cfg = dict(type=dataset_type, data_root=str(demo_root / 'data/demo/ade'),
+               data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
+               pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True)])
+    if dataset_type == 'BaseSegDataset':
+        cfg.update(img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True,
+                   metainfo=dict(classes=('background', ) + mdd.CLASSES))
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        ds = DATASETS.build(cfg)
     assert len(ds) == 4
     seen = set()
     for i in range(len(ds)):
