@@ -1,7 +1,7 @@
 """Every config in configs/ (except configs/demo, tested with the tools) parses, matches its file name, builds its
 model, and builds train / test dataloaders that yield a batch of the embedded dataset (pointed at it with
-cfg-options). Light models (tiny / mini backbones) also run backbone + neck / decode heads on a 64 x 64 image so
-that stage widths and head inputs agree; heavy ones are built only. Models and dataloaders shared by several
+cfg-options). Light models (tiny / mini backbones) also run their backbone on a 64 x 64 image and the neck /
+decode heads on maps of those shapes, so that stage widths and head inputs agree; heavy ones are built only. Models and dataloaders shared by several
 configs (same recipe, same backbone) are built once per session."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import importlib.util
 import json
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -194,10 +195,24 @@ def test_zoo_recipe_is_amp_adamw_without_decay_on_norms_and_biases(path):
 
 
 # ------------------------------------------------------------------------------------------------- builds
+@contextmanager
+def zero_random_init():
+    """Random weight initialisation (PyTorch defaults, trunc_normal_) fills with zeros while building: the values do
+    not matter to these checks and drawing ~100 M random numbers per model dominated the build time."""
+    saved = {name: getattr(torch.Tensor, name) for name in ('uniform_', 'normal_', 'erfinv_')}
+    torch.Tensor.uniform_ = torch.Tensor.normal_ = lambda self, *args, **kwargs: self.zero_()
+    torch.Tensor.erfinv_ = lambda self: self  # erfinv(0) = 0
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
 def _build_model(cfg, scope):
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS, DefaultScope
-    with DefaultScope.overwrite_default_scope(scope):
+    with DefaultScope.overwrite_default_scope(scope), zero_random_init():
         return revert_sync_batchnorm(MODELS.build(cfg.model))
 
 
@@ -206,12 +221,23 @@ def _light(path: Path) -> bool:
     return backbone.endswith(('-t', '-m'))
 
 
-def _check_forward(model, scope):
-    """Backbone + neck (mmdet) or backbone + decode / auxiliary heads (mmseg) on one 64 x 64 image."""
+def _backbone_shapes(model, backbone_key: str) -> list:
+    """Output shapes of the backbone on one 64 x 64 image, computed once per backbone config."""
+    def run():
+        model.eval()
+        with torch.no_grad():
+            return [f.shape for f in model.backbone(torch.randn(1, 3, 64, 64))]
+    return once('backbone:' + backbone_key, run)
+
+
+def _check_forward(model, scope, backbone_key: str):
+    """Neck (mmdet) or neck + decode / auxiliary heads (mmseg) on maps shaped like the backbone's outputs, so stage
+    widths and head inputs must agree."""
     model.eval()
-    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        feats = model.extract_feat(x)
+        feats = [torch.randn(s) for s in _backbone_shapes(model, backbone_key)]
+        if getattr(model, 'neck', None) is not None:
+            feats = model.neck(feats)
         if scope == 'mmdet':
             assert all(f.shape[1] == model.neck.out_channels for f in feats)
         else:
@@ -251,7 +277,7 @@ def test_config_builds_model_and_dataloaders(path, demo_data):
     model = once('model:' + model_key, lambda: _build_model(cfg, scope))
     if _light(path):  # stage widths vs neck / head inputs, once per model structure
         structure = _key({k: cfg.model.get(k) for k in ('backbone', 'neck', 'decode_head', 'auxiliary_head')})
-        once('forward:' + structure, lambda: _check_forward(model, scope))
+        once('forward:' + structure, lambda: _check_forward(model, scope, _key(cfg.model.backbone)))
     once('optim:' + model_key + _key(cfg.optim_wrapper), lambda: _check_optimizer(model, cfg))
 
     cfg.merge_from_dict(data_options(scope, demo_data))

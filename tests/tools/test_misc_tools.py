@@ -142,7 +142,7 @@ def test_browse_dataset_draws_ground_truth(cfg, demo_root, tmp_path, monkeypatch
 def test_benchmark_measures_detector_and_segmentor_side_by_side(demo_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(demo_root)
     out = tmp_path / 'bench.json'
-    rc = load_tool('benchmark').main([str(DET_CFG), str(SEG_CFG), '--shape', '64', '64', '--batch-size', '1',
+    rc = load_tool('benchmark').main([str(DET_CFG), str(SEG_CFG), '--shape', '64', '64', '--batch-size', '2',
                                       '--iters', '1', '--warmup', '0', '--device', 'cpu', '--out', str(out),
                                       '--cfg-options', *TINY])
     assert rc == 0
