@@ -107,7 +107,7 @@ def drop_path_schedule(drop_path_rate: float, depths: Sequence[int]) -> list[lis
         raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
     if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in depths):
         raise ValueError(f'depths must be non-negative ints, got {list(depths)}')
-    rates = torch.linspace(0, float(drop_path_rate), sum(depths), dtype=torch.float64).tolist()
+    rates = torch.linspace(0, float(drop_path_rate), sum(depths), dtype=torch.float64, device="cpu").tolist()
     schedule, start = [], 0
     for depth in depths:
         schedule.append(rates[start:start + depth])

@@ -12,11 +12,17 @@ is gathered per pair from the tokens' 2D offsets. Outputs: ``o`` like q and ``ls
 log-sum-exp, used by the backward).
 
 Layout: q, k, v, o ``(B, H, N, D)`` with any strides (``stride_qz, stride_qh, stride_qm, stride_qk``); batch/head
-base offsets in int64. Tables ``(Bt, n_qb, max_kv)`` with Bt in {1, B} (batch stride 0 when shared).
+base offsets in int64. Tables ``(Bt, n_qb, max_kv)`` with Bt in {1, B} (batch stride 0 when shared). With
+``HAS_PERM`` the sequence is a permutation of memory rows (``PERM[i]`` = memory row of sequence position i: 2D NA
+in sub-grid-major Hilbert order, routing in region order): tiles are gathered row by row and o is scattered back,
+so no permuted copy of q, k, v, o exists; ``lse`` stays in sequence order. Loop-invariant query metadata is loaded
+once per program (``_q_meta``), key metadata per key tile (``_k_meta``).
 
 Limits: D in {16, 32, 64, 128} (the tile is exactly D wide); fp16 / bf16; fp32 runs tl.dot in tf32 on GPUs
 (``input_precision`` default; ~1e-3 relative error) and exactly under ``TRITON_INTERPRET=1``. Query rows that see no
-key (only padding rows of the last block) produce 0. Grid axis 1 is ``B * H`` (<= 65535).
+key (only padding rows of the last block) produce 0. Grid axis 1 is ``B * H`` (<= 65535). Measured on an H200
+(docs/benchmarks.md): 60-110 TFLOP/s on computed blocks at D = 32/64, below FlexAttention's full-block rate;
+no warp specialisation / TMA.
 """
 from __future__ import annotations
 

@@ -384,7 +384,8 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     max_kv_per_topk = per_qblock * span
     k_real = _block_rows(n, bn, 'cpu')
     to = functools.partial(torch.Tensor.to, device=device)
-    return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm), to(counts),
+    return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
+                         to(counts),
                          to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
                          max_kv_per_topk)
 

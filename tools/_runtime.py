@@ -178,7 +178,7 @@ def _check_dataset(key: str, ds: dict) -> None:
     root = ds.get('data_root') or ''
     if root and not _is_remote(root) and not osp.isdir(root):
         raise ConfigCheckError(f"{key}.data_root: directory '{root}' does not exist (cwd {os.getcwd()}); "
-                               'generate the demo data with `make data` or point data_root at your dataset')
+                               'point data_root at the dataset (`make data` writes the embedded demo set to data/demo)')
     ann = ds.get('ann_file') or ''
     if ann:
         path = ann if osp.isabs(ann) or not root else osp.join(root, ann)

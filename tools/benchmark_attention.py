@@ -2,11 +2,12 @@
 matmul and dense SDPA (GPU only; a script, not a test).
 
     PYTHONPATH=. python3 tools/benchmark_attention.py --out bench_out [--sizes s1,s4] [--flex-budget-s 300]
-    PYTHONPATH=. python3 tools/benchmark_attention.py --tune --out tune_out      # time every config of ours
+    PYTHONPATH=. python3 tools/benchmark_attention.py --tune [--tune-all] --out tune_out   # time configs of ours
 
 Per (size, pattern, implementation): GPU ms of the forward and of forward+backward (sum of the device time of all
 kernels launched per call, read with torch.profiler: what the implementation makes the GPU do, without Python
-launch overhead) and the eager wall-clock median (``triton.testing.do_bench``, includes the CPU launch cost), TFLOP/s on the computed blocks (4*D per computed (q, k) pair forward, 14*D
+launch overhead) and the eager wall-clock median (``triton.testing.do_bench``, includes the CPU launch cost),
+TFLOP/s on the computed blocks (4*D per computed (q, k) pair forward, 14*D
 forward+backward), achieved GB/s against the HBM floor (q, k, v read and o written once; backward adds q, k, v, o, dO
 read and dq, dk, dv written) using the device-to-device copy bandwidth measured at start, and peak extra memory of
 one forward+backward. Prints one table and writes ``bench.json`` and ``bench.png`` into ``--out``.
@@ -47,7 +48,8 @@ SIZES = {  # name: (B, heads, H, W, D)
 }
 PATTERNS = ['window', 'window_shift', 'band', 'na1d', 'na2d', 'na2d_d4', 'routing']
 WINDOW, BAND, NA1D, NA2D_K, N_WIN, TOPK = 64, 49, 49, 7, 8, 4
-TUNE_SHORTLIST = [Config(32, 32, 4, 2), Config(64, 16, 4, 2), Config(64, 32, 4, 2), Config(64, 64, 4, 2), Config(64, 64, 4, 3),
+TUNE_SHORTLIST = [Config(32, 32, 4, 2), Config(64, 16, 4, 2), Config(64, 32, 4, 2), Config(64, 64, 4, 2),
+                  Config(64, 64, 4, 3),
                   Config(128, 32, 8, 2), Config(128, 64, 8, 2)]
 
 
@@ -111,7 +113,8 @@ def measure(fwd, qkv, pairs, floor_bytes, bandwidth, d):
     peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     fl_f, fl_fb = 4 * d * pairs, 14 * d * pairs
     b_f, b_fb = floor_bytes, 3 * floor_bytes
-    return dict(fwd_ms=t_f, fb_ms=t_fb, eager_fwd_ms=e_f, eager_fb_ms=e_fb, pairs=pairs, tflops_fwd=fl_f / t_f * 1e-9, tflops_fb=fl_fb / t_fb * 1e-9,
+    return dict(fwd_ms=t_f, fb_ms=t_fb, eager_fwd_ms=e_f, eager_fb_ms=e_fb, pairs=pairs,
+                tflops_fwd=fl_f / t_f * 1e-9, tflops_fb=fl_fb / t_fb * 1e-9,
                 gbs_fwd=b_f / t_f * 1e-6, gbs_fb=b_fb / t_fb * 1e-6,
                 x_floor_fwd=t_f / (b_f / bandwidth * 1e3), x_floor_fb=t_fb / (b_fb / bandwidth * 1e3),
                 peak_mb=peak)

@@ -96,6 +96,14 @@ def build_cfg(args):
     return cfg
 
 
+def _plain(value):
+    """A JSON-friendly metric value (mmseg returns numpy scalars)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _save_drawings_as_png(visualizer) -> None:
     """mmdet's hook names drawings after the image (``000001.jpg``, so JPEG); write lossless PNGs instead."""
     draw = visualizer.add_datasample
@@ -120,7 +128,7 @@ def main(argv=None) -> int:
         _save_drawings_as_png(runner.visualizer)
     metrics = runner.test()
     if runner.rank == 0:
-        metrics = {k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in (metrics or {}).items()}
+        metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
         os.makedirs(cfg.work_dir, exist_ok=True)
         with open(osp.join(cfg.work_dir, 'test_metrics.json'), 'w') as f:
             json.dump(metrics, f, indent=1)

@@ -40,7 +40,7 @@ def demo_root(tmp_path_factory) -> Path:
 
 def run_tool(tool: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
     """Run tools/<tool>.py in a subprocess; returns CompletedProcess with text stdout/stderr."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(TOOLS / f'{tool}.py'), *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -105,7 +105,7 @@ def test_weights_only_loading_kept_for_untrusted_files(tmp_path, monkeypatch):
     rt = load_tool('_runtime')  # a fresh module: its trusted set starts empty
     trusted, other = tmp_path / 'work', tmp_path / 'downloads'
     trusted.mkdir(), other.mkdir()
-    full = {'state_dict': {'w': torch.ones(2)}, 'message_hub': HistoryBuffer([1.0])}
+    full = {'state_dict': {'w': torch.ones(2)}, 'message_hub': HistoryBuffer([1.0], [1])}
     torch.save(full, trusted / 'iter_2.pth')
     torch.save(full, other / 'evil.pth')
     torch.save({'state_dict': {'w': torch.ones(2)}}, other / 'weights.pth')
