@@ -8,7 +8,7 @@ followed (mmengine stamps them with the epoch).
     python tools/analyze_logs.py LOG_OR_WORK_DIR [...] [--keys loss coco/bbox_mAP] [--out curves.png]
         [--legend run_a run_b]
 
-Without ``--keys``: every key that starts with ``loss`` plus every validation metric found.
+Without ``--keys``: every loss key plus the accuracies and validation metrics found.
 """
 from __future__ import annotations
 
@@ -80,16 +80,16 @@ def load_log(path: str) -> dict[str, tuple[list[float], list[float]]]:
 
 
 def default_keys(logs: list[dict]) -> list[str]:
-    """Loss keys first (``loss`` itself leading), then metric keys in first-seen order, without COCO's per-size
+    """Loss keys (``loss`` leading, then ``loss_*``, ``decode.loss_ce``, ...), then metric keys in first-seen order
+    (training accuracies, validation metrics), without COCO's per-size
     and AP75 breakdowns (``*_s``, ``*_m``, ``*_l``, ``*_75``; ask for them with --keys)."""
     seen: list[str] = []
     for log in logs:
         for k in log:
             if k not in seen:
                 seen.append(k)
-    losses = sorted((k for k in seen if k.startswith('loss')), key=lambda k: (k != 'loss', k))
-    metrics = [k for k in seen if not k.startswith('loss') and k not in TRAIN_ONLY and not k.startswith('decode.')
-               and not k.startswith('aux.') and not re.search(r'_(s|m|l|75)$', k)]
+    losses = sorted((k for k in seen if 'loss' in k), key=lambda k: (k != 'loss', k))
+    metrics = [k for k in seen if 'loss' not in k and k not in TRAIN_ONLY and not re.search(r'_(s|m|l|75)$', k)]
     return losses + metrics
 
 

@@ -1,18 +1,19 @@
 """Inference FPS, training step time and peak memory of detectors / segmentors, several configs side by side.
 
 Synthetic inputs of a fixed size (no dataset needed): random images and, for training, random ground truth
-(boxes with rectangular masks for mmdet, a random label map for mmseg). Each config is measured in its own phase
-order: warm-up, then timed iterations (median and mean ms), with the peak memory of each phase
-(``torch.cuda.max_memory_allocated`` on GPU; on CPU the process' peak RSS, which only grows). Prints one table
-with a machine header and writes JSON with ``--out``.
+(boxes with rectangular masks for mmdet, a random label map for mmseg). Per config and phase (inference in
+``predict`` mode; a training step = loss, backward, AdamW step): warm-up, then timed iterations (median and mean ms)
+and the phase's peak memory (``torch.cuda.max_memory_allocated`` on GPU; on CPU the process' peak RSS, which only
+grows). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a PNG bar chart.
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
-        [--amp bf16] [--iters 20] [--warmup 5] [--device cuda] [--out bench.json] [--cfg-options k=v ...]
+        [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--out bench.json] [--chart bench.png]
+        [--cfg-options k=v ...]
 
 Example (stock UperNet vs our routing-context UperHead at 1024^2 on a GPU):
 
-    python tools/benchmark.py configs/hwt/upernet_hwt-t_8xb2-160k_ade20k-1024x1024.py \\
-        configs/heads/upernet-routing_hwt-t_8xb2-160k_ade20k-1024x1024.py --shape 1024 1024 --amp bf16
+    python tools/benchmark.py configs/hwt/upernet_hwt-t_8xb2-160k_ade20k-512x512.py \\
+        configs/heads/upernet-routing_hwt-t_8xb2-160k_ade20k-512x512.py --shape 1024 1024 --batch-size 2 --amp fp16
 
 Also imported by ``tools/get_flops.py`` (``load_cfg``, ``build_model``, ``synthetic_batch``).
 """
@@ -219,6 +220,28 @@ def format_table(results: list[dict], device: str) -> str:
     return '\n'.join(lines)
 
 
+def write_chart(results: list[dict], path: str, header: str) -> None:
+    """Bar chart: inference ms, train step ms and peak MB (train, else inference) per config."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = [osp.splitext(osp.basename(r['config']))[0] for r in results]
+    panels = [('inference ms', [r.get('infer', {}).get('median_ms', 0) for r in results]),
+              ('train step ms', [r.get('train', {}).get('median_ms', 0) for r in results]),
+              ('peak MB', [r.get('train', r.get('infer', {})).get('peak_mb', 0) for r in results])]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 1.2 + 0.45 * len(names)))
+    for ax, (title, values) in zip(axes, panels):
+        ax.barh(range(len(names)), values, color='tab:blue')
+        ax.set_yticks(range(len(names)), names if ax is axes[0] else [''] * len(names), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.grid(axis='x', alpha=0.3)
+    fig.suptitle(header, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def parse_args(argv=None):
     from mmengine.config import DictAction
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -231,6 +254,7 @@ def parse_args(argv=None):
     ap.add_argument('--warmup', type=int, default=5, help='untimed iterations before them')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--out', help='write the results as JSON here')
+    ap.add_argument('--chart', help='write a PNG bar chart here')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                     help='override keys of every config, e.g. model.backbone.with_cp=True')
     args = ap.parse_args(argv)
@@ -255,6 +279,9 @@ def main(argv=None) -> int:
         with open(args.out, 'w') as f:
             json.dump(dict(machine=machine_header(args.device), results=results), f, indent=2)
         print(f'wrote {args.out}')
+    if args.chart:
+        write_chart(results, args.chart, table.splitlines()[0] + '\n' + table.splitlines()[1])
+        print(f'wrote {args.chart}')
     return 0
 
 

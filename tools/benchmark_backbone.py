@@ -112,18 +112,20 @@ def main():
     header = f'# {platform.node()} | {torch.cuda.get_device_name() if device.type == "cuda" else "cpu"} | ' \
              f'torch {torch.__version__} | batch {args.batch} | bf16 autocast | fwd+bwd median of {args.iters}'
     print(header, flush=True)
+    fused = 'triton' if device.type == 'cuda' else 'torch'  # CPU smoke runs have no fused path
+    paths = [fused] if args.no_twin or fused == 'torch' else ['triton', 'torch']
     rows = []
     for size in args.sizes:
         rows.append(measure('Swin-T (mmdet)', SWIN_T, 'torch', args.batch, size, device, args))
         print(rows[-1], flush=True)
         for name in args.models:
-            for path in (['triton'] if args.no_twin else ['triton', 'torch']):
+            for path in paths:
                 rows.append(measure(name, MODELS[name], path, args.batch, size, device, args))
                 print(rows[-1], flush=True)
     scaling = []
     for name in args.models:
         for size in args.scaling:
-            scaling.append(measure(name, MODELS[name], 'triton', 1, size, device, args))
+            scaling.append(measure(name, MODELS[name], fused, 1, size, device, args))
             print(scaling[-1], flush=True)
 
     print('\n' + header)

@@ -14,7 +14,7 @@ metainfo = dict(
     palette=[(120, 120, 120), (220, 20, 60), (0, 160, 80), (30, 90, 220), (230, 190, 20)])
 num_classes = 5
 crop_size = (128, 128)
-max_iters = 300
+max_iters = 400
 dims = [32, 64, 128, 256]
 
 model = dict(
@@ -85,6 +85,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=2))
 randomness = dict(seed=0)
 visualizer = dict(alpha=0.5)  # --show-dir drawings: the image stays visible under the predicted labels

@@ -1,8 +1,8 @@
 """Every config in configs/ (except configs/demo, tested with the tools) parses, matches its file name, builds its
 model, and builds train / test dataloaders that yield a batch of the embedded dataset (pointed at it with
 cfg-options). Light models (tiny / mini backbones) also run their backbone on a 64 x 64 image and the neck /
-decode heads on maps of those shapes, so that stage widths and head inputs agree; heavy ones are built only. Models and dataloaders shared by several
-configs (same recipe, same backbone) are built once per session."""
+decode heads on maps of those shapes, so that stage widths and head inputs agree; heavy ones are built only.
+Models and dataloaders shared by several configs (same recipe, same backbone) are checked once per session."""
 from __future__ import annotations
 
 import ast

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import heads  # noqa: E402  (registers the heads)
 import sparse_ops  # noqa: E402
-from heads import SparseContext, SparseContextAttention  # noqa: E402
+from heads import SparseContext, SparseContextAttention  # noqa: E402  (importing heads registers them)
 
 SIZES = [(1, 1), (13, 7), (16, 16)]
 

@@ -4,43 +4,18 @@ One short real training run (3 iterations of the demo detector, tiny HWT) gives 
 checkpoint for demo. The other tools run in-process (cheaper than a Python start per tool on 2 cores)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import DET_CFG, SEG_CFG, TINY_ARCH, TOOLS, run_tool
+from conftest import DET_CFG, SEG_CFG, TINY_ARCH, TOOLS, load_tool, run_tool
 
 TINY = [TINY_ARCH]
-
-
-def load_tool(name: str):
-    """Import tools/<name>.py under a private name, registered in sys.modules (dataclasses need it)."""
-    if str(TOOLS) not in sys.path:
-        sys.path.insert(0, str(TOOLS))
-    mod_name = f'sparsedense_misc_tools_{name}'
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, TOOLS / f'{name}.py')
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[mod_name]
-
-
-@pytest.fixture(scope='module')
-def demo_root(tmp_path_factory) -> Path:
-    """A folder holding data/demo/{coco,ade} (64 px, 8 train + 3 val images); tools run with cwd here so the demo
-    configs' relative data_root resolves to it."""
-    mdd = load_tool('make_demo_data')
-    root = tmp_path_factory.mktemp('misc_tools_root')
-    mdd.make_demo_data(root / 'data' / 'demo', mdd.Params(size=64, num_train=8, num_val=3))
-    return root
 
 
 @pytest.fixture(scope='module')
@@ -123,13 +98,14 @@ def test_demo_names_a_missing_input(tmp_path, capsys):
 ZOO_SEG = TOOLS.parent / 'configs/nat/upernet_nat-t_8xb2-160k_ade20k-512x512.py'
 
 
-@pytest.mark.parametrize('cfg', ['det', 'seg'])
+@pytest.mark.parametrize('cfg', ['det', 'seg', 'zoo-seg'])
 def test_browse_dataset_draws_ground_truth(cfg, demo_root, tmp_path, monkeypatch):
-    """The demo detector's training data, and a zoo UperNet's (512 crops) pointed at the embedded ADE20K layout."""
+    """The demo configs' training data, and a zoo UperNet's (512 crops) pointed at the embedded ADE20K layout."""
     monkeypatch.chdir(demo_root)
     out = tmp_path / 'browse'
-    args = [str(DET_CFG)] if cfg == 'det' else [
-        str(ZOO_SEG), '--cfg-options', f'train_dataloader.dataset.data_root={demo_root}/data/demo/ade']
+    args = {'det': [str(DET_CFG)], 'seg': [str(SEG_CFG)],
+            'zoo-seg': [str(ZOO_SEG), '--cfg-options', f'train_dataloader.dataset.data_root={demo_root}/data/demo/ade']
+            }[cfg]
     assert load_tool('browse_dataset').main([*args, '--num', '3', '--out-dir', str(out)]) == 0
     pngs = _pngs(out)
     assert len(pngs) == 3
@@ -144,12 +120,13 @@ def test_benchmark_measures_detector_and_segmentor_side_by_side(demo_root, tmp_p
     out = tmp_path / 'bench.json'
     rc = load_tool('benchmark').main([str(DET_CFG), str(SEG_CFG), '--shape', '64', '64', '--batch-size', '2',
                                       '--iters', '1', '--warmup', '0', '--device', 'cpu', '--out', str(out),
-                                      '--cfg-options', *TINY])
+                                      '--chart', str(tmp_path / 'bench.png'), '--cfg-options', *TINY])
     assert rc == 0
     res = json.loads(out.read_text())['results']
     assert [r['scope'] for r in res] == ['mmdet', 'mmseg']
     for r in res:
         assert r['infer']['fps'] > 0 and r['train']['median_ms'] > 0 and r['train']['peak_mb'] > 0
+    assert _read(tmp_path / 'bench.png').std() > 5
     table = capsys.readouterr().out
     assert 'mask-rcnn_hwt-demo_fpn_shapes-coco' in table and 'upernet_hwt-demo_shapes-ade-128x128' in table
 

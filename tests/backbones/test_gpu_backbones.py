@@ -1,0 +1,83 @@
+"""GPU checks of whole backbones at real shapes (skipped without CUDA).
+
+- The Triton path equals the twin path: with bf16 autocast, |triton - fp32 twin| <= 2 |bf16 twin - fp32 twin|
+  (+ a small floor) for every output and every parameter gradient.
+- fp16 autocast training steps stay finite; ``torch.compile`` of a backbone matches eager.
+"""
+import copy
+
+import pytest
+import torch
+
+from backbones.base import MODELS
+from sparse_ops import use_backend
+
+pytestmark = pytest.mark.gpu
+
+CASES = {
+    'HWT-T': dict(type='HWT', arch='tiny', drop_path_rate=0.0),
+    'HNT-T': dict(type='HNT', arch='tiny', drop_path_rate=0.0),
+    'BiFormer-S': dict(type='BiFormer', arch='small', drop_path_rate=0.0, n_win=8),
+    'NAT-T': dict(type='NAT', arch='tiny', drop_path_rate=0.0),
+    'DiNAT-T': dict(type='DiNAT', arch='tiny', drop_path_rate=0.0, dilations='coco'),
+}
+
+
+def _run(model, x, path, dtype):
+    model.zero_grad(set_to_none=True)
+    with use_backend(path), torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+        outs = model(x)
+    g = torch.Generator(device='cuda').manual_seed(3)
+    sum((o.float() * torch.randn(o.shape, device='cuda', generator=g)).sum() for o in outs).backward()
+    return [o.float() for o in outs], {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('name', list(CASES))
+@pytest.mark.parametrize('hw', [(256, 328), (61, 37)], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_triton_path_equals_twin_path(name, hw):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = MODELS.build(dict(CASES[name])).cuda().train()
+    with torch.no_grad():  # make every parameter matter (zero-init biases and tables too)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    x = torch.randn(2, 3, *hw, device='cuda')
+    ref_out, ref_grad = _run(model, x, 'torch', torch.float32)
+    twin_out, twin_grad = _run(model, x, 'torch', torch.bfloat16)
+    tri_out, tri_grad = _run(model, x, 'triton', torch.bfloat16)
+    pairs = [(f'out{i}', r, t, k) for i, (r, t, k) in enumerate(zip(ref_out, twin_out, tri_out))]
+    pairs += [(n, ref_grad[n], twin_grad[n], tri_grad[n]) for n in ref_grad]
+    assert len(pairs) > 4
+    for key, ref, twin, tri in pairs:
+        scale = ref.abs().max().clamp(min=1e-6)
+        err_twin, err_tri = (twin - ref).abs().max() / scale, (tri - ref).abs().max() / scale
+        assert err_tri <= 2 * err_twin + 2e-3, f'{name} {key}: triton {err_tri:.2e} vs twin {err_twin:.2e}'
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_fp16_autocast_training_steps(name):
+    model = MODELS.build(dict(CASES[name])).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler('cuda')
+    x = torch.randn(2, 3, 224, 288, device='cuda')
+    for _ in range(2):
+        with torch.autocast('cuda', dtype=torch.float16):
+            loss = sum(o.float().pow(2).mean() for o in model(x))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize('name', ['HWT-T', 'NAT-T', 'BiFormer-S'])
+def test_torch_compile_matches_eager(name):
+    model = MODELS.build(dict(CASES[name])).cuda().eval()
+    compiled = torch.compile(copy.deepcopy(model))
+    x = torch.randn(1, 3, 224, 256, device='cuda')
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        eager, comp = model(x), compiled(x)
+    for e, c in zip(eager, comp):
+        assert e.shape == c.shape
+        torch.testing.assert_close(c.float(), e.float(), atol=5e-2, rtol=5e-2)
