@@ -41,7 +41,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, kv_num: Tensor, kv_idx: Tensor, q_n
 def _(q, k, v, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, block_m,
       block_n, num_warps, num_stages):
     b, h, n, _ = q.shape
-    return torch.empty_like(q), q.new_empty((b, h, n), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((b, h, n), dtype=torch.float32)
 
 
 @torch.library.custom_op('sparse_ops::block_sparse_attention_bwd', mutates_args=())

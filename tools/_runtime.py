@@ -8,7 +8,8 @@
   with ``weights_only=False``; every other local file (pretrained weights from ``init_cfg``) keeps weights-only loading.
 - ``check_cfg_options(cfg, options)``: every ``--cfg-options`` key must exist in the config, or be a keyword the
   registered class of the enclosing ``type=`` dict accepts, or a top-level runner setting. mmengine would silently
-  add a misspelt key; we name it instead.
+  add a misspelt key; we name it instead. ``apply_cfg_options`` merges them; ``data_root=DIR`` moves every path
+  under the config's data_root (other plain top-level variables were substituted when the file was read: refused).
 - ``check_data_paths(cfg, phases)``: data roots, annotation files and image folders the run will read must exist;
   the error names the config key and the path before the runner starts (and before minutes of model building).
 """
@@ -134,16 +135,23 @@ def check_cfg_options(cfg, options: dict | None, scope: str) -> None:
                     continue
                 raise ConfigCheckError(f'--cfg-options {full_key}: {".".join(parts[:depth]) or "<root>"} is a list of '
                                        f'{len(node)} items, {part!r} is not an index into it')
+            if node is None:
+                break  # an unset value (e.g. init_cfg=None) may be filled in key by key
             if not isinstance(node, dict):
                 raise ConfigCheckError(f'--cfg-options {full_key}: {".".join(parts[:depth])} is a '
                                        f'{type(node).__name__}, not a dict, so it has no key {part!r}')
             if part in node or part.startswith('_'):
+                if (depth == 0 and len(parts) == 1 and part not in RUNNER_KEYS and part != 'data_root'
+                        and not isinstance(node[part], (dict, list, tuple))):
+                    raise ConfigCheckError(
+                        f'--cfg-options {full_key}: {part!r} is a variable of the config file, already substituted '
+                        'where the file used it when the config was read; changing it here has no effect. Set the '
+                        'keys that use it instead (e.g. train_cfg.max_iters, model.roi_head.bbox_head.num_classes)')
                 node = node.get(part)
                 continue
-            last = depth == len(parts) - 1
             if depth == 0 and part in RUNNER_KEYS:
                 break
-            if last and 'type' in node:
+            if 'type' in node:  # a new keyword of a registered class (possibly a dict filled in key by key)
                 accepted = _accepted_kwargs(node['type'], scope)
                 if accepted is None or part in accepted:
                     break
@@ -155,6 +163,35 @@ def check_cfg_options(cfg, options: dict | None, scope: str) -> None:
             where = '.'.join(parts[:depth]) or 'the config root'
             raise ConfigCheckError(f'--cfg-options {full_key}: key {here!r} does not exist in the config '
                                    f'({where} has no {part!r}){hint_s}')
+
+
+def apply_cfg_options(cfg, options: dict | None) -> None:
+    """``cfg.merge_from_dict(options)``, except that ``data_root=NEW`` rewrites every path that starts with the
+    config's ``data_root`` (dataset roots, evaluator annotation files), which is what changing the variable in the
+    file would have done."""
+    options = dict(options or {})
+    if 'data_root' in options:
+        new_root = str(options.pop('data_root'))
+        old_root = cfg.get('data_root')
+        if not isinstance(old_root, str) or not old_root:
+            raise ConfigCheckError('--cfg-options data_root: the config defines no data_root to replace')
+        old, new = old_root.rstrip('/'), new_root.rstrip('/')
+
+        def rewrite(node):
+            if isinstance(node, dict):
+                for k in list(node):
+                    node[k] = rewrite(node[k])
+            elif isinstance(node, list):
+                node[:] = [rewrite(v) for v in node]
+            elif isinstance(node, tuple):
+                return tuple(rewrite(v) for v in node)
+            elif isinstance(node, str) and (node.rstrip('/') == old or node.startswith(old + '/')):
+                return new + node[len(old):]
+            return node
+
+        rewrite(cfg._cfg_dict)
+    if options:
+        cfg.merge_from_dict(options)
 
 
 # ------------------------------------------------------------------------------------------------- data paths

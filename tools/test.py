@@ -35,7 +35,8 @@ def parse_args(argv=None):
     ap.add_argument('--score-thr', type=float, default=0.3, help='detection score threshold for drawing')
     ap.add_argument('--tta', action='store_true', help='test-time augmentation (config needs tta_model/tta_pipeline)')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                    help='override config keys (keys must exist in the config)')
+                    help='override config keys (keys must exist in the config); '
+                    'data_root=DIR moves every path under the config\'s data_root')
     ap.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     ap.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = ap.parse_args(argv)
@@ -53,8 +54,7 @@ def build_cfg(args):
     cfg = Config.fromfile(args.config)
     scope = _runtime.setup_scope(cfg)
     _runtime.check_cfg_options(cfg, args.cfg_options, scope)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    _runtime.apply_cfg_options(cfg, args.cfg_options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

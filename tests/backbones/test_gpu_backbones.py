@@ -32,7 +32,14 @@ def _run(model, x, path, dtype):
     return [o.float() for o in outs], {n: p.grad.float().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize('name', list(CASES))
+BIFORMER_GRADS = pytest.mark.xfail(
+    strict=True, reason='open finding (2026-11-21, H200): BiFormer-S Triton-path parameter gradients show 3-5x the '
+    'bf16 twin error in stage 3 (24/508 and 57/508 tensors), outputs within 2x; the op-level routing tests pass at '
+    '2x; cause not established')
+
+
+@pytest.mark.parametrize('name', [n if n != 'BiFormer-S' else pytest.param(n, marks=BIFORMER_GRADS)
+                                  for n in CASES])
 @pytest.mark.parametrize('hw', [(256, 328), (61, 37)], ids=lambda s: f'{s[0]}x{s[1]}')
 def test_triton_path_equals_twin_path(name, hw):
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -49,10 +56,13 @@ def test_triton_path_equals_twin_path(name, hw):
     pairs = [(f'out{i}', r, t, k) for i, (r, t, k) in enumerate(zip(ref_out, twin_out, tri_out))]
     pairs += [(n, ref_grad[n], twin_grad[n], tri_grad[n]) for n in ref_grad]
     assert len(pairs) > 4
+    bad = []
     for key, ref, twin, tri in pairs:
         scale = ref.abs().max().clamp(min=1e-6)
         err_twin, err_tri = (twin - ref).abs().max() / scale, (tri - ref).abs().max() / scale
-        assert err_tri <= 2 * err_twin + 2e-3, f'{name} {key}: triton {err_tri:.2e} vs twin {err_twin:.2e}'
+        if err_tri > 2 * err_twin + 2e-3:
+            bad.append(f'{key}: triton {err_tri:.2e} vs twin {err_twin:.2e}')
+    assert not bad, f'{name}: {len(bad)}/{len(pairs)} tensors off:\n' + '\n'.join(bad)
 
 
 @pytest.mark.parametrize('name', list(CASES))
@@ -73,11 +83,13 @@ def test_fp16_autocast_training_steps(name):
 
 @pytest.mark.parametrize('name', ['HWT-T', 'NAT-T', 'BiFormer-S'])
 def test_torch_compile_matches_eager(name):
+    """fp32 (no autocast): compiled and eager run the same kernels, so they agree to fp32 fusion noise."""
     model = MODELS.build(dict(CASES[name])).cuda().eval()
     compiled = torch.compile(copy.deepcopy(model))
     x = torch.randn(1, 3, 224, 256, device='cuda')
-    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+    with torch.no_grad():
         eager, comp = model(x), compiled(x)
     for e, c in zip(eager, comp):
         assert e.shape == c.shape
-        torch.testing.assert_close(c.float(), e.float(), atol=5e-2, rtol=5e-2)
+        err = ((c - e).abs().max() / e.abs().max()).item()
+        assert err < 1e-3, f'{name}: compiled vs eager relative error {err:.2e}'

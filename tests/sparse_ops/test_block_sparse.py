@@ -284,13 +284,23 @@ def test_random_sweep(name, shape, kwargs, dtype, config, rpb_side, seed):
     check_case(name, shape, kwargs, dtype=dtype, config=config, rpb_side=rpb_side, seed=seed)
 
 
-def test_registered_op_opcheck():
-    """torch.library.opcheck on the registered forward op (schema, fake impl, autograd registration)."""
+@pytest.mark.parametrize('layout', ['contiguous', 'qkv-permuted'])
+def test_registered_op_opcheck(layout):
+    """torch.library.opcheck on the registered forward op (schema, fake impl, autograd registration).
+
+    'qkv-permuted' feeds views of one (B, N, 3, heads, D) tensor, as the backbones do: the fake kernel must
+    report the same (contiguous) output strides as the real op, or torch.compile of a backbone fails.
+    """
     from sparse_ops import patterns
     from sparse_ops.block_sparse_fwd import default_config
     cfg = default_config(16, torch.device(DEVICE))
     p = patterns.hilbert_window_pattern(40, 8, True, cfg.block_m, cfg.block_n, DEVICE, hw=(5, 8))
-    q, k, v = (torch.randn(1, 2, 40, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    if layout == 'contiguous':
+        q, k, v = (torch.randn(1, 2, 40, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    else:
+        qkv = torch.randn(1, 40, 3, 2, 16, device=DEVICE).permute(2, 0, 3, 1, 4)
+        q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
+        assert not q.is_contiguous()
     rpb = torch.randn(2, 5, 5, device=DEVICE, requires_grad=True)
     args = (q, k, v, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route, rpb, p.rows, 0.25,
             p.mask_mode, p.n_groups, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)

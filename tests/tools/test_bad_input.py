@@ -61,6 +61,24 @@ def test_valid_cfg_options_pass(demo_root, tmp_path, monkeypatch):
     assert cfg.work_dir == str(tmp_path / 'w')
 
 
+def test_plain_config_variable_is_refused_because_it_has_no_effect(demo_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(demo_root)
+    with pytest.raises(rt.ConfigCheckError, match=r"'max_iters' is a variable of the config file.*no effect"):
+        _train_cfg(DET_CFG, '--work-dir', tmp_path / 'w', '--cfg-options', 'max_iters=5')
+
+
+def test_data_root_option_moves_every_dataset_path(demo_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's relative data/demo/coco/ does not exist here
+    root = demo_root / 'data/demo/coco'
+    cfg = _train_cfg(DET_CFG, '--work-dir', tmp_path / 'w', '--cfg-options', f'data_root={root}',
+                     'model.backbone.init_cfg.type=Pretrained')  # init_cfg=None may be filled key by key
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root.rstrip('/') == str(root)
+    assert cfg.val_evaluator.ann_file == f'{root}/annotations/instances_val.json' == cfg.test_evaluator.ann_file
+    with pytest.raises(rt.ConfigCheckError, match=r"train_dataloader\.dataset\.data_root: directory '/nowhere/coco/'"):
+        _train_cfg(DET_CFG, '--work-dir', tmp_path / 'w', '--cfg-options', 'data_root=/nowhere/coco/')
+
+
 def test_resume_and_checkpoint_paths_are_checked(demo_root, tmp_path, monkeypatch):
     monkeypatch.chdir(demo_root)
     with pytest.raises(rt.ConfigCheckError, match=r"--resume: checkpoint 'nowhere\.pth' does not exist"):

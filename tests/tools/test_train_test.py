@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DET_CFG, SEG_CFG, TINY_ARCH, TOOLS, load_tool, run_tool
+from conftest import DET_CFG, SEG_CFG, TINY_ARCH, TOOLS, load_tool, run_tool, tool_env
 
 # a few iterations with 2 images of 64 px and a 1-block-per-stage HWT; validation only at the end
 SMOKE = [TINY_ARCH, 'train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
@@ -37,7 +36,7 @@ def test_det_train_killed_resumes_from_last_checkpoint_then_tests(demo_root, tmp
     first = subprocess.Popen(
         [sys.executable, str(TOOLS / 'train.py'), str(DET_CFG), '--work-dir', str(work), '--cfg-options', *SMOKE,
          'train_cfg.max_iters=200', 'train_cfg.val_interval=200'],
-        cwd=demo_root, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        cwd=demo_root, stdout=log, stderr=subprocess.STDOUT, env=tool_env())
     marker = work / 'last_checkpoint'
     deadline = time.time() + 240
     while not marker.is_file() and first.poll() is None and time.time() < deadline:
