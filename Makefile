@@ -36,7 +36,7 @@ demo-seg:
 	    --show-dir $(WORK)/seg/vis
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf $(WORK) $(DATA)

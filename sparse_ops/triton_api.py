@@ -138,7 +138,8 @@ def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: 
     """BiFormer routing, as ``reference.routing.route_regions`` but with one fp32-accumulating read of q and k.
 
     q, k ``(B, heads, H, W, D)``; counts ``(R,)`` real tokens per region. Region means over real tokens with heads
-    concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T``, empty regions -inf, top-k. Returns ``(B, R, topk)``.
+    concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T`` in fp32 (autocast disabled), empty regions -inf, top-k.
+    Returns ``(B, R, topk)``.
     """
     b, h, hh, ww, d = q.shape
     rh, rw = -(-hh // n_win), -(-ww // n_win)
@@ -150,7 +151,10 @@ def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: 
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         s = x.reshape(b, h, n_win, rh, n_win, rw, d).sum(dim=(3, 5), dtype=torch.float32)   # (B, h, n, n, D)
         return s.permute(0, 2, 3, 1, 4).reshape(b, n_win * n_win, h * d) / cnt
-    affinity = means(q) @ means(k).transpose(-1, -2)
+    # autocast would run this matmul in bf16/fp16: near-ties then round to exact ties and the top-k flips between
+    # equally valid runs (regression test: tests/sparse_ops/test_routing_regression.py)
+    with torch.autocast(q.device.type, enabled=False):
+        affinity = means(q) @ means(k).transpose(-1, -2)
     affinity = affinity.masked_fill((counts == 0)[None, None, :], float('-inf'))
     return affinity.topk(topk, dim=-1).indices
 

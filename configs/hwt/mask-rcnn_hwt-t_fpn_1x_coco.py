@@ -25,6 +25,8 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(
+    type='AmpOptimWrapper',  # on a CPU-only machine: --cfg-options optim_wrapper.type=OptimWrapper
+    loss_scale='dynamic',
     optimizer=dict(_delete_=True, type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={
         'relative_position_bias_table': dict(decay_mult=0.),

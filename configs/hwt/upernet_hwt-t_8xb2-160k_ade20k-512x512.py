@@ -25,7 +25,8 @@ test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     _delete_=True,
-    type='OptimWrapper',
+    type='AmpOptimWrapper',  # on a CPU-only machine: --cfg-options optim_wrapper.type=OptimWrapper
+    loss_scale='dynamic',
     optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={
         'relative_position_bias_table': dict(decay_mult=0.),

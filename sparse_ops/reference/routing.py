@@ -59,9 +59,9 @@ def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
 def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
     """Routed key regions of every query region: LongTensor ``(B, n_win**2, topk)`` (row-major region ids).
 
-    q, k ``(B, heads, H, W, D)``. Region means over real tokens, heads concatenated, computed in fp32 (at
-    least), detached. Empty regions get affinity -inf and are picked only when ``topk`` exceeds the number
-    of non-empty regions (they contain no real token, so picking them adds nothing).
+    q, k ``(B, heads, H, W, D)``. Region means over real tokens, heads concatenated, and their affinity computed
+    in fp32 (at least; autocast disabled), detached. Empty regions get affinity -inf and are picked only when
+    ``topk`` exceeds the number of non-empty regions (they contain no real token, so picking them adds nothing).
     """
     b, heads, h, w, d = q.shape
     _, _, valid = region_partition(h, w, n_win, device=q.device)
@@ -73,7 +73,8 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> to
         s = s / count.clamp(min=1).to(dtype)[:, None]
         return s.transpose(1, 2).reshape(b, n_win * n_win, heads * d)
 
-    affinity = region_mean(q) @ region_mean(k).transpose(-1, -2)        # (B, R, R)
+    with torch.autocast(q.device.type, enabled=False):                 # keep fp32 under autocast (no bf16 ties)
+        affinity = region_mean(q) @ region_mean(k).transpose(-1, -2)    # (B, R, R)
     affinity = affinity.masked_fill((count == 0)[None, None, :], float('-inf'))
     return affinity.topk(topk, dim=-1).indices
 
