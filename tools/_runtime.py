@@ -258,6 +258,27 @@ def check_data_paths(cfg, phases: Iterable[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- runner
+def load_config(args):
+    """Read ``args.config`` and apply the options both tools share; returns ``(cfg, scope)``.
+
+    Checks the file exists, selects the mmdet / mmseg scope, validates then applies ``--cfg-options``, sets the
+    launcher, and defaults ``work_dir`` to ``./work_dirs/<config name>`` (``--work-dir`` wins).
+    """
+    from mmengine.config import Config
+    if not os.path.isfile(args.config):
+        raise ConfigCheckError(f"config file '{args.config}' does not exist")
+    cfg = Config.fromfile(args.config)
+    scope = setup_scope(cfg)
+    check_cfg_options(cfg, args.cfg_options, scope)
+    apply_cfg_options(cfg, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = os.path.join('./work_dirs', os.path.splitext(os.path.basename(args.config))[0])
+    return cfg, scope
+
+
 def build_runner(cfg):
     """Runner.from_cfg (or the config's runner_type); a config mistake the model's constructor reports (unknown
     arch, bad channel count, unexpected keyword) becomes one ``error:`` line instead of a traceback."""

@@ -46,20 +46,10 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from mmengine.config import Config, ConfigDict
-    if not osp.isfile(args.config):
-        raise _runtime.ConfigCheckError(f"config file '{args.config}' does not exist")
+    from mmengine.config import ConfigDict
+    cfg, scope = _runtime.load_config(args)
     if not osp.isfile(args.checkpoint):
         raise _runtime.ConfigCheckError(f"checkpoint '{args.checkpoint}' does not exist")
-    cfg = Config.fromfile(args.config)
-    scope = _runtime.setup_scope(cfg)
-    _runtime.check_cfg_options(cfg, args.cfg_options, scope)
-    _runtime.apply_cfg_options(cfg, args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     cfg.resume = False
 

@@ -46,20 +46,7 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from mmengine.config import Config
-    if not osp.isfile(args.config):
-        raise _runtime.ConfigCheckError(f"config file '{args.config}' does not exist")
-    cfg = Config.fromfile(args.config)
-    scope = _runtime.setup_scope(cfg)
-    _runtime.check_cfg_options(cfg, args.cfg_options, scope)
-    _runtime.apply_cfg_options(cfg, args.cfg_options)
-    cfg.launcher = args.launcher
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-
+    cfg, _ = _runtime.load_config(args)
     if args.amp:
         import torch
         if not torch.cuda.is_available():
