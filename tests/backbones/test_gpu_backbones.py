@@ -1,7 +1,10 @@
 """GPU checks of whole backbones at real shapes (skipped without CUDA).
 
 - The Triton path equals the twin path: with bf16 autocast, |triton - fp32 twin| <= 2 |bf16 twin - fp32 twin|
-  (+ a small floor) for every output and every parameter gradient.
+  (+ a small floor) for every output and every parameter gradient. BiFormer's top-k routing is discontinuous: two
+  runs whose inputs differ by rounding noise can route a few query regions differently at near-ties, which is a
+  large local change that says nothing about the attention kernels. So the routes of the fp32 reference run are
+  recorded and replayed in both bf16 runs (``_PinnedRoutes``); the kernels are then compared on the same pattern.
 - fp16 autocast training steps stay finite; ``torch.compile`` of a backbone matches eager.
 """
 import copy
@@ -23,6 +26,37 @@ CASES = {
 }
 
 
+class _PinnedRoutes:
+    """Records the routes (``(B, R, topk)`` region ids) of every routing call, then replays them in call order.
+
+    Patches the two routing functions the public op uses (twin: ``reference.routing.route_regions``, Triton:
+    ``triton_api.route_topk``); both are looked up as module globals at call time.
+    """
+
+    def __init__(self, monkeypatch):
+        from sparse_ops import triton_api
+        from sparse_ops.reference import routing
+        self.recorded, self.cursor, self.recording = [], 0, True
+        orig = routing.route_regions
+
+        def twin_routes(q, k, n_win, topk):
+            if self.recording:
+                self.recorded.append(orig(q, k, n_win, topk))
+                return self.recorded[-1]
+            return self._next()
+
+        monkeypatch.setattr(routing, 'route_regions', twin_routes)
+        monkeypatch.setattr(triton_api, 'route_topk', lambda q, k, n_win, topk, counts: self._next())
+
+    def replay(self):
+        self.recording, self.cursor = False, 0
+
+    def _next(self):
+        assert not self.recording, 'the fp32 twin run must come first and record the routes'
+        self.cursor += 1
+        return self.recorded[self.cursor - 1]
+
+
 def _run(model, x, path, dtype):
     model.zero_grad(set_to_none=True)
     with use_backend(path), torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
@@ -33,15 +67,16 @@ def _run(model, x, path, dtype):
 
 
 BIFORMER_GRADS = pytest.mark.xfail(
-    strict=True, reason='open finding (2026-11-21, H200): BiFormer-S Triton-path parameter gradients show 3-5x the '
-    'bf16 twin error in stage 3 (24/508 and 57/508 tensors), outputs within 2x; the op-level routing tests pass at '
-    '2x; cause not established')
+    strict=False, reason='not yet run on the GPU with pinned routes. Free routing failed on the H200 (2026-11-21; '
+    '24/508 and 57/508 tensors at 3-5x), explained on CPU by route flips at near-ties (fp16, interpreter: 16/508 '
+    'free -> 0/508 pinned at 61x37; 18/508 -> 1/508 at 96x80)')
 
 
 @pytest.mark.parametrize('name', [n if n != 'BiFormer-S' else pytest.param(n, marks=BIFORMER_GRADS)
                                   for n in CASES])
 @pytest.mark.parametrize('hw', [(256, 328), (61, 37)], ids=lambda s: f'{s[0]}x{s[1]}')
-def test_triton_path_equals_twin_path(name, hw):
+def test_triton_path_equals_twin_path(name, hw, monkeypatch):
+    routes = _PinnedRoutes(monkeypatch)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
@@ -51,7 +86,9 @@ def test_triton_path_equals_twin_path(name, hw):
             p.add_(0.02 * torch.randn_like(p))
     x = torch.randn(2, 3, *hw, device='cuda')
     ref_out, ref_grad = _run(model, x, 'torch', torch.float32)
+    routes.replay()
     twin_out, twin_grad = _run(model, x, 'torch', torch.bfloat16)
+    routes.replay()
     tri_out, tri_grad = _run(model, x, 'triton', torch.bfloat16)
     pairs = [(f'out{i}', r, t, k) for i, (r, t, k) in enumerate(zip(ref_out, twin_out, tri_out))]
     pairs += [(n, ref_grad[n], twin_grad[n], tri_grad[n]) for n in ref_grad]
