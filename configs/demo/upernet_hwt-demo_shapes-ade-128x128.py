@@ -43,30 +43,13 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs')
 ]
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        type=dataset_type,
-        img_suffix='.jpg',
-        seg_map_suffix='.png',
-        reduce_zero_label=True,
-        data_root=data_root,
-        metainfo=metainfo,
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        type=dataset_type,
-        img_suffix='.jpg',
-        seg_map_suffix='.png',
-        reduce_zero_label=True,
-        data_root=data_root,
-        metainfo=metainfo,
-        pipeline=test_pipeline))
+# train and val read the same folders (train: images/training, val: images/validation via the stock data_prefix)
+demo_dataset = dict(type=dataset_type, img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True,
+                    data_root=data_root, metainfo=metainfo)
+train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                        dataset=dict(demo_dataset, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                      dataset=dict(demo_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)

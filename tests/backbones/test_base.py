@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from _checks import assert_checkpointed_equals_plain
 from backbones.base import (MODELS, SparseBackbone, checkpoint_call, drop_path_schedule, resolve_arch,
                             validate_out_indices)
 
@@ -155,12 +156,7 @@ def test_with_cp_matches_plain():
     plain, cp = ToyBackbone(), ToyBackbone(with_cp=True)
     cp.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 8, 8)
-    outs_plain, outs_cp = plain(x), cp(x)
-    torch.testing.assert_close(outs_cp, outs_plain)
-    sum(o.sum() for o in outs_plain).backward()
-    sum(o.sum() for o in outs_cp).backward()
-    for (name, p1), p2 in zip(plain.named_parameters(), cp.parameters()):
-        torch.testing.assert_close(p2.grad, p1.grad, msg=name)
+    assert_checkpointed_equals_plain(plain, cp, x)
 
 
 @pytest.mark.parametrize('x, match', [

@@ -13,6 +13,7 @@ from backbones.dinat import DILATION_SCHEDULES, DINAT_ARCHS, DiNAT, dilation_sch
 from backbones.hnt import HNT, HNT_ARCHS
 from backbones.layers.nat_blocks import HilbertNeighborhoodAttention1d, NeighborhoodAttention2d, clip_dilation
 from backbones.nat import NAT, NAT_ARCHS
+from _checks import assert_checkpointed_equals_plain
 
 TYPES = {'NAT': (NAT, NAT_ARCHS), 'DiNAT': (DiNAT, DINAT_ARCHS), 'HNT': (HNT, HNT_ARCHS)}
 PRESET_CASES = [(t, a) for t, (_, archs) in TYPES.items() for a in archs]
@@ -420,12 +421,7 @@ def test_with_cp_matches_plain(kind):
     cp = build(kind, TINY[kind], drop_path_rate=0.0, with_cp=True)
     cp.load_state_dict(plain.state_dict())
     x = torch.randn(1, 3, 36, 44)
-    out_plain, out_cp = plain(x), cp(x)
-    torch.testing.assert_close(out_cp, out_plain)
-    sum(o.sum() for o in out_plain).backward()
-    sum(o.sum() for o in out_cp).backward()
-    for (name, p1), p2 in zip(plain.named_parameters(), cp.parameters()):
-        torch.testing.assert_close(p2.grad, p1.grad, msg=name)
+    assert_checkpointed_equals_plain(plain, cp, x)
 
 
 def test_drop_path_schedule_and_override(monkeypatch):
