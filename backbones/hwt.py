@@ -30,7 +30,7 @@ from torch import nn
 import sparse_ops
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
-from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, from_hilbert, nhwc_to_nchw, to_hilbert
+from .layers import Mlp, PatchEmbed, PatchMerging, ResidualDropPath, from_hilbert, nhwc_to_nchw, to_hilbert
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
 
@@ -89,13 +89,13 @@ class HWTBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dims)
         self.attn = HilbertWindowAttention(dims, num_heads, window_size, shift)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = ResidualDropPath(drop_path)
         self.norm2 = nn.LayerNorm(dims)
         self.mlp = Mlp(dims, int(dims * mlp_ratio))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path(x, self.attn(self.norm1(x), hw))
+        return self.drop_path(x, self.mlp(self.norm2(x)))
 
 
 class HWTStage(nn.Module):

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Optional
 
 import torch
@@ -329,7 +330,8 @@ class RoutingLayout:
     ``region (N,)`` int64 region id of each
     sequence position, ``region_rowmajor (N,)`` region id of each pixel, ``counts (R,)`` tokens per region (R =
     n_win**2; empty regions have 0), ``tok (N, 4)`` int32 = (0, 0, region, 0), ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
-    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``max_kv`` static bound.
+    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real tokens per key block, ``k_full (n_kb,)``
+    int8 1 where that is ``block_n``, ``max_kv`` static bound.
     """
     h: int
     w: int
@@ -348,6 +350,7 @@ class RoutingLayout:
     n_q: torch.Tensor
     n_k: torch.Tensor
     k_real: torch.Tensor
+    k_full: torch.Tensor
     max_kv: int
 
     @property
@@ -387,12 +390,20 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
                          to(counts),
                          to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
-                         max_kv_per_topk)
+                         to((k_real == bn).to(torch.int8)), max_kv_per_topk)
 
 
 def routing_layout(h: int, w: int, n_win: int, block_m: int, block_n: int, device=None) -> RoutingLayout:
     """Static region layout for bi-level routing (cached per size, n_win, blocks, device)."""
     return _routing_layout(int(h), int(w), int(n_win), int(block_m), int(block_n), _dev(device))
+
+
+def routed_state(layout: RoutingLayout, pairs: torch.Tensor) -> torch.Tensor:
+    """Block state (B, n_qb, n_kb) int8 from the routed region-pair counts ``pairs`` (0 skip / 1 partial / 2 full:
+    every (query region, key region) pair of the block is routed and the key block is complete)."""
+    need = layout.n_q[:, None] * layout.n_k[None, :]
+    full = (pairs >= need - 0.5) & (layout.k_full != 0)[None, None, :]
+    return (pairs > 0.5).to(torch.int8) + full.to(torch.int8)
 
 
 def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPattern:
@@ -407,11 +418,13 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPatte
     route.scatter_(2, topk_idx, 1.0)
     # allowed (query region, key region) pairs per (query block, key block); full when all pairs are allowed
     pairs = layout.a_q @ route @ layout.a_k.t()                       # (B, n_qb, n_kb)
-    need = layout.n_q[:, None] * layout.n_k[None, :]
-    full = (pairs >= need - 0.5) & (layout.k_real == bn)[None, None, :]
-    state = (pairs > 0.5).to(torch.int8) + full.to(torch.int8)
-    n_qb, n_kb = state.shape[1], state.shape[2]
+    n_qb, n_kb = pairs.shape[1], pairs.shape[2]
     max_kv = min(n_kb, layout.max_kv * topk)
-    tables = tables_from_state(state, max_kv=max_kv, max_q=n_qb)
+    if pairs.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1':
+        from .routing_tables import compact_pairs  # one launch per direction instead of ~30 small ops
+        tables = (*compact_pairs(pairs, layout.n_q, layout.n_k, layout.k_full, False, max_kv),
+                  *compact_pairs(pairs.transpose(1, 2), layout.n_k, layout.n_q, layout.k_full, True, n_qb))
+    else:
+        tables = tables_from_state(routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
     return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route.to(torch.int32).contiguous(),
                         n_groups=r, perm=layout.perm, inv_perm=layout.inv_perm, rows=layout.rows)

@@ -73,6 +73,31 @@ def time_fwd_bwd(model, batch, size, device, iters, warmup):
     return statistics.median(times), peak
 
 
+def profile(name, cfg, path, batch, size, device, args, top=12):
+    """Print the ``top`` GPU kernels by total time over 2 profiled fwd+bwd steps (after ``args.warmup``), and the
+    GPU-busy time (sum of kernel times) against the wall time of a step: busy << wall means launch-bound."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from sparse_ops import use_backend
+    model = build(cfg).to(device)
+    with use_backend(path):
+        time_fwd_bwd(model, batch, size, device, 1, args.warmup)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+        with torch_profile(activities=acts) as prof:
+            sec, _ = time_fwd_bwd(model, batch, size, device, 2, 0)
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in events) / 2 / 1e3
+    n_kernels = sum(e.count for e in events) // 2
+    print(f'\n## {name} ({path}) {size[1]}x{size[0]} batch {batch}: wall {sec * 1e3:.1f} ms/step (profiled), '
+          f'GPU busy {busy:.1f} ms/step, {n_kernels} kernels/step')
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f'  {e.self_device_time_total / 2 / 1e3:8.2f} ms  x{e.count // 2:<5d} {e.key[:110]}')
+    del model
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
 def measure(name, cfg, path, batch, size, device, args):
     from sparse_ops import use_backend
     model = build(cfg).to(device)
@@ -102,6 +127,9 @@ def main():
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--no-twin', action='store_true', help='skip the twin (unfused) path')
     parser.add_argument('--device', default='cuda')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead of timing: torch.profiler of 2 steps per model at the first size, printing '
+                             'the busiest GPU kernels and GPU-busy time against wall time')
     parser.add_argument('--json')
     parser.add_argument('--png')
     args = parser.parse_args()
@@ -113,6 +141,10 @@ def main():
              f'torch {torch.__version__} | batch {args.batch} | bf16 autocast | fwd+bwd median of {args.iters}'
     print(header, flush=True)
     fused = 'triton' if device.type == 'cuda' else 'torch'  # CPU smoke runs have no fused path
+    if args.profile:
+        for name, cfg in [('Swin-T (mmdet)', SWIN_T)] + [(m, MODELS[m]) for m in args.models]:
+            profile(name, cfg, fused if name in MODELS else 'torch', args.batch, args.sizes[0], device, args)
+        return
     paths = [fused] if args.no_twin or fused == 'torch' else ['triton', 'torch']
     rows = []
     for size in args.sizes:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks import DropPath
 from torch import nn
 
+from .drop_path import ResidualDropPath
 from .mlp import Mlp
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BiFormerBlock', 'LayerNorm2d', 'biformer_stem',
@@ -170,7 +170,7 @@ class BiFormerBlock(nn.Module):
                                                 backend=backend)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = ResidualDropPath(drop_path)
         if layer_scale_init_value is not None and layer_scale_init_value > 0:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
             self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
@@ -181,9 +181,8 @@ class BiFormerBlock(nn.Module):
         """x: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
         x = (x + self.pos_embed(x)).permute(0, 2, 3, 1)
         y = self.attn(self.norm1(x))
-        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
-        y = self.mlp(self.norm2(x))
-        x = x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+        x = self.drop_path(x, y, self.gamma1)
+        x = self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)
         return x.permute(0, 3, 1, 2)
 
 

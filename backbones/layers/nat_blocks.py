@@ -31,7 +31,8 @@ from torch import nn
 
 import sparse_ops
 
-from . import DropPath, Mlp
+from .drop_path import ResidualDropPath
+from .mlp import Mlp
 
 __all__ = ['clip_dilation', 'NeighborhoodAttention2d', 'HilbertNeighborhoodAttention1d', 'NATBlock', 'NATStage',
            'init_nat_weights']
@@ -197,7 +198,7 @@ class NATBlock(nn.Module):
             raise ValueError(f'drop_path must be in [0, 1), got {drop_path!r}')
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = ResidualDropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if layer_scale is None:
@@ -211,9 +212,8 @@ class NATBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *attn_args) -> torch.Tensor:
         y = self.attn(self.norm1(x), *attn_args)
-        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+        x = self.drop_path(x, y, self.gamma1)
+        return self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)
 
 
 class NATStage(nn.Module):

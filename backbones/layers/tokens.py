@@ -25,6 +25,21 @@ def nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
+class _PermuteTokens(torch.autograd.Function):
+    """``x.index_select(1, order)`` whose gradient is ``g.index_select(1, inverse)`` (one gather each way; autograd's
+    own backward of index_select zero-fills and scatters with index_add)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inverse, = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
 def to_hilbert(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """Map ``(B, C, H, W)`` (or ``(B, H, W, C)`` with ``channels_last=True``) to tokens ``(B, H*W, C)`` in Hilbert
     order."""
@@ -37,7 +52,7 @@ def to_hilbert(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         b, c, h, w = x.shape
         flat = x.flatten(2).transpose(1, 2)
     order = sparse_ops.hilbert_order(h, w, device=x.device)
-    return flat.index_select(1, order)
+    return _PermuteTokens.apply(flat, order, sparse_ops.hilbert_inverse(h, w, device=x.device))
 
 
 def from_hilbert(tokens: torch.Tensor, hw: tuple[int, int], channels_last: bool = False) -> torch.Tensor:
@@ -48,7 +63,8 @@ def from_hilbert(tokens: torch.Tensor, hw: tuple[int, int], channels_last: bool 
         raise ValueError(f'from_hilbert expects tokens (B, {h * w}, C) for hw={tuple(hw)}, '
                          f'got shape {tuple(tokens.shape)}')
     b, _, c = tokens.shape
-    row_major = tokens.index_select(1, sparse_ops.hilbert_inverse(h, w, device=tokens.device))
+    row_major = _PermuteTokens.apply(tokens, sparse_ops.hilbert_inverse(h, w, device=tokens.device),
+                                     sparse_ops.hilbert_order(h, w, device=tokens.device))
     if channels_last:
         return row_major.reshape(b, h, w, c)
     return row_major.transpose(1, 2).contiguous().view(b, c, h, w)

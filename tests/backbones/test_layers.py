@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import sparse_ops
-from backbones.layers import (ConvDownsampler, ConvTokenizer, DropPath, Mlp, PatchEmbed, PatchMerging, from_hilbert,
+from backbones.layers import (ConvDownsampler, ConvTokenizer, DropPath, Mlp, PatchEmbed, PatchMerging,
+                              ResidualDropPath, from_hilbert,
                               nchw_to_nhwc, nhwc_to_nchw, to_hilbert)
 
 
@@ -78,3 +79,59 @@ def test_mlp_and_drop_path():
     drop = DropPath(0.5).eval()
     x = torch.randn(4, 3)
     assert drop(x).equal(x)
+
+
+@pytest.mark.parametrize('hw', [(4, 6), (5, 7)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
+def test_patch_merging_concatenates_in_swins_order(hw):
+    """One-copy merge == Swin's cat of the four strided slices [(0,0), (1,0), (0,1), (1,1)] (odd sizes zero-padded)."""
+    torch.manual_seed(0)
+    merge = PatchMerging(3)
+    x = torch.randn(2, *hw, 3, requires_grad=True)
+    xp = torch.nn.functional.pad(x, (0, 0, 0, hw[1] % 2, 0, hw[0] % 2))
+    cat = torch.cat([xp[:, 0::2, 0::2], xp[:, 1::2, 0::2], xp[:, 0::2, 1::2], xp[:, 1::2, 1::2]], dim=-1)
+    want = merge.reduction(merge.norm(cat))
+    got = merge(x)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    gx_want, = torch.autograd.grad(want, x, g)
+    gx_got, = torch.autograd.grad(got, x, g)
+    torch.testing.assert_close(gx_got, gx_want)
+
+
+def test_hilbert_token_permutation_gradients_are_the_inverse_gather():
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: to_hilbert(t), (x,))
+    tok = torch.randn(2, 35, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: from_hilbert(t, (5, 7)), (tok,))
+
+
+def test_residual_drop_path_is_identity_add_in_eval_and_per_sample_in_training():
+    torch.manual_seed(0)
+    x, y, gamma = torch.randn(4000, 2, 3), torch.rand(4000, 2, 3) + 1, torch.rand(3) + 0.5
+    rdp = ResidualDropPath(0.25)
+    rdp.eval()
+    assert rdp(x, y).equal(x + y)
+    torch.testing.assert_close(rdp(x, y, gamma), x + gamma * y)
+    rdp.train()
+    out = rdp(x, y, gamma)
+    branch = (out - x) / (gamma * y)                     # per sample: 0 (dropped) or 1 / keep_prob
+    per_sample = branch.flatten(1)
+    torch.testing.assert_close(per_sample, per_sample[:, :1].expand_as(per_sample), rtol=1e-4, atol=1e-4)
+    kept = per_sample[:, 0] > 0.5
+    torch.testing.assert_close(per_sample[kept, 0], torch.full((int(kept.sum()),), 1 / 0.75), rtol=1e-4, atol=1e-4)
+    assert (per_sample[~kept].abs() < 1e-4).all()
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    # gradients: x gets g, y gets g * mask * gamma, gamma gets sum(g * y * mask)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    g_param = gamma.clone().requires_grad_(True)
+    torch.manual_seed(1)
+    out = rdp(x, y, g_param)
+    out.sum().backward()
+    torch.manual_seed(1)
+    scale = torch.empty(4000, 1, 1).bernoulli_(0.75).div_(0.75)
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    torch.testing.assert_close(y.grad, (scale * gamma).expand_as(y))
+    torch.testing.assert_close(g_param.grad, (y.detach() * scale).sum((0, 1)))
+    with pytest.raises(ValueError, match='drop_prob'):
+        ResidualDropPath(1.0)

@@ -35,7 +35,7 @@ ALGORITHMS = {  # file-name algorithm -> (model type, decode head / neck type th
 DET_CLASSES = ('circle', 'square', 'triangle', 'star')
 # configs/hwt/{mask-rcnn 1x, upernet 512} of HWT-T belong to the foundation; the S / B deltas inherit them
 FOUNDATION_DERIVED = {f'mask-rcnn_hwt-{s}_fpn_1x_coco' for s in 'tsb'} | {
-    f'upernet_hwt-{s}_8xb2-160k_ade20k-512x512' for s in 'tsb'}
+    f'upernet_hwt-{s}_8xb2-160k_ade20k-512x512' for s in 'tsb'} | {'upernet_hwt-t_8xb2-40k_coco-things-512x512'}
 
 
 def _cid(p: Path) -> str:

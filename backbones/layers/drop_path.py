@@ -1,0 +1,43 @@
+"""Residual branch with stochastic depth, fused: ``x + drop_path(gamma * y)`` in one ``addcmul``.
+
+mmcv's ``DropPath`` costs five kernels per branch in training (rand, add, floor, div, mul) plus the residual add
+and, with layer scale, a multiply; at feature-map sizes these launches, not the arithmetic, are the cost of a
+backbone step. Here a per-sample keep mask ``(B, 1, ..., 1)`` scaled by ``1 / keep_prob`` (two tiny kernels) meets
+``y`` and the optional layer scale ``gamma (C,)`` in a single ``torch.addcmul(x, y, scale)``. Same distribution
+as mmcv / timm: each sample's branch is dropped with probability ``drop_prob`` and kept ones are scaled by
+``1 / (1 - drop_prob)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ['ResidualDropPath']
+
+
+class ResidualDropPath(nn.Module):
+    """``forward(x, y, gamma=None) -> x + drop_path(y)`` or ``x + drop_path(gamma * y)``.
+
+    x, y: ``(B, ..., C)`` of the same shape (x is the residual stream; the result has the promoted dtype of x and
+    y, fp32 under autocast). ``gamma``: ``(C,)`` layer scale or None. Dropping happens only in training mode with
+    ``drop_prob > 0``.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= float(drop_prob) < 1.0:
+            raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob!r}')
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x + y if gamma is None else torch.addcmul(x, y, gamma)
+        keep = 1.0 - self.drop_prob
+        scale = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=torch.float32, device=y.device)
+        scale.bernoulli_(keep).div_(keep)
+        if gamma is not None:
+            scale = scale * gamma
+        return torch.addcmul(x, y, scale)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
