@@ -13,6 +13,13 @@ when the pattern has ``rows``, in memory (row-major) order with the kernels read
 at row ``rows[i]`` (no permuted copy; the output comes back in memory order);
 ``rpb (H, 2r-1, 2r-1)`` optional (needs ``pattern.tok``). Returns ``(B, H, N, D)`` like q. Differentiable in q, k, v
 and rpb.
+
+``o_fp32=True`` keeps the kernel's output in fp32 for the backward and returns it cast to q's dtype. The backward
+needs ``delta_i = sum_j P_ij dP_ij``, computed (as in FlashAttention) as ``rowsum(dO * O)``; with O rounded to
+bf16 that carries a relative error of ~2^-9, and ``dS = P (dP - delta)`` cancels when attention is flat (many keys
+of similar weight, e.g. BiFormer's scale ``(heads * D)^-0.5``), so the rounding error dominates dS. Measured on
+an H200: BiFormer-S parameter gradients 2.5-2.9x the bf16 twin's error with bf16 O. Costs one cast kernel and an
+fp32 instead of a bf16 copy of o saved for the backward.
 """
 from __future__ import annotations
 
@@ -32,16 +39,18 @@ __all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config']
 def _fwd_op(q: Tensor, k: Tensor, v: Tensor, kv_num: Tensor, kv_idx: Tensor, q_num: Tensor, q_idx: Tensor,
             qwin: Optional[Tensor], tok: Optional[Tensor], route: Optional[Tensor], rpb: Optional[Tensor],
             rows: Optional[Tensor], scale: float, mask_mode: int, n_groups: int, block_m: int, block_n: int,
-            num_warps: int, num_stages: int) -> tuple[Tensor, Tensor]:
+            num_warps: int, num_stages: int, o_fp32: bool) -> tuple[Tensor, Tensor]:
     cfg = Config(block_m, block_n, num_warps, num_stages)
-    return block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, cfg)
+    return block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, cfg,
+                            torch.float32 if o_fp32 else None)
 
 
 @_fwd_op.register_fake
 def _(q, k, v, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, block_m,
-      block_n, num_warps, num_stages):
+      block_n, num_warps, num_stages, o_fp32):
     b, h, n, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((b, h, n), dtype=torch.float32)
+    return q.new_empty(q.shape, dtype=torch.float32 if o_fp32 else q.dtype), q.new_empty((b, h, n),
+                                                                                          dtype=torch.float32)
 
 
 @torch.library.custom_op('sparse_ops::block_sparse_attention_bwd', mutates_args=())
@@ -75,10 +84,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do, dlse):
     q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows = ctx.saved_tensors
+    do = do.to(q.dtype)  # with o_fp32 the incoming grad is fp32 (the cast to q's dtype is outside the op)
     dq, dk, dv, drpb = _bwd_op(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows,
-                               *ctx.params)
-    # grads: q, k, v, the 7 tables, rpb, rows, then the 7 scalar parameters
-    return (dq, dk, dv) + (None,) * len(_TABLE_ARGS) + ((drpb if ctx.has_rpb else None), None) + (None,) * 7
+                               *ctx.params[:7])
+    # grads: q, k, v, the 7 tables, rpb, rows, then the 8 scalar parameters
+    return (dq, dk, dv) + (None,) * len(_TABLE_ARGS) + ((drpb if ctx.has_rpb else None), None) + (None,) * 8
 
 
 torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backward, setup_context=_setup_context)
@@ -86,15 +96,18 @@ torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backw
 
 class BlockSparseAttention(torch.autograd.Function):
     """Eager autograd path: calls the launchers directly (the registered op's Python dispatch costs several hundred
-    microseconds per forward+backward, comparable to the kernels at feature-map sizes). Same math as the op."""
+    microseconds per forward+backward, comparable to the kernels at feature-map sizes). Same math as the op; the
+    output is a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``, so the models' merge of heads is a view, not a
+    copy (the registered op returns contiguous outputs, and Inductor fuses that copy itself)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, rpb, pattern, scale, config):
+    def forward(ctx, q, k, v, rpb, pattern, scale, config, o_fp32=False):
         o, lse = block_sparse_fwd(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.qwin, pattern.tok, pattern.route,
-                                  rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config)
+                                  rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config,
+                                  torch.float32 if o_fp32 else None, heads_last=True)
         ctx.save_for_backward(q, k, v, o, lse, rpb)
         ctx.pattern, ctx.scale, ctx.config = pattern, scale, config
-        return o
+        return o.to(q.dtype)
 
     @staticmethod
     def backward(ctx, do):
@@ -102,11 +115,12 @@ class BlockSparseAttention(torch.autograd.Function):
         p = ctx.pattern
         dq, dk, dv, drpb = block_sparse_bwd(do, q, k, v, o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok,
                                             p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config)
-        return dq, dk, dv, drpb, None, None, None
+        return dq, dk, dv, drpb, None, None, None, None
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern, scale: Optional[float] = None,
-                           rpb: Optional[Tensor] = None, config: Optional[Config] = None) -> Tensor:
+                           rpb: Optional[Tensor] = None, config: Optional[Config] = None,
+                           o_fp32: bool = False) -> Tensor:
     """Attention of q over the (key, value) pairs allowed by ``pattern``; see the module docstring for shapes.
 
     Eager calls go through :class:`BlockSparseAttention`; under ``torch.compile`` the registered op
@@ -125,8 +139,8 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPatter
         rpb = rpb.contiguous()
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if not torch.compiler.is_compiling():
-        return BlockSparseAttention.apply(q, k, v, rpb, pattern, scale, config)
+        return BlockSparseAttention.apply(q, k, v, rpb, pattern, scale, config, o_fp32)
     o, _ = _fwd_op(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.q_num, pattern.q_idx, pattern.qwin,
                    pattern.tok, pattern.route, rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups,
-                   config.block_m, config.block_n, config.num_warps, config.num_stages)
-    return o
+                   config.block_m, config.block_n, config.num_warps, config.num_stages, o_fp32)
+    return o.to(q.dtype)

@@ -264,17 +264,22 @@ def _table_strides(num: torch.Tensor, idx: torch.Tensor):
 
 
 def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale: float, mask_mode: int,
-                     n_groups: int, config: Config):
+                     n_groups: int, config: Config, o_dtype: torch.dtype | None = None, heads_last: bool = False):
     """Launch the forward kernel.
 
     q, k, v: (B, H, N, D) in memory order; ``rows (N,)`` int32 or None: memory row of each sequence position
     (the pattern's order), else memory order is the sequence order. kv_num (Bt, n_qb) / kv_idx (Bt, n_qb, max_kv)
     int32 built for ``config``'s block sizes; qwin / tok (N, 4) int32 or None; route (B, G, G) int32 or None;
     rpb (H, 2r-1, 2r-1) contiguous or None. Returns o (B, H, N, D) like q (memory order) and lse (B, H, N) fp32
-    (base 2, sequence order).
+    (base 2, sequence order). ``o_dtype`` (e.g. fp32) overrides o's dtype: the kernel stores its fp32 accumulator
+    rounded to that type. ``heads_last=True`` lays o out as a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``
+    (what the models' output projection wants: their ``transpose(1, 2).reshape(B, N, H * D)`` is then a view).
     """
     b, h, n, d = q.shape
-    o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    if heads_last:
+        o = torch.empty((b, n, h, d), device=q.device, dtype=o_dtype or q.dtype).transpose(1, 2)
+    else:
+        o = torch.empty(q.shape, device=q.device, dtype=o_dtype or q.dtype)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
     n_qb = triton.cdiv(n, config.block_m)
     assert kv_num.shape[-1] == n_qb, (kv_num.shape, n_qb)

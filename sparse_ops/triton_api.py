@@ -169,5 +169,6 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optio
     hh, ww = q.shape[2], q.shape[3]
     layout = patterns.routing_layout(hh, ww, n_win, cfg.block_m, cfg.block_n, q.device)
     p = patterns.routing_pattern(layout, route_topk(q, k, n_win, topk, layout.counts))
-    o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, None, cfg)
+    # BiFormer's scale makes attention flat: fp32 O keeps the backward's rowsum(dO * O) exact (block_sparse.py)
+    o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, None, cfg, o_fp32=q.dtype != torch.float32)
     return o.view(q.shape)

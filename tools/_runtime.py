@@ -292,3 +292,10 @@ def build_runner(cfg):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ConfigCheckError(f'building the runner failed: {type(e).__name__}: {msg} '
                                '(set SPARSEDENSE_DEBUG=1 for the traceback)') from e
+
+
+def end_distributed() -> None:
+    """Tear down the process group a distributed launch created (silences NCCL's "destroy_process_group() was not
+    called" warning and frees its resources); nothing when not distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -419,6 +419,25 @@ def report(rows, meta, out):
     fig.savefig(os.path.join(out, 'bench.png'), dpi=110)
 
 
+def merge(paths, out):
+    """Rows of several runs in one table: keyed by (size, pattern, impl), later files win; sizes, then patterns in
+    the benchmark's order."""
+    rows, metas = {}, []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        metas.append(data['meta'])
+        for r in data['rows']:
+            rows[(r['size'], r['pattern'], r['impl'])] = r
+    order = {p: i for i, p in enumerate(('dense',) + tuple(PATTERNS))}
+    merged = sorted(rows.values(), key=lambda r: (r['size'], order.get(r['pattern'], 99)))
+    meta = dict(metas[-1], merged_from=[m.get('command') for m in metas])
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'bench.json'), 'w') as f:
+        json.dump(dict(meta=meta, rows=merged), f, indent=1)
+    report(merged, meta, out)
+
+
 def tune(args):
     """Time every config of the search space for each pattern at each size (fwd and fwd+bwd)."""
     bw = copy_bandwidth()
@@ -457,9 +476,14 @@ def main():
                     '(default: the fastest of AUTO_CONFIGS per size and pattern)')
     ap.add_argument('--impls', default='ours,sdpa,win-part,gather,flex',
                     help='comma list of implementation name prefixes to run')
+    ap.add_argument('--merge', nargs='+', metavar='BENCH_JSON',
+                    help='no measuring: merge bench.json files of earlier runs (a later file replaces rows of the '
+                         'same size, pattern and impl), print the table and draw the chart into --out')
     ap.add_argument('--tune', action='store_true')
     ap.add_argument('--tune-all', action='store_true', help='tune over the whole search space, not the shortlist')
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     if not torch.cuda.is_available():
         raise SystemExit('benchmark_attention.py needs a CUDA device')
     tune(args) if args.tune else run(args)

@@ -124,6 +124,7 @@ def main(argv=None) -> int:
             json.dump(metrics, f, indent=1)
         print('[test] ' + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
                                     for k, v in metrics.items()))
+    _runtime.end_distributed()
     return 0
 
 

@@ -83,6 +83,7 @@ def main(argv=None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
     runner.train()
+    _runtime.end_distributed()
     return 0
 
 

@@ -67,9 +67,11 @@ def _run(model, x, path, dtype):
 
 
 BIFORMER_GRADS = pytest.mark.xfail(
-    strict=False, reason='not yet run on the GPU with pinned routes. Free routing failed on the H200 (2026-11-21; '
-    '24/508 and 57/508 tensors at 3-5x), explained on CPU by route flips at near-ties (fp16, interpreter: 16/508 '
-    'free -> 0/508 pinned at 61x37; 18/508 -> 1/508 at 96x80)')
+    strict=True, reason='measured on an H200 (2026-11-21) with the fp32 routes replayed and fp32 O for the backward: '
+    'outputs and 504/508 (256x328) and 506/508 (61x37) gradients within 2x the bf16 twin, the rest (stage-3 biases, '
+    'a downsampling conv weight: sums over every token) at 2.3-2.5x. Free routing: 24/508 and 57/508 at 3-5x; with '
+    'the routes pinned but bf16 O: 8/508 and 2/508. BiFormer scale (heads*D)^-0.5 makes attention flat, where the '
+    'flash-attention backward (dS = P (dP - rowsum(dO O))) cancels and rounding of P in the forward matters')
 
 
 @pytest.mark.parametrize('name', [n if n != 'BiFormer-S' else pytest.param(n, marks=BIFORMER_GRADS)
@@ -93,9 +95,12 @@ def test_triton_path_equals_twin_path(name, hw, monkeypatch):
     pairs = [(f'out{i}', r, t, k) for i, (r, t, k) in enumerate(zip(ref_out, twin_out, tri_out))]
     pairs += [(n, ref_grad[n], twin_grad[n], tri_grad[n]) for n in ref_grad]
     assert len(pairs) > 4
+    # a gradient that is zero in exact arithmetic (a conv bias right before BatchNorm) has an fp32 reference of pure
+    # rounding noise: measure every error against at least 1e-4 of the largest reference gradient
+    floor = 1e-4 * max(r.abs().max() for _, r, _, _ in pairs)
     bad = []
     for key, ref, twin, tri in pairs:
-        scale = ref.abs().max().clamp(min=1e-6)
+        scale = ref.abs().max().clamp(min=floor)
         err_twin, err_tri = (twin - ref).abs().max() / scale, (tri - ref).abs().max() / scale
         if err_tri > 2 * err_twin + 2e-3:
             bad.append(f'{key}: triton {err_tri:.2e} vs twin {err_twin:.2e}')

@@ -239,6 +239,41 @@ def test_torch_compile_traces_the_op():
     assert counter.frame_count == 1
 
 
+@pytest.mark.parametrize('compiled', [False, True], ids=['eager', 'compiled'])
+def test_fp32_output_makes_flat_attention_gradients_exact(compiled):
+    """``o_fp32``: same fp16 output, and the backward's rowsum(dO * O) no longer carries O's fp16 rounding.
+
+    Flat attention (tiny scale, 64 keys of similar weight) over values with a common offset is where
+    ``dS = P (dP - delta)`` cancels (every dP_ij ~ delta_i); with fp16 O the error of dq / dk is dominated by
+    delta's rounding, with fp32 O it is more than halved (fp64 reference; 2.4x at this size).
+    """
+    from sparse_ops import patterns
+    from sparse_ops.block_sparse import block_sparse_attention
+    from sparse_ops.block_sparse_fwd import default_config
+    cfg = default_config(16, torch.device(DEVICE))
+    p = patterns.hilbert_window_pattern(128, 64, False, cfg.block_m, cfg.block_n, DEVICE)
+    g = torch.Generator().manual_seed(5)
+    q, k, v, do = (torch.randn(2, 2, 128, 16, generator=g) for _ in range(4))
+    v = v + 32.0
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    ref = reference.hilbert_window_attention(q64, k64, v64, 64, scale=0.02)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    fn = block_sparse_attention
+    if compiled:
+        fn = torch.compile(block_sparse_attention, backend='aot_eager', fullgraph=True)
+    outs, errs = [], []
+    for o_fp32 in (False, True):
+        qh, kh, vh = (t.half().to(DEVICE).requires_grad_() for t in (q, k, v))
+        out = fn(qh, kh, vh, p, 0.02, None, cfg, o_fp32)
+        assert out.dtype == torch.float16
+        grads = torch.autograd.grad(out, (qh, kh, vh), do.half().to(DEVICE))
+        outs.append(out)
+        errs.append(max(((gr.double().cpu() - r).abs().max() / r.abs().max()).item()
+                        for gr, r in zip(grads[:2], ref_grads[:2])))          # dv does not use delta
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+    assert errs[1] * 2 < errs[0], errs
+
+
 # ------------------------------------------------------------------------------------------------------------
 # seeded random sweep: quick subset by default, >= 500 cases with SPARSE_OPS_SWEEP=1
 # ------------------------------------------------------------------------------------------------------------
@@ -303,6 +338,6 @@ def test_registered_op_opcheck(layout):
         assert not q.is_contiguous()
     rpb = torch.randn(2, 5, 5, device=DEVICE, requires_grad=True)
     args = (q, k, v, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route, rpb, p.rows, 0.25,
-            p.mask_mode, p.n_groups, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+            p.mask_mode, p.n_groups, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, layout != 'contiguous')
     torch.library.opcheck(torch.ops.sparse_ops.block_sparse_attention_fwd.default, args,
                           test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
