@@ -1,3 +1,4 @@
+# EXPERIMENTAL: no measured gain over the stock FPN (docs/benchmarks.md, "Heads"); kept for trials on real data.
 # As mask-rcnn_hwt-demo_routing-fpn_shapes-coco.py with two Hilbert-window context blocks (64-token chunks, the
 # second shifted) instead of routing attention.
 _base_ = '../demo/mask-rcnn_hwt-demo_fpn_shapes-coco.py'
