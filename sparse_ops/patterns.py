@@ -330,8 +330,8 @@ class RoutingLayout:
     ``region (N,)`` int64 region id of each
     sequence position, ``region_rowmajor (N,)`` region id of each pixel, ``counts (R,)`` tokens per region (R =
     n_win**2; empty regions have 0), ``tok (N, 4)`` int32 = (0, 0, region, 0), ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
-    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real tokens per key block, ``k_full (n_kb,)``
-    int8 1 where that is ``block_n``, ``max_kv`` static bound.
+    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real
+    tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound.
     """
     h: int
     w: int

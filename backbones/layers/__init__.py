@@ -20,5 +20,5 @@ from .mlp import Mlp
 from .patch_embed import ConvTokenizer, PatchEmbed
 from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
-__all__ = ['DropPath', 'ResidualDropPath', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler', 'nchw_to_nhwc',
-           'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']
+__all__ = ['DropPath', 'ResidualDropPath', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
+           'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']
