@@ -27,6 +27,8 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .layers.linear import cast_linear_weights
+
 __all__ = ['MODELS', 'SparseBackbone', 'resolve_arch', 'drop_path_schedule', 'validate_out_indices',
            'checkpoint_call']
 
@@ -199,6 +201,19 @@ class SparseBackbone(BaseModule):
                 if isinstance(module, _BatchNorm):
                     module.eval()
         return self
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Check ``x`` (``_check_input``), then run the subclass's ``_forward`` with the autocast weight casts of all
+        its ``Linear`` layers done in one go (``layers.linear.cast_linear_weights``; off under ``with_cp``, whose
+        recomputation runs after this call has returned)."""
+        self._check_input(x)
+        with cast_linear_weights(self, enabled=not self.with_cp):
+            return self._forward(x)
+
+    @abstractmethod
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(B, in_channels, H, W)`` (already checked) -> tuple of NCHW maps, one per ``out_indices`` entry."""
 
     # -- forward helpers ------------------------------------------------------------------------------------------
     def checkpointed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

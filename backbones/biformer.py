@@ -143,9 +143,8 @@ class BiFormer(SparseBackbone):
             modules.append(self.downsample_layers[i])
         return [m for m in modules if m is not None]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x: ``(B, in_channels, H, W)`` float, any H, W >= 1 -> tuple of ``(B, C_i, H_i, W_i)`` for out_indices."""
-        self._check_input(x)
         outs = []
         for i in range(NUM_STAGES):
             x = self.downsample_layers[i](x)

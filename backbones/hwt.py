@@ -30,7 +30,7 @@ from torch import nn
 import sparse_ops
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
-from .layers import Mlp, PatchEmbed, PatchMerging, ResidualDropPath, from_hilbert, nhwc_to_nchw, to_hilbert
+from .layers import Linear, Mlp, PatchEmbed, PatchMerging, ResidualDropPath, from_hilbert, nhwc_to_nchw, to_hilbert
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
 
@@ -62,8 +62,8 @@ class HilbertWindowAttention(nn.Module):
         if dims % num_heads:
             raise ValueError(f'dims={dims} is not divisible by num_heads={num_heads}')
         self.dims, self.num_heads, self.window_size, self.shift = dims, num_heads, window_size, shift
-        self.qkv = nn.Linear(dims, 3 * dims, bias=qkv_bias)
-        self.proj = nn.Linear(dims, dims)
+        self.qkv = Linear(dims, 3 * dims, bias=qkv_bias)
+        self.proj = Linear(dims, dims)
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros(num_heads, 2 * window_size - 1, 2 * window_size - 1))
 
@@ -197,8 +197,7 @@ class HWT(SparseBackbone):
                     nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
         super().init_weights()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self._check_input(x)
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.layers):

@@ -152,9 +152,8 @@ class NATSkeleton(SparseBackbone):
             x = self.checkpointed(block, x)
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W)`` -> tuple of NCHW maps, one per ``out_indices`` entry (strides 4..32)."""
-        self._check_input(x)
         x = self.patch_embed(x)
         outs = []
         last = max(self.out_indices)

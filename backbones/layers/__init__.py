@@ -6,6 +6,7 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 - ``patch_embed``: ``PatchEmbed`` (Swin 4x4 conv), ``ConvTokenizer`` (NAT two 3x3/s2 convs)
 - ``downsample``: ``PatchMerging`` (Swin 2x2 concat + norm + linear), ``ConvDownsampler`` (NAT 3x3/s2 conv + norm)
 - ``mlp``: ``Mlp`` (fc1 / act / fc2)
+- ``linear``: ``Linear`` (``nn.Linear`` whose autocast weight casts ``cast_linear_weights`` batches per forward)
 - ``drop_path``: ``ResidualDropPath`` (``x + drop_path(gamma * y)`` in one fused ``addcmul``; what the blocks use)
 
 Architecture-family blocks live beside them and are imported from their modules directly:
@@ -13,9 +14,10 @@ Architecture-family blocks live beside them and are imported from their modules 
 """
 from .drop_path import ResidualDropPath
 from .downsample import ConvDownsampler, PatchMerging
+from .linear import Linear, cast_linear_weights
 from .mlp import Mlp
 from .patch_embed import ConvTokenizer, PatchEmbed
 from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
-__all__ = ['ResidualDropPath', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
+__all__ = ['ResidualDropPath', 'Linear', 'cast_linear_weights', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
            'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']

@@ -24,6 +24,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from .drop_path import ResidualDropPath
+from .linear import Linear
 from .mlp import Mlp
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BiFormerBlock', 'LayerNorm2d', 'biformer_stem',
@@ -79,9 +80,9 @@ class BiLevelRoutingAttention(nn.Module):
         self.dim, self.num_heads, self.n_win, self.topk = dim, num_heads, n_win, topk
         self.scale = float(qk_scale) if qk_scale is not None else dim ** -0.5
         self.backend = backend
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = Linear(dim, 3 * dim)
         self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
@@ -118,9 +119,9 @@ class GlobalAttentionLePE(nn.Module):
             raise ValueError(f'dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}')
         self.dim, self.num_heads = dim, num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
         self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""

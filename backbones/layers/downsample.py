@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
+
 __all__ = ['PatchMerging', 'ConvDownsampler']
 
 
@@ -21,7 +23,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dims: int, out_dims: int | None = None) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dims)
-        self.reduction = nn.Linear(4 * dims, out_dims or 2 * dims, bias=False)
+        self.reduction = Linear(4 * dims, out_dims or 2 * dims, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1], x.shape[2]

@@ -32,6 +32,7 @@ from torch import nn
 import sparse_ops
 
 from .drop_path import ResidualDropPath
+from .linear import Linear
 from .mlp import Mlp
 
 __all__ = ['clip_dilation', 'NeighborhoodAttention2d', 'HilbertNeighborhoodAttention1d', 'NATBlock', 'NATStage',
@@ -91,12 +92,12 @@ class NeighborhoodAttention2d(nn.Module):
         self.num_heads = num_heads
         self.kernel_size = _check_odd_kernel(kernel_size)
         self.dilation = _check_positive_int('dilation', dilation)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         if rel_pos_bias:
             self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         else:
             self.register_parameter('rpb', None)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def effective_dilation(self, height: int, width: int) -> int:
         """Dilation used on an ``height x width`` map (see ``clip_dilation``)."""
@@ -144,12 +145,12 @@ class HilbertNeighborhoodAttention1d(nn.Module):
         _check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.kernel_size = _check_odd_kernel(kernel_size)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         if rel_pos_bias:
             self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1))
         else:
             self.register_parameter('rpb', None)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def _bias_table(self) -> torch.Tensor:
         """``rpb (heads, 2K-1)`` as the centre row of a ``(heads, 2K-1, 2K-1)`` 2D-offset table (zeros elsewhere)."""

@@ -25,8 +25,7 @@ class ToyBackbone(SparseBackbone):
     def _stage_modules(self, i):
         return [self.stages[i]] + ([self.downsample] if i == 0 else [])
 
-    def forward(self, x):
-        self._check_input(x)
+    def _forward(self, x):
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import sparse_ops
-from backbones.layers import (ConvDownsampler, ConvTokenizer, Mlp, PatchEmbed, PatchMerging,
-                              ResidualDropPath, from_hilbert,
+from backbones.layers import (ConvDownsampler, ConvTokenizer, Linear, Mlp, PatchEmbed, PatchMerging,
+                              ResidualDropPath, cast_linear_weights, from_hilbert,
                               nchw_to_nhwc, nhwc_to_nchw, to_hilbert)
 
 
@@ -132,3 +132,75 @@ def test_residual_drop_path_is_identity_add_in_eval_and_per_sample_in_training()
     torch.testing.assert_close(g_param.grad, (y.detach() * scale).sum((0, 1)))
     with pytest.raises(ValueError, match='drop_prob'):
         ResidualDropPath(1.0)
+
+
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_grouped_weight_cast_matches_autocast_casts(with_bias):
+    """``cast_linear_weights``: the same bf16 outputs and fp32 parameter gradients as autocast's per-layer casts;
+    the layers fall back to plain nn.Linear outside the block, without autocast and under ``enabled=False``."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Linear(8, 16, bias=with_bias), torch.nn.GELU(), Linear(16, 4), torch.nn.LayerNorm(4))
+    x = torch.randn(3, 5, 8)
+
+    def run(grouped):
+        net.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            with cast_linear_weights(net, enabled=grouped):
+                assert all((m._low is not None) == grouped for m in net if isinstance(m, Linear))
+                out = net(x)
+        assert all(m._low is None for m in net if isinstance(m, Linear))
+        out.float().square().sum().backward()
+        return out, [p.grad.clone() for p in net.parameters()]
+
+    out_ref, grads_ref = run(False)
+    out, grads = run(True)
+    assert out.dtype == out_ref.dtype
+    torch.testing.assert_close(out, out_ref, atol=0, rtol=0)
+    for g, r, p in zip(grads, grads_ref, net.parameters()):
+        assert g.dtype == p.dtype == torch.float32 and g.shape == p.shape
+        torch.testing.assert_close(g, r, atol=0, rtol=0)
+    with cast_linear_weights(net):                       # autocast off: nothing is cast
+        assert all(m._low is None for m in net if isinstance(m, Linear))
+
+
+@pytest.mark.parametrize('cfg', [dict(type='HWT', arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 2],
+                                                              window_size=3, mlp_ratio=2), out_indices=(0, 1)),
+                                 dict(type='NAT', arch='mini'), dict(type='BiFormer', arch='tiny', n_win=2)],
+                         ids=['HWT', 'NAT', 'BiFormer'])
+def test_backbones_cast_their_linear_weights_in_one_go(cfg, monkeypatch):
+    """Every Linear of a backbone gets its weights from the grouped cast under autocast (no nn.Linear left), and the
+    backbone's outputs and gradients equal those of autocast's per-layer casts exactly."""
+    import contextlib
+
+    import backbones.base as base
+    from backbones.base import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(dict(cfg, drop_path_rate=0.0))
+    assert not [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+    x = torch.randn(1, 3, 40, 48)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = model(x)
+        sum(o.float().sum() for o in outs).backward()
+        return outs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    seen = []
+    real = base.cast_linear_weights
+
+    @contextlib.contextmanager
+    def spy(module, enabled=True):
+        with real(module, enabled) as r:
+            seen.append(sum(m._low is not None for m in module.modules() if isinstance(m, Linear)))
+            yield r
+    monkeypatch.setattr(base, 'cast_linear_weights', spy)
+    outs, grads = run()
+    assert seen and seen[0] == sum(isinstance(m, Linear) for m in model.modules()) > 0
+    monkeypatch.setattr(base, 'cast_linear_weights', lambda module, enabled=True: contextlib.nullcontext())
+    outs_ref, grads_ref = run()
+    for o, r in zip(outs, outs_ref):
+        torch.testing.assert_close(o, r, atol=0, rtol=0)
+    assert grads.keys() == grads_ref.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], grads_ref[n], atol=0, rtol=0, msg=n)
