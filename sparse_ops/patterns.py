@@ -42,11 +42,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Optional
 
 import torch
 
+from .backend import _interpret_mode
 from .hilbert import hilbert_coords
 
 __all__ = [
@@ -420,7 +420,7 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPatte
     pairs = layout.a_q @ route @ layout.a_k.t()                       # (B, n_qb, n_kb)
     n_qb, n_kb = pairs.shape[1], pairs.shape[2]
     max_kv = min(n_kb, layout.max_kv * topk)
-    if pairs.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1':
+    if pairs.is_cuda or _interpret_mode():
         from .routing_tables import compact_pairs  # one launch per direction instead of ~30 small ops
         tables = (*compact_pairs(pairs, layout.n_q, layout.n_k, layout.k_full, False, max_kv),
                   *compact_pairs(pairs.transpose(1, 2), layout.n_k, layout.n_q, layout.k_full, True, n_qb))
