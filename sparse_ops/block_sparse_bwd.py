@@ -10,8 +10,10 @@ Three launches, as in FlashAttention-2 / Triton's fused-attention tutorial:
    ``P = exp2(S - lse)`` and accumulates ``dV += P^T dO`` and ``dK += dS^T Q`` in registers; no atomics.
 3. dQ: program ``(pid_m, pid_zh)`` walks the forward table and accumulates ``dQ += dS K``. When a relative
    position bias is present this pass also scatters ``dS`` into ``drpb`` with fp32 atomics; to cut contention the
-   buffer has ``copies`` replicas (picked by ``pid_m % copies``) that the launcher sums. dRPB is therefore
-   deterministic only up to fp32 summation order; dQ, dK, dV are bitwise deterministic.
+   buffer has ``copies`` replicas (picked by ``pid_m % copies``) that the launcher sums. The atomics are
+   ``relaxed`` (Triton's default ``acq_rel`` fences every one of them; nothing reads the sums before the kernel
+   ends): dQ+bias 1.2-1.6x faster on an H200. dRPB is therefore deterministic only up to fp32 summation order;
+   dQ, dK, dV are bitwise deterministic.
 
 ``dS = P * (dP - delta)`` is the gradient of the natural-log logits ``scale * q.k + bias``: ``dQ = scale * dS K``,
 ``dK = scale * dS^T Q``, ``dbias = sum dS`` per bias cell. The logits, masks and bias lookup are the forward's
@@ -189,7 +191,7 @@ def _block_sparse_bwd_dq_kernel(
         dq += tl.dot(ds.to(k.dtype), k)
         if HAS_RPB:
             idx = _rpb_index(q_y, q_x, k_y, k_x, rpb_r)
-            tl.atomic_add(drpb_h + idx, ds, mask=p > 0.0)
+            tl.atomic_add(drpb_h + idx, ds, mask=p > 0.0, sem='relaxed')
 
     dq = dq * sm_scale
     tl.store(DQ + z64 * stride_dqz + h64 * stride_dqh + rows_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqk,
