@@ -30,7 +30,7 @@ from torch import nn
 import sparse_ops
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
-from .layers import Linear, Mlp, PatchEmbed, PatchMerging, ResidualDropPath, from_hilbert, nhwc_to_nchw, to_hilbert
+from .layers import Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, split_qkv, from_hilbert, nhwc_to_nchw, to_hilbert
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
 
@@ -69,7 +69,7 @@ class HilbertWindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
         out = sparse_ops.hilbert_window_attention(q, k, v, self.window_size ** 2, shift=self.shift,
                                                   rpb=self.relative_position_bias_table, hw=tuple(hw))
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -87,10 +87,10 @@ class HWTBlock(nn.Module):
     def __init__(self, dims: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float,
                  drop_path: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dims)
+        self.norm1 = PreNorm(dims)
         self.attn = HilbertWindowAttention(dims, num_heads, window_size, shift)
         self.drop_path = ResidualDropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dims)
+        self.norm2 = PreNorm(dims)
         self.mlp = Mlp(dims, int(dims * mlp_ratio))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

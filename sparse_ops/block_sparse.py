@@ -32,7 +32,7 @@ from .block_sparse_bwd import block_sparse_bwd
 from .block_sparse_fwd import Config, block_sparse_fwd, default_config
 from .patterns import BlockPattern
 
-__all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config']
+__all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config', 'grad_buffers']
 
 
 @torch.library.custom_op('sparse_ops::block_sparse_attention_fwd', mutates_args=())
@@ -114,8 +114,38 @@ class BlockSparseAttention(torch.autograd.Function):
         q, k, v, o, lse, rpb = ctx.saved_tensors
         p = ctx.pattern
         dq, dk, dv, drpb = block_sparse_bwd(do, q, k, v, o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok,
-                                            p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config)
+                                            p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config,
+                                            out=grad_buffers(q, k, v))
         return dq, dk, dv, drpb, None, None, None, None
+
+
+def _dense(shape, strides) -> bool:
+    """Whether a view with these sizes / strides covers a contiguous range exactly once (some permutation of a
+    contiguous layout)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(strides, shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def grad_buffers(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Buffers for dq, dk, dv. When q, k, v are equally strided views that exactly tile one storage (the split of a
+    fused qkv projection's output), the gradients get the same views of ONE new buffer of that storage's size, so
+    the layer that split qkv can hand its gradient on without a copy (``backbones.layers.split_qkv``); otherwise
+    three contiguous tensors."""
+    storage = q.untyped_storage()
+    offsets = (q.storage_offset(), k.storage_offset(), v.storage_offset())
+    step = offsets[1] - offsets[0]
+    if (q.shape == k.shape == v.shape and q.stride() == k.stride() == v.stride() and q.dtype == k.dtype == v.dtype
+            and k.untyped_storage().data_ptr() == storage.data_ptr() == v.untyped_storage().data_ptr()
+            and step > 0 and offsets[2] - offsets[1] == step and offsets[0] == 0
+            and storage.nbytes() == 3 * q.numel() * q.element_size()
+            and _dense((3,) + tuple(q.shape), (step,) + tuple(q.stride()))):
+        buf = torch.empty(3 * q.numel(), device=q.device, dtype=q.dtype)
+        return tuple(buf.as_strided(q.shape, q.stride(), off) for off in offsets)
+    return tuple(torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (q, k, v))
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern, scale: Optional[float] = None,

@@ -199,12 +199,13 @@ def _block_sparse_bwd_dq_kernel(
 
 
 def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale: float,
-                     mask_mode: int, n_groups: int, config: Config):
+                     mask_mode: int, n_groups: int, config: Config, out=None):
     """Launch preprocess, dK/dV and dQ. Shapes as ``block_sparse_fwd`` (memory order, ``rows`` as there); lse
     (B, H, N) fp32 from the forward.
 
-    Returns dq, dk, dv (contiguous, q/k/v's shapes and dtypes, memory order) and drpb (like rpb, fp32 summed over
-    the atomic replicas, cast to rpb's dtype) or None.
+    Returns dq, dk, dv (q/k/v's shapes and dtypes, memory order; written into ``out=(dq, dk, dv)`` when given,
+    any strides, else new contiguous tensors) and drpb (like rpb, fp32 summed over the atomic replicas, cast to
+    rpb's dtype) or None.
     """
     b, h, n, d = q.shape
     bm, bn = config.block_m, config.block_n
@@ -216,7 +217,7 @@ def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, to
     has_perm = rows is not None
     _bwd_preprocess_kernel[(n_qb, b * h)](o, do, delta, perm, *o.stride(), *do.stride(), h, n, HEAD_DIM=d,
                                           BLOCK_M=bm, HAS_PERM=has_perm, num_warps=config.num_warps)
-    dq, dk, dv = (torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (q, k, v))
+    dq, dk, dv = out if out is not None else (torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (q, k, v))
     meta = (qwin if qwin is not None else dummy, tok if tok is not None else dummy,
             route if route is not None else dummy, rpb if rpb is not None else q, perm)
     s_route = route.stride(0) if route is not None else 0

@@ -6,7 +6,9 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 - ``patch_embed``: ``PatchEmbed`` (Swin 4x4 conv), ``ConvTokenizer`` (NAT two 3x3/s2 convs)
 - ``downsample``: ``PatchMerging`` (Swin 2x2 concat + norm + linear), ``ConvDownsampler`` (NAT 3x3/s2 conv + norm)
 - ``mlp``: ``Mlp`` (fc1 / act / fc2)
+- ``norm``: ``PreNorm`` (``nn.LayerNorm`` before a Linear; under CUDA autocast one Triton kernel, autocast dtype out)
 - ``linear``: ``Linear`` (``nn.Linear`` whose autocast weight casts ``cast_linear_weights`` batches per forward)
+- ``qkv``: ``split_qkv`` (head views of a fused qkv output; its gradient is taken from the attention without a copy)
 - ``drop_path``: ``ResidualDropPath`` (``x + drop_path(gamma * y)`` in one fused ``addcmul``; what the blocks use)
 
 Architecture-family blocks live beside them and are imported from their modules directly:
@@ -16,8 +18,10 @@ from .drop_path import ResidualDropPath
 from .downsample import ConvDownsampler, PatchMerging
 from .linear import Linear, cast_linear_weights
 from .mlp import Mlp
+from .norm import PreNorm
+from .qkv import split_qkv
 from .patch_embed import ConvTokenizer, PatchEmbed
 from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
-__all__ = ['ResidualDropPath', 'Linear', 'cast_linear_weights', 'Mlp', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
+__all__ = ['ResidualDropPath', 'Linear', 'cast_linear_weights', 'Mlp', 'PreNorm', 'split_qkv', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
            'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']

@@ -26,6 +26,7 @@ from torch import nn
 from .drop_path import ResidualDropPath
 from .linear import Linear
 from .mlp import Mlp
+from .norm import PreNorm
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BiFormerBlock', 'LayerNorm2d', 'biformer_stem',
            'biformer_downsample', 'GLOBAL']
@@ -163,13 +164,13 @@ class BiFormerBlock(nn.Module):
         if not 0.0 <= float(drop_path) < 1.0:
             raise ValueError(f'drop_path must be in [0, 1), got {drop_path!r}')
         self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = PreNorm(dim, eps=1e-6)
         if topk == GLOBAL:
             self.attn = GlobalAttentionLePE(dim, num_heads=global_heads, side_dwconv=side_dwconv)
         else:
             self.attn = BiLevelRoutingAttention(dim, num_heads, n_win, topk, side_dwconv=side_dwconv,
                                                 backend=backend)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = PreNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
         self.drop_path = ResidualDropPath(drop_path)
         if layer_scale_init_value is not None and layer_scale_init_value > 0:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .linear import Linear
+from .norm import PreNorm
 
 __all__ = ['PatchMerging', 'ConvDownsampler']
 
@@ -22,7 +23,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dims: int, out_dims: int | None = None) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dims)
+        self.norm = PreNorm(4 * dims)
         self.reduction = Linear(4 * dims, out_dims or 2 * dims, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,8 @@ import sparse_ops
 from .drop_path import ResidualDropPath
 from .linear import Linear
 from .mlp import Mlp
+from .norm import PreNorm
+from .qkv import split_qkv
 
 __all__ = ['clip_dilation', 'NeighborhoodAttention2d', 'HilbertNeighborhoodAttention1d', 'NATBlock', 'NATStage',
            'init_nat_weights']
@@ -106,8 +108,7 @@ class NeighborhoodAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         # (B, H, W, 3C) -> (3, B, heads, H, W, D)
-        qkv = self.qkv(x).reshape(b, h, w, 3, self.num_heads, c // self.num_heads).permute(3, 0, 4, 1, 2, 5)
-        q, k, v = qkv.unbind(0)
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
         out = sparse_ops.neighborhood_attention_2d(q, k, v, self.kernel_size,
                                                    dilation=self.effective_dilation(h, w), rpb=self.rpb)
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(b, h, w, c))
@@ -162,8 +163,7 @@ class HilbertNeighborhoodAttention1d(nn.Module):
         if hw[0] * hw[1] != n:
             raise ValueError(f'hw={tuple(hw)} does not match the sequence length N={n}')
         # (B, N, 3C) -> (3, B, heads, N, D)
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
         if self.rpb is None:
             out = sparse_ops.hilbert_neighborhood_attention_1d(q, k, v, self.kernel_size)
         else:
@@ -197,10 +197,10 @@ class NATBlock(nn.Module):
             raise ValueError(f'mlp_ratio must be > 0, got {mlp_ratio!r}')
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f'drop_path must be in [0, 1), got {drop_path!r}')
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = PreNorm(dim)
         self.attn = attn
         self.drop_path = ResidualDropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = PreNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if layer_scale is None:
             self.register_parameter('gamma1', None)

@@ -1,0 +1,81 @@
+"""``layer_norm``: LayerNorm over the last dimension whose output comes out in a chosen (lower) precision.
+
+A backbone's pre-norms feed Linear layers; under autocast those read bf16 / fp16, so the fp32 norm output that
+``F.layer_norm`` returns is cast right away. ``layer_norm(x, weight, bias, eps, out_dtype=torch.bfloat16)``
+produces that cast result directly: on CUDA with one Triton kernel each way (``sparse_ops/norm_triton.py``),
+elsewhere with the twin ``sparse_ops.reference.norm`` (fp32 ``F.layer_norm`` + cast). Statistics are fp32 on both.
+
+Backend choice as the attention functions: ``backend='torch'`` the twin, ``'triton'`` the kernels (CUDA, or CPU
+with ``TRITON_INTERPRET=1``) or a ValueError saying why not, ``None`` the kernels for CUDA tensors and the twin
+otherwise; ``sparse_ops.use_backend`` sets the default.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import torch
+
+from . import backend as _backend
+from .reference import norm as _twin
+
+__all__ = ['layer_norm']
+
+logger = logging.getLogger(__name__)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_impl: dict = {}
+
+
+def _load_triton():
+    if 'fn' not in _impl:
+        try:
+            _impl['fn'] = importlib.import_module('sparse_ops.norm_triton').layer_norm_triton
+        except Exception as err:  # ImportError, or triton failing to initialise
+            _impl['fn'], _impl['error'] = None, f'{type(err).__name__}: {err}'
+    return _impl['fn']
+
+
+def _why_not_triton(x: torch.Tensor) -> str | None:
+    if x.device.type == 'cpu' and not _backend._interpret_mode():
+        return f'CPU tensors need TRITON_INTERPRET=1, got device={x.device}'
+    if x.device.type not in ('cpu', 'cuda'):
+        return f'needs CUDA tensors, got device={x.device}'
+    if _load_triton() is None:
+        return f"sparse_ops.norm_triton is unavailable ({_impl['error']})"
+    return None
+
+
+def _check(x, weight, bias, eps, out_dtype) -> None:
+    name = 'sparse_ops.layer_norm'
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOATS or x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f'{name}: x must be a float16/bfloat16/float32 tensor (..., C) with C >= 1, got '
+                         f'{getattr(x, "dtype", type(x).__name__)} of shape {tuple(getattr(x, "shape", ()))}')
+    for what, p in (('weight', weight), ('bias', bias)):
+        if p is not None and (not isinstance(p, torch.Tensor) or tuple(p.shape) != (x.shape[-1],)):
+            raise ValueError(f'{name}: {what} must be ({x.shape[-1]},) like x.shape[-1], got '
+                             f'{tuple(getattr(p, "shape", ())) or type(p).__name__}')
+        if p is not None and p.device != x.device:
+            raise ValueError(f'{name}: {what} is on {p.device}, x on {x.device}')
+    if not float(eps) > 0:
+        raise ValueError(f'{name}: eps must be > 0, got {eps!r}')
+    if out_dtype is not None and out_dtype not in _FLOATS:
+        raise ValueError(f'{name}: out_dtype must be one of {_FLOATS}, got {out_dtype!r}')
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5, out_dtype: torch.dtype | None = None, backend: str | None = None) -> torch.Tensor:
+    """LayerNorm of x ``(..., C)`` over C with optional ``weight`` / ``bias`` ``(C,)``; fp32 statistics; returns
+    ``(..., C)`` in ``out_dtype`` (default x's dtype). Differentiable in x, weight and bias."""
+    _check(x, weight, bias, eps, out_dtype)
+    if backend is not None and backend not in _backend.BACKENDS:
+        raise ValueError(f"sparse_ops.layer_norm: backend must be 'triton', 'torch' or None, got {backend=}")
+    chosen = backend if backend is not None else _backend._default_backend.get()
+    if chosen == 'triton':
+        reason = _why_not_triton(x)
+        if reason is not None:
+            raise ValueError(f"sparse_ops.layer_norm: backend='triton' cannot run: {reason}")
+    elif chosen is None:
+        chosen = 'triton' if x.is_cuda and _why_not_triton(x) is None else 'torch'
+    if chosen == 'triton':
+        return _load_triton()(x, weight, bias, eps, out_dtype)
+    return _twin.layer_norm(x, weight, bias, eps, out_dtype)
