@@ -125,6 +125,10 @@ def main():
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='measure every (model, path) of a size this many times, round-robin, and keep the '
+                             'median: the steps are host-bound, so a drift in the host speed otherwise lands on '
+                             'whichever model runs at that moment')
     parser.add_argument('--no-twin', action='store_true', help='skip the twin (unfused) path')
     parser.add_argument('--device', default='cuda')
     parser.add_argument('--profile', action='store_true',
@@ -138,7 +142,8 @@ def main():
         raise SystemExit('benchmark_backbone.py needs a CUDA device (pass --device cpu for a smoke run)')
 
     header = f'# {platform.node()} | {torch.cuda.get_device_name() if device.type == "cuda" else "cpu"} | ' \
-             f'torch {torch.__version__} | batch {args.batch} | bf16 autocast | fwd+bwd median of {args.iters}'
+             f'torch {torch.__version__} | batch {args.batch} | bf16 autocast | fwd+bwd median of {args.iters} steps' + \
+             (f' x {args.rounds} rounds (round-robin)' if args.rounds > 1 else '')
     print(header, flush=True)
     fused = 'triton' if device.type == 'cuda' else 'torch'  # CPU smoke runs have no fused path
     if args.profile:
@@ -146,14 +151,19 @@ def main():
             profile(name, cfg, fused if name in MODELS else 'torch', args.batch, args.sizes[0], device, args)
         return
     paths = [fused] if args.no_twin or fused == 'torch' else ['triton', 'torch']
+    if args.rounds < 1:
+        raise SystemExit(f'--rounds must be >= 1, got {args.rounds}')
     rows = []
     for size in args.sizes:
-        rows.append(measure('Swin-T (mmdet)', SWIN_T, 'torch', args.batch, size, device, args))
-        print(rows[-1], flush=True)
-        for name in args.models:
-            for path in paths:
-                rows.append(measure(name, MODELS[name], path, args.batch, size, device, args))
-                print(rows[-1], flush=True)
+        runs = [('Swin-T (mmdet)', SWIN_T, 'torch')] + [(n, MODELS[n], p) for n in args.models for p in paths]
+        rounds = [[measure(name, cfg, path, args.batch, size, device, args) for name, cfg, path in runs]
+                  for _ in range(args.rounds)]
+        for measured in zip(*rounds):  # one (model, path) over the rounds
+            row = dict(measured[0], ms=statistics.median(r['ms'] for r in measured),
+                       peak_mib=max(r['peak_mib'] for r in measured), rounds_ms=[r['ms'] for r in measured])
+            row['img_per_s'] = row['batch'] / row['ms'] * 1e3
+            rows.append(row)
+            print(rows[-1], flush=True)
     scaling = []
     for name in args.models:
         for size in args.scaling:
