@@ -33,9 +33,9 @@ class PreNorm(nn.LayerNorm):
         super().__init__(dims, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and x.numel() >= self.min_elements and torch.is_autocast_enabled('cuda') \
-                and not torch.compiler.is_compiling():
-            return sparse_ops.layer_norm(x, self.weight, self.bias, self.eps,
-                                         out_dtype=torch.get_autocast_dtype('cuda'))
-        y = super().forward(x)
-        return y.to(torch.get_autocast_dtype('cuda')) if x.is_cuda and torch.is_autocast_enabled('cuda') else y
+        if not (x.is_cuda and torch.is_autocast_enabled('cuda')):
+            return super().forward(x)
+        low = torch.get_autocast_dtype('cuda')
+        if x.numel() >= self.min_elements and not torch.compiler.is_compiling():
+            return sparse_ops.layer_norm(x, self.weight, self.bias, self.eps, out_dtype=low)
+        return super().forward(x).to(low)
