@@ -19,7 +19,8 @@ import os
 
 import torch
 
-__all__ = ['can_run_triton', 'choose_backend', 'use_backend', 'load_triton_api', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
+__all__ = ['can_run_triton', 'choose_backend', 'requested_backend', 'use_backend', 'load_triton_api',
+           'load_triton_module', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,22 @@ def use_backend(backend: str | None):
         _default_backend.reset(token)
 
 
+def load_triton_module(name: str = 'sparse_ops.triton_api'):
+    """Import a Triton module of the package once; returns it or raises the (cached) ImportError."""
+    if name not in _api_cache:
+        try:
+            _api_cache[name] = (importlib.import_module(name), None)
+        except Exception as err:  # ImportError, or triton failing to initialise
+            _api_cache[name] = (None, f'{type(err).__name__}: {err}')
+    module, error = _api_cache[name]
+    if module is None:
+        raise ImportError(f'{name} is unavailable ({error})')
+    return module
+
+
 def load_triton_api():
     """Import ``sparse_ops.triton_api`` once; returns the module or raises the (cached) ImportError."""
-    if 'module' not in _api_cache:
-        try:
-            _api_cache['module'] = importlib.import_module('sparse_ops.triton_api')
-        except Exception as err:  # ImportError, or triton failing to initialise
-            _api_cache['module'] = None
-            _api_cache['error'] = f'{type(err).__name__}: {err}'
-    if _api_cache['module'] is None:
-        raise ImportError(f"sparse_ops.triton_api is unavailable ({_api_cache['error']})")
-    return _api_cache['module']
+    return load_triton_module('sparse_ops.triton_api')
 
 
 def _interpret_mode() -> bool:
@@ -111,12 +117,16 @@ def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, 
     return False
 
 
+def requested_backend(backend: str | None, what: str) -> str | None:
+    """The user's ``backend`` checked (ValueError naming ``what``), or the ``use_backend`` default when None."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"sparse_ops {what}: backend must be 'triton', 'torch' or None, got {backend=}")
+    return backend if backend is not None else _default_backend.get()
+
+
 def choose_backend(backend: str | None, q: torch.Tensor, pattern: str, **kw) -> str:
     """Resolve ``backend`` (``'triton' | 'torch' | None``) to ``'triton'`` or ``'torch'`` (see module doc)."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"sparse_ops {pattern}: backend must be 'triton', 'torch' or None, got {backend=}")
-    if backend is None:
-        backend = _default_backend.get()
+    backend = requested_backend(backend, pattern)
     if backend == 'torch':
         return 'torch'
     if backend == 'triton':

@@ -11,9 +11,6 @@ otherwise; ``sparse_ops.use_backend`` sets the default.
 """
 from __future__ import annotations
 
-import importlib
-import logging
-
 import torch
 
 from . import backend as _backend
@@ -21,18 +18,8 @@ from .reference import norm as _twin
 
 __all__ = ['layer_norm']
 
-logger = logging.getLogger(__name__)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_impl: dict = {}
-
-
-def _load_triton():
-    if 'fn' not in _impl:
-        try:
-            _impl['fn'] = importlib.import_module('sparse_ops.norm_triton').layer_norm_triton
-        except Exception as err:  # ImportError, or triton failing to initialise
-            _impl['fn'], _impl['error'] = None, f'{type(err).__name__}: {err}'
-    return _impl['fn']
+_KERNELS = 'sparse_ops.norm_triton'
 
 
 def _why_not_triton(x: torch.Tensor) -> str | None:
@@ -40,8 +27,10 @@ def _why_not_triton(x: torch.Tensor) -> str | None:
         return f'CPU tensors need TRITON_INTERPRET=1, got device={x.device}'
     if x.device.type not in ('cpu', 'cuda'):
         return f'needs CUDA tensors, got device={x.device}'
-    if _load_triton() is None:
-        return f"sparse_ops.norm_triton is unavailable ({_impl['error']})"
+    try:
+        _backend.load_triton_module(_KERNELS)
+    except ImportError as err:
+        return str(err)
     return None
 
 
@@ -67,9 +56,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     """LayerNorm of x ``(..., C)`` over C with optional ``weight`` / ``bias`` ``(C,)``; fp32 statistics; returns
     ``(..., C)`` in ``out_dtype`` (default x's dtype). Differentiable in x, weight and bias."""
     _check(x, weight, bias, eps, out_dtype)
-    if backend is not None and backend not in _backend.BACKENDS:
-        raise ValueError(f"sparse_ops.layer_norm: backend must be 'triton', 'torch' or None, got {backend=}")
-    chosen = backend if backend is not None else _backend._default_backend.get()
+    chosen = _backend.requested_backend(backend, 'layer_norm')
     if chosen == 'triton':
         reason = _why_not_triton(x)
         if reason is not None:
@@ -77,5 +64,5 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     elif chosen is None:
         chosen = 'triton' if x.is_cuda and _why_not_triton(x) is None else 'torch'
     if chosen == 'triton':
-        return _load_triton()(x, weight, bias, eps, out_dtype)
+        return _backend.load_triton_module(_KERNELS).layer_norm_triton(x, weight, bias, eps, out_dtype)
     return _twin.layer_norm(x, weight, bias, eps, out_dtype)
