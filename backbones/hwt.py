@@ -30,7 +30,8 @@ from torch import nn
 import sparse_ops
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
-from .layers import Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, split_qkv, from_hilbert, nhwc_to_nchw, to_hilbert
+from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, from_hilbert, nhwc_to_nchw,
+                     to_hilbert)
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
 
@@ -68,11 +69,9 @@ class HilbertWindowAttention(nn.Module):
             torch.zeros(num_heads, 2 * window_size - 1, 2 * window_size - 1))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = split_qkv(self.qkv(x), self.num_heads)
-        out = sparse_ops.hilbert_window_attention(q, k, v, self.window_size ** 2, shift=self.shift,
-                                                  rpb=self.relative_position_bias_table, hw=tuple(hw))
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        out = sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'window', self.window_size ** 2,
+                                       shift=self.shift, rpb=self.relative_position_bias_table, hw=tuple(hw))
+        return self.proj(out)
 
     def extra_repr(self) -> str:
         return f'dims={self.dims}, num_heads={self.num_heads}, window={self.window_size}**2, shift={self.shift}'

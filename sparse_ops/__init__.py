@@ -7,6 +7,8 @@ Layout legend (one layout everywhere):
 - 2D patterns: ``q, k, v: (B, heads, H, W, D)``.
 - Output: q's shape and dtype. ``scale`` defaults to ``D ** -0.5``.
 - ``rpb``: ``(heads, 2r-1, 2r-1)`` relative position bias indexed by the (clamped) 2D offset key - query.
+- ``qkv_attention(qkv, heads, pattern, ...)``: a 1D / 2D pattern on the heads of a fused ``(..., 3C)`` projection,
+  heads merged in the output ``(..., C)`` (one autograd node on the Triton path; what the backbones call).
 - ``layer_norm``: LayerNorm over the last dim with its output in a chosen dtype (the pre-norms of the backbones).
 - ``backend``: ``'triton' | 'torch' | None``; None takes the Triton core on CUDA when ``can_run_triton`` says so,
   else the PyTorch twin (:mod:`sparse_ops.reference`); forcing ``'triton'`` where it cannot run raises ValueError.
@@ -16,10 +18,11 @@ from .functional import (bilevel_routing_attention, hilbert_neighborhood_attenti
                          hilbert_window_attention, neighborhood_attention_2d)
 from .hilbert import hilbert_coords, hilbert_inverse, hilbert_order
 from .norm import layer_norm
+from .packed import qkv_attention
 
 __all__ = [
     'hilbert_order', 'hilbert_inverse', 'hilbert_coords',
     'hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
-    'neighborhood_attention_2d', 'bilevel_routing_attention',
+    'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention',
     'can_run_triton', 'choose_backend', 'use_backend', 'layer_norm',
 ]

@@ -32,7 +32,8 @@ from .block_sparse_bwd import block_sparse_bwd
 from .block_sparse_fwd import Config, block_sparse_fwd, default_config
 from .patterns import BlockPattern
 
-__all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config', 'grad_buffers']
+__all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config', 'split_heads',
+           'packed_block_sparse_attention', 'PackedBlockSparseAttention']
 
 
 @torch.library.custom_op('sparse_ops::block_sparse_attention_fwd', mutates_args=())
@@ -114,38 +115,78 @@ class BlockSparseAttention(torch.autograd.Function):
         q, k, v, o, lse, rpb = ctx.saved_tensors
         p = ctx.pattern
         dq, dk, dv, drpb = block_sparse_bwd(do, q, k, v, o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok,
-                                            p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config,
-                                            out=grad_buffers(q, k, v))
+                                            p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config)
         return dq, dk, dv, drpb, None, None, None, None
 
 
-def _dense(shape, strides) -> bool:
-    """Whether a view with these sizes / strides covers a contiguous range exactly once (some permutation of a
-    contiguous layout)."""
-    expected = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(strides, shape) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+def split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``qkv (B, *S, 3C)`` contiguous, channels ``[q | k | v]`` each head-major -> q, k, v ``(B, heads, N, D)`` views,
+    ``N = prod(S)``, ``D = C / heads``."""
+    b, c3 = qkv.shape[0], qkv.shape[-1]
+    d = c3 // (3 * num_heads)
+    return qkv.view(b, -1, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def grad_buffers(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Buffers for dq, dk, dv. When q, k, v are equally strided views that exactly tile one storage (the split of a
-    fused qkv projection's output), the gradients get the same views of ONE new buffer of that storage's size, so
-    the layer that split qkv can hand its gradient on without a copy (``backbones.layers.split_qkv``); otherwise
-    three contiguous tensors."""
-    storage = q.untyped_storage()
-    offsets = (q.storage_offset(), k.storage_offset(), v.storage_offset())
-    step = offsets[1] - offsets[0]
-    if (q.shape == k.shape == v.shape and q.stride() == k.stride() == v.stride() and q.dtype == k.dtype == v.dtype
-            and k.untyped_storage().data_ptr() == storage.data_ptr() == v.untyped_storage().data_ptr()
-            and step > 0 and offsets[2] - offsets[1] == step and offsets[0] == 0
-            and storage.nbytes() == 3 * q.numel() * q.element_size()
-            and _dense((3,) + tuple(q.shape), (step,) + tuple(q.stride()))):
-        buf = torch.empty(3 * q.numel(), device=q.device, dtype=q.dtype)
-        return tuple(buf.as_strided(q.shape, q.stride(), off) for off in offsets)
-    return tuple(torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in (q, k, v))
+class PackedBlockSparseAttention(torch.autograd.Function):
+    """:class:`BlockSparseAttention` on the heads of a fused qkv projection, as one autograd node: the kernels read
+    q, k, v in place from ``qkv (B, *S, 3C)``, the output is returned as ``(B, *S, C)`` (heads merged: a view of the
+    ``(B, N, H, D)`` buffer the forward writes) and the backward writes dq, dk, dv into one ``qkv``-shaped
+    gradient. Same kernels and math as ``BlockSparseAttention`` on the split heads."""
+
+    @staticmethod
+    def forward(ctx, qkv, rpb, num_heads, pattern, scale, config):
+        q, k, v = split_heads(qkv, num_heads)
+        o, lse = block_sparse_fwd(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.qwin, pattern.tok, pattern.route,
+                                  rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config,
+                                  heads_last=True)
+        ctx.save_for_backward(qkv, o, lse, rpb)
+        ctx.num_heads, ctx.pattern, ctx.scale, ctx.config = num_heads, pattern, scale, config
+        return o.transpose(1, 2).view(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, o, lse, rpb = ctx.saved_tensors
+        b, h, n, d = o.shape
+        do = dout.reshape(b, n, h, d).transpose(1, 2)
+        dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
+        p = ctx.pattern
+        _, _, _, drpb = block_sparse_bwd(do, *split_heads(qkv, ctx.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num,
+                                         p.q_idx, p.qwin, p.tok, p.route, rpb, p.rows, ctx.scale, p.mask_mode,
+                                         p.n_groups, ctx.config, out=split_heads(dqkv, ctx.num_heads))
+        return dqkv, drpb, None, None, None, None
+
+
+def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPattern, scale: Optional[float] = None,
+                                  rpb: Optional[Tensor] = None, config: Optional[Config] = None) -> Tensor:
+    """:func:`block_sparse_attention` on ``split_heads(qkv, num_heads)``, heads merged: ``qkv (B, *S, 3C)`` ->
+    ``(B, *S, C)`` (``prod(S)`` = the pattern's N, in its memory order). One autograd node on the eager path
+    (:class:`PackedBlockSparseAttention`); under ``torch.compile`` the split, the registered op and the merge."""
+    if qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f'qkv last dim {qkv.shape[-1]} is not 3 * num_heads * head_dim (num_heads={num_heads}), '
+                         f'qkv.shape={tuple(qkv.shape)}')
+    qkv = qkv.contiguous()
+    if torch.compiler.is_compiling():
+        q, k, v = split_heads(qkv, num_heads)
+        o = block_sparse_attention(q, k, v, pattern, scale, rpb, config)
+        return o.transpose(1, 2).reshape(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
+    if config is None:
+        config = default_config(qkv.shape[-1] // (3 * num_heads), qkv.device, pattern.mask_mode)
+    _check_pattern(pattern, config, qkv.numel() // (qkv.shape[0] * qkv.shape[-1]))
+    if rpb is not None:
+        if pattern.tok is None:
+            raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
+        rpb = rpb.contiguous()
+    d = qkv.shape[-1] // (3 * num_heads)
+    scale = float(d ** -0.5 if scale is None else scale)
+    return PackedBlockSparseAttention.apply(qkv, rpb, num_heads, pattern, scale, config)
+
+
+def _check_pattern(pattern: BlockPattern, config: Config, n: int) -> None:
+    if (pattern.block_m, pattern.block_n) != (config.block_m, config.block_n):
+        raise ValueError(f'pattern built for blocks {(pattern.block_m, pattern.block_n)} but '
+                         f'{config.block_m=} {config.block_n=}')
+    if n != pattern.n:
+        raise ValueError(f'pattern is for N={pattern.n} tokens, got {n} tokens')
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern, scale: Optional[float] = None,
@@ -158,11 +199,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPatter
     """
     if config is None:
         config = default_config(q.shape[-1], q.device, pattern.mask_mode)
-    if (pattern.block_m, pattern.block_n) != (config.block_m, config.block_n):
-        raise ValueError(f'pattern built for blocks {(pattern.block_m, pattern.block_n)} but '
-                         f'{config.block_m=} {config.block_n=}')
-    if q.shape[-2] != pattern.n:
-        raise ValueError(f'pattern is for N={pattern.n} tokens, got q.shape={tuple(q.shape)}')
+    _check_pattern(pattern, config, q.shape[-2])
     if rpb is not None:
         if pattern.tok is None:
             raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')

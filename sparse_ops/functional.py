@@ -28,6 +28,37 @@ def _check_1d(name, q, k, v, size_name, size, rpb, hw) -> int:
     return size
 
 
+def _resolve_window(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
+    window = _check_1d('hilbert_window_attention', q, k, v, 'window', window, rpb, hw)
+    chosen = choose_backend(backend, q, 'window', window=window, shift=shift, rpb=rpb, hw=hw)
+    return chosen, (window, shift, scale), dict(rpb=rpb, hw=hw)
+
+
+def _resolve_slide(q, k, v, window, scale=None, *, rpb=None, hw=None, backend=None):
+    window = _check_1d('hilbert_slide_attention', q, k, v, 'window', window, rpb, hw)
+    chosen = choose_backend(backend, q, 'slide', window=window, rpb=rpb, hw=hw)
+    return chosen, (window, scale), dict(rpb=rpb, hw=hw)
+
+
+def _resolve_na1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None, backend=None):
+    kernel = _check_1d('hilbert_neighborhood_attention_1d', q, k, v, 'kernel', kernel, rpb, hw)
+    chosen = choose_backend(backend, q, 'na1d', kernel=kernel, rpb=rpb, hw=hw)
+    return chosen, (kernel, scale), dict(rpb=rpb, hw=hw)
+
+
+def _resolve_na2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
+    name = 'neighborhood_attention_2d'
+    check_qkv(q, k, v, 5, name)
+    kernel_size = check_positive_int(kernel_size, 'kernel_size', name)
+    if kernel_size % 2 == 0:
+        raise ValueError(f'{name}: kernel_size must be odd, got {kernel_size=}')
+    dilation = check_positive_int(dilation, 'dilation', name)
+    if rpb is not None:
+        check_rpb(rpb, q.shape[1], 2 * kernel_size - 1, q, name)
+    chosen = choose_backend(backend, q, 'na2d', kernel_size=kernel_size, dilation=dilation, rpb=rpb)
+    return chosen, (kernel_size, dilation, rpb, scale), {}
+
+
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
     """Attention inside chunks of ``window`` consecutive Hilbert-ordered tokens.
 
@@ -36,11 +67,9 @@ def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=No
     (key - query) of the tokens' pixels; it needs ``hw=(H, W)`` with ``H*W == N`` (token i is pixel
     ``hilbert_order(H, W)[i]``). Returns ``(B, heads, N, D)`` in q's dtype.
     """
-    name = 'hilbert_window_attention'
-    window = _check_1d(name, q, k, v, 'window', window, rpb, hw)
-    if choose_backend(backend, q, 'window', window=window, shift=shift, rpb=rpb, hw=hw) == 'triton':
-        return load_triton_api().hilbert_window_attention(q, k, v, window, shift, scale, rpb=rpb, hw=hw)
-    return reference.hilbert_window_attention(q, k, v, window, shift, scale, rpb=rpb, hw=hw)
+    chosen, args, kwargs = _resolve_window(q, k, v, window, shift, scale, rpb=rpb, hw=hw, backend=backend)
+    impl = load_triton_api() if chosen == 'triton' else reference
+    return impl.hilbert_window_attention(q, k, v, *args, **kwargs)
 
 
 def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, backend=None):
@@ -49,11 +78,9 @@ def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, b
     q, k, v ``(B, heads, N, D)``; ``rpb`` / ``hw`` as in :func:`hilbert_window_attention`.
     Returns ``(B, heads, N, D)`` in q's dtype.
     """
-    name = 'hilbert_slide_attention'
-    window = _check_1d(name, q, k, v, 'window', window, rpb, hw)
-    if choose_backend(backend, q, 'slide', window=window, rpb=rpb, hw=hw) == 'triton':
-        return load_triton_api().hilbert_slide_attention(q, k, v, window, scale, rpb=rpb, hw=hw)
-    return reference.hilbert_slide_attention(q, k, v, window, scale, rpb=rpb, hw=hw)
+    chosen, args, kwargs = _resolve_slide(q, k, v, window, scale, rpb=rpb, hw=hw, backend=backend)
+    impl = load_triton_api() if chosen == 'triton' else reference
+    return impl.hilbert_slide_attention(q, k, v, *args, **kwargs)
 
 
 def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None, backend=None):
@@ -63,11 +90,9 @@ def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, 
     q, k, v ``(B, heads, N, D)``; ``rpb`` / ``hw`` as in :func:`hilbert_window_attention`.
     Returns ``(B, heads, N, D)`` in q's dtype.
     """
-    name = 'hilbert_neighborhood_attention_1d'
-    kernel = _check_1d(name, q, k, v, 'kernel', kernel, rpb, hw)
-    if choose_backend(backend, q, 'na1d', kernel=kernel, rpb=rpb, hw=hw) == 'triton':
-        return load_triton_api().hilbert_neighborhood_attention_1d(q, k, v, kernel, scale, rpb=rpb, hw=hw)
-    return reference.hilbert_neighborhood_attention_1d(q, k, v, kernel, scale, rpb=rpb, hw=hw)
+    chosen, args, kwargs = _resolve_na1d(q, k, v, kernel, scale, rpb=rpb, hw=hw, backend=backend)
+    impl = load_triton_api() if chosen == 'triton' else reference
+    return impl.hilbert_neighborhood_attention_1d(q, k, v, *args, **kwargs)
 
 
 def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
@@ -79,17 +104,9 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     (optional) is added at ``[h, dy + k - 1, dx + k - 1]``, offsets (key - query) in sub-grid units.
     Returns ``(B, heads, H, W, D)`` in q's dtype.
     """
-    name = 'neighborhood_attention_2d'
-    check_qkv(q, k, v, 5, name)
-    kernel_size = check_positive_int(kernel_size, 'kernel_size', name)
-    if kernel_size % 2 == 0:
-        raise ValueError(f'{name}: kernel_size must be odd, got {kernel_size=}')
-    dilation = check_positive_int(dilation, 'dilation', name)
-    if rpb is not None:
-        check_rpb(rpb, q.shape[1], 2 * kernel_size - 1, q, name)
-    if choose_backend(backend, q, 'na2d', kernel_size=kernel_size, dilation=dilation, rpb=rpb) == 'triton':
-        return load_triton_api().neighborhood_attention_2d(q, k, v, kernel_size, dilation, rpb, scale)
-    return reference.neighborhood_attention_2d(q, k, v, kernel_size, dilation, rpb, scale)
+    chosen, args, kwargs = _resolve_na2d(q, k, v, kernel_size, dilation, rpb, scale, backend=backend)
+    impl = load_triton_api() if chosen == 'triton' else reference
+    return impl.neighborhood_attention_2d(q, k, v, *args, **kwargs)
 
 
 def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from . import patterns
-from .block_sparse import block_sparse_attention
+from .block_sparse import block_sparse_attention, packed_block_sparse_attention, split_heads
 from .block_sparse_fwd import Config, default_config
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
-           'neighborhood_attention_2d', 'bilevel_routing_attention', 'can_run_triton', 'HEAD_DIMS', 'DTYPES']
+           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'can_run_triton', 'HEAD_DIMS',
+           'DTYPES']
 
 logger = logging.getLogger(__name__)
 
@@ -91,32 +92,54 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, h, hh * ww, d)
 
 
+def _window_plan(q, window, shift=False, scale=None, *, rpb=None, hw=None, config=None):
+    cfg = _config(q, config, patterns.MASK_INTERVAL)
+    return patterns.hilbert_window_pattern(q.shape[2], window, shift, cfg.block_m, cfg.block_n, q.device,
+                                           hw=hw if rpb is not None else None), cfg, scale, rpb
+
+
+def _slide_plan(q, window, scale=None, *, rpb=None, hw=None, config=None):
+    cfg = _config(q, config, patterns.MASK_INTERVAL)
+    return patterns.hilbert_slide_pattern(q.shape[2], window, cfg.block_m, cfg.block_n, q.device,
+                                          hw=hw if rpb is not None else None), cfg, scale, rpb
+
+
+def _na1d_plan(q, kernel, scale=None, *, rpb=None, hw=None, config=None):
+    cfg = _config(q, config, patterns.MASK_INTERVAL)
+    return patterns.hilbert_na1d_pattern(q.shape[2], kernel, cfg.block_m, cfg.block_n, q.device,
+                                         hw=hw if rpb is not None else None), cfg, scale, rpb
+
+
+def _na2d_plan(q, kernel_size, dilation=1, rpb=None, scale=None, *, config=None):
+    cfg = _config(q, config, patterns.MASK_GRID2D)
+    return patterns.na2d_pattern(q.shape[2], q.shape[3], kernel_size, dilation, cfg.block_m, cfg.block_n,
+                                 q.device), cfg, scale, rpb
+
+
+# pattern name -> (plan, dims of q) for the functions that take their arguments as (q, k, v, *args, **kwargs)
+_PLANS = {'window': (_window_plan, 4), 'slide': (_slide_plan, 4), 'na1d': (_na1d_plan, 4), 'na2d': (_na2d_plan, 5)}
+
+
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None,
                              config: Optional[Config] = None):
     """Hilbert window attention (chunks of ``window`` tokens, optional shift by ``window//2``).
 
     q, k, v ``(B, heads, N, D)``; ``rpb (heads, 2r-1, 2r-1)`` needs ``hw=(H, W)``, ``H*W == N``.
     """
-    cfg = _config(q, config, patterns.MASK_INTERVAL)
-    p = patterns.hilbert_window_pattern(q.shape[2], window, shift, cfg.block_m, cfg.block_n, q.device,
-                                        hw=hw if rpb is not None else None)
+    p, cfg, scale, rpb = _window_plan(q, window, shift, scale, rpb=rpb, hw=hw, config=config)
     return block_sparse_attention(q, k, v, p, scale, rpb, cfg)
 
 
 def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, config: Optional[Config] = None):
     """Band attention ``|i - j| <= window // 2`` on the Hilbert sequence; shapes as the window function."""
-    cfg = _config(q, config, patterns.MASK_INTERVAL)
-    p = patterns.hilbert_slide_pattern(q.shape[2], window, cfg.block_m, cfg.block_n, q.device,
-                                       hw=hw if rpb is not None else None)
+    p, cfg, scale, rpb = _slide_plan(q, window, scale, rpb=rpb, hw=hw, config=config)
     return block_sparse_attention(q, k, v, p, scale, rpb, cfg)
 
 
 def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None,
                                       config: Optional[Config] = None):
     """Clamped 1D neighbourhood attention (exactly ``min(kernel, N)`` keys); shapes as the window function."""
-    cfg = _config(q, config, patterns.MASK_INTERVAL)
-    p = patterns.hilbert_na1d_pattern(q.shape[2], kernel, cfg.block_m, cfg.block_n, q.device,
-                                      hw=hw if rpb is not None else None)
+    p, cfg, scale, rpb = _na1d_plan(q, kernel, scale, rpb=rpb, hw=hw, config=config)
     return block_sparse_attention(q, k, v, p, scale, rpb, cfg)
 
 
@@ -126,11 +149,23 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
 
     q, k, v ``(B, heads, H, W, D)``; ``rpb (heads, 2k-1, 2k-1)`` indexed by offsets in sub-grid units.
     """
-    cfg = _config(q, config, patterns.MASK_GRID2D)
-    hh, ww = q.shape[2], q.shape[3]
-    p = patterns.na2d_pattern(hh, ww, kernel_size, dilation, cfg.block_m, cfg.block_n, q.device)
+    p, cfg, scale, rpb = _na2d_plan(q, kernel_size, dilation, rpb, scale, config=config)
     o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, rpb, cfg)
     return o.view(q.shape)
+
+
+def qkv_attention(qkv, num_heads, pattern, *args, config: Optional[Config] = None, q_like=None, **kwargs):
+    """``pattern`` ('window' | 'slide' | 'na1d' | 'na2d') on the heads of a fused projection, as one autograd node.
+
+    qkv ``(B, *S, 3C)`` contiguous (``S = (N,)`` for 1D patterns, ``(H, W)`` for 'na2d'); ``*args, **kwargs``: the
+    pattern function's arguments after q, k, v; ``q_like``: any tensor of q's shape ``(B, heads, *S, D)``, device
+    and dtype (the caller's, to skip making one). Returns ``(B, *S, C)`` (heads merged), a view of the output.
+    """
+    plan, _ = _PLANS[pattern]
+    if q_like is None:
+        q_like = split_heads(qkv.detach(), num_heads)[0].unflatten(2, qkv.shape[1:-1])
+    p, cfg, scale, rpb = plan(q_like, *args, config=config, **kwargs)
+    return packed_block_sparse_attention(qkv, num_heads, p, scale, rpb, cfg)
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 - ``mlp``: ``Mlp`` (fc1 / act / fc2)
 - ``norm``: ``PreNorm`` (``nn.LayerNorm`` before a Linear; under CUDA autocast one Triton kernel, autocast dtype out)
 - ``linear``: ``Linear`` (``nn.Linear`` whose autocast weight casts ``cast_linear_weights`` batches per forward)
-- ``qkv``: ``split_qkv`` (head views of a fused qkv output; its gradient is taken from the attention without a copy)
 - ``drop_path``: ``ResidualDropPath`` (``x + drop_path(gamma * y)`` in one fused ``addcmul``; what the blocks use)
 
 Architecture-family blocks live beside them and are imported from their modules directly:
@@ -19,9 +18,8 @@ from .downsample import ConvDownsampler, PatchMerging
 from .linear import Linear, cast_linear_weights
 from .mlp import Mlp
 from .norm import PreNorm
-from .qkv import split_qkv
 from .patch_embed import ConvTokenizer, PatchEmbed
 from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
-__all__ = ['ResidualDropPath', 'Linear', 'cast_linear_weights', 'Mlp', 'PreNorm', 'split_qkv', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
+__all__ = ['ResidualDropPath', 'Linear', 'cast_linear_weights', 'Mlp', 'PreNorm', 'PatchEmbed', 'ConvTokenizer', 'PatchMerging', 'ConvDownsampler',
            'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']

@@ -2,8 +2,9 @@
 
 mmcv's ``DropPath`` costs five kernels per branch in training (rand, add, floor, div, mul) plus the residual add
 and, with layer scale, a multiply; at feature-map sizes these launches, not the arithmetic, are the cost of a
-backbone step. Here a per-sample keep mask ``(B, 1, ..., 1)`` scaled by ``1 / keep_prob`` (two tiny kernels) meets
-``y`` and the optional layer scale ``gamma (C,)`` in a single ``torch.addcmul(x, y, scale)``. Same distribution
+backbone step. Here a per-sample 0/1 keep mask ``(B, 1, ..., 1)`` (one tiny kernel) meets ``y``, the optional layer
+scale ``gamma (C,)`` and the ``1 / keep_prob`` rescale (addcmul's scalar ``value``) in a single
+``torch.addcmul(x, y, mask, value=1 / keep_prob)``. Same distribution
 as mmcv / timm: each sample's branch is dropped with probability ``drop_prob`` and kept ones are scaled by
 ``1 / (1 - drop_prob)``.
 """
@@ -33,11 +34,11 @@ class ResidualDropPath(nn.Module):
         if not self.training or self.drop_prob == 0.0:
             return x + y if gamma is None else torch.addcmul(x, y, gamma)
         keep = 1.0 - self.drop_prob
-        scale = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=torch.float32, device=y.device)
-        scale.bernoulli_(keep).div_(keep)
+        mask = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=torch.float32, device=y.device)
+        mask.bernoulli_(keep)
         if gamma is not None:
-            scale = scale * gamma
-        return torch.addcmul(x, y, scale)
+            mask = mask * gamma
+        return torch.addcmul(x, y, mask, value=1.0 / keep)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'

@@ -35,7 +35,6 @@ from .drop_path import ResidualDropPath
 from .linear import Linear
 from .mlp import Mlp
 from .norm import PreNorm
-from .qkv import split_qkv
 
 __all__ = ['clip_dilation', 'NeighborhoodAttention2d', 'HilbertNeighborhoodAttention1d', 'NATBlock', 'NATStage',
            'init_nat_weights']
@@ -106,12 +105,11 @@ class NeighborhoodAttention2d(nn.Module):
         return clip_dilation(self.dilation, self.kernel_size, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        # (B, H, W, 3C) -> (3, B, heads, H, W, D)
-        q, k, v = split_qkv(self.qkv(x), self.num_heads)
-        out = sparse_ops.neighborhood_attention_2d(q, k, v, self.kernel_size,
-                                                   dilation=self.effective_dilation(h, w), rpb=self.rpb)
-        return self.proj(out.permute(0, 2, 3, 1, 4).reshape(b, h, w, c))
+        _, h, w, _ = x.shape
+        # (B, H, W, 3C) -> heads -> (B, H, W, C)
+        out = sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'na2d', self.kernel_size,
+                                       dilation=self.effective_dilation(h, w), rpb=self.rpb)
+        return self.proj(out)
 
     def extra_repr(self) -> str:
         return (f'num_heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}, '
@@ -159,17 +157,12 @@ class HilbertNeighborhoodAttention1d(nn.Module):
         return F.pad(self.rpb.unsqueeze(1), (0, 0, pad, pad))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
+        n = x.shape[1]
         if hw[0] * hw[1] != n:
             raise ValueError(f'hw={tuple(hw)} does not match the sequence length N={n}')
-        # (B, N, 3C) -> (3, B, heads, N, D)
-        q, k, v = split_qkv(self.qkv(x), self.num_heads)
-        if self.rpb is None:
-            out = sparse_ops.hilbert_neighborhood_attention_1d(q, k, v, self.kernel_size)
-        else:
-            out = sparse_ops.hilbert_neighborhood_attention_1d(q, k, v, self.kernel_size, rpb=self._bias_table(),
-                                                               hw=(1, n))
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        # (B, N, 3C) -> heads -> (B, N, C)
+        bias = dict(rpb=self._bias_table(), hw=(1, n)) if self.rpb is not None else {}
+        return self.proj(sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'na1d', self.kernel_size, **bias))
 
     def extra_repr(self) -> str:
         return f'num_heads={self.num_heads}, kernel_size={self.kernel_size}, rel_pos_bias={self.rpb is not None}'

@@ -37,13 +37,28 @@ def test_hilbert_helpers_reject_bad_shapes():
 
 @pytest.mark.parametrize('hw', [(1, 1), (4, 8), (5, 11), (17, 2)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
 def test_patch_embed(hw):
+    """The patch GEMM equals the stride-p conv (values and parameter gradients, fp32 and CPU bf16 autocast)."""
     embed = PatchEmbed(3, 6, patch_size=4)
-    x = torch.randn(1, 3, *hw)
-    out = embed(x)
-    assert out.shape == (1, math.ceil(hw[0] / 4), math.ceil(hw[1] / 4), 6)
+    x = torch.randn(2, 3, *hw)
+    g = torch.randn(2, math.ceil(hw[0] / 4), math.ceil(hw[1] / 4), 6)
     padded = F.pad(x, (0, (-hw[1]) % 4, 0, (-hw[0]) % 4))
-    torch.testing.assert_close(out, embed.norm(F.conv2d(padded, embed.proj.weight, embed.proj.bias, stride=4)
-                                               .permute(0, 2, 3, 1)))
+    for autocast in (False, True):
+        results = []
+        for fn in (embed, lambda t: embed.norm(F.conv2d(F.pad(t, (0, (-hw[1]) % 4, 0, (-hw[0]) % 4)),
+                                                        embed.proj.weight, embed.proj.bias, stride=4)
+                                               .permute(0, 2, 3, 1))):
+            embed.zero_grad(set_to_none=True)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+                out = fn(x)
+            (out.float() * g).sum().backward()
+            results.append((out, [p.grad.clone() for p in embed.parameters()]))
+        (out, grads), (want, want_grads) = results
+        assert out.shape == g.shape and out.dtype == want.dtype
+        tol = dict(atol=2e-2, rtol=2e-2) if autocast else {}
+        torch.testing.assert_close(out, want, **tol)
+        for got_g, want_g in zip(grads, want_grads):
+            torch.testing.assert_close(got_g, want_g, **tol)
+    assert padded.shape[-2:] == (4 * g.shape[1], 4 * g.shape[2])
     assert PatchEmbed(3, 6, norm=False).norm is None
 
 

@@ -198,13 +198,14 @@ def test_clip_dilation(d, k, h, w, expected):
 
 def test_dinat_uses_clipped_dilation(monkeypatch):
     calls = []
-    real = nat_blocks.sparse_ops.neighborhood_attention_2d
+    real = nat_blocks.sparse_ops.qkv_attention
 
-    def spy(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
-        calls.append((q.shape[2], q.shape[3], dilation))
-        return real(q, k, v, kernel_size, dilation=dilation, rpb=rpb, scale=scale, backend=backend)
+    def spy(qkv, num_heads, pattern, kernel_size, dilation=1, **kwargs):
+        assert pattern == 'na2d'
+        calls.append((qkv.shape[1], qkv.shape[2], dilation))
+        return real(qkv, num_heads, pattern, kernel_size, dilation=dilation, **kwargs)
 
-    monkeypatch.setattr(nat_blocks.sparse_ops, 'neighborhood_attention_2d', spy)
+    monkeypatch.setattr(nat_blocks.sparse_ops, 'qkv_attention', spy)
     model = DiNAT(arch=TINY['DiNAT'], dilations=[[1, 28], [1, 14], [1, 7], [1, 3]], out_indices=(3,)).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 120, 64))  # stages 30x16, 15x8, 8x4, 4x2
