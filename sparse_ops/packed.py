@@ -43,7 +43,7 @@ def _query_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     strides, step = [], c3
     for size in reversed(spatial):
         strides.insert(0, step)
-        step *= size
+        step = step * size            # not *=: under jit tracing the sizes are tensors
     return qkv.detach().as_strided((b, num_heads, *spatial, d), (step, d, *strides, 1))
 
 

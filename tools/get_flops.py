@@ -103,6 +103,16 @@ class AttentionCounter:
             return torch.zeros_like(q)
         return counted
 
+    def make_qkv(self):
+        """``sparse_ops.qkv_attention``: counted as the pattern's function on the split heads (same MACs)."""
+        from sparse_ops.packed import _PATTERNS, _heads
+
+        def counted(qkv, num_heads, pattern, *args, **kwargs):
+            q = _heads(qkv, num_heads)[0]
+            self.make(_PATTERNS[pattern][1])(q, q, q, *args, **kwargs)
+            return qkv.new_zeros(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
+        return counted
+
     @property
     def total(self) -> int:
         return sum(self.macs.values())
@@ -113,18 +123,18 @@ def counting_sparse_attention():
     """Within the block, ``sparse_ops.<fn>`` (and module globals bound to it) count instead of computing."""
     import sparse_ops
     counter = AttentionCounter()
-    originals = {n: getattr(sparse_ops, n) for n in ATTENTION_FUNCTIONS}
+    originals = {n: getattr(sparse_ops, n) for n in ATTENTION_FUNCTIONS + ('qkv_attention',)}
     patched = []  # (module or namespace, attribute, original)
     for mod in list(sys.modules.values()):
         name = getattr(mod, '__name__', '') or ''
         if not name.split('.')[0] in ('sparse_ops', 'backbones', 'heads'):
             continue
         for attr, fn in originals.items():
-            if getattr(mod, attr, None) is fn and not name.startswith('sparse_ops.functional'):
+            if getattr(mod, attr, None) is fn and not name.startswith(('sparse_ops.functional', 'sparse_ops.packed')):
                 patched.append((mod, attr, fn))
     try:
         for mod, attr, _ in patched:
-            setattr(mod, attr, counter.make(attr))
+            setattr(mod, attr, counter.make_qkv() if attr == 'qkv_attention' else counter.make(attr))
         yield counter
     finally:
         for mod, attr, fn in patched:
