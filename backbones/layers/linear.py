@@ -79,8 +79,17 @@ def cast_linear_weights(module: nn.Module, enabled: bool = True) -> Iterator[Non
     if not torch.is_autocast_enabled(device_type) or weight.dtype == torch.get_autocast_dtype(device_type):
         yield
         return
+    low = torch.get_autocast_dtype(device_type)
     params = [t for m in linears for t in (m.weight, m.bias) if t is not None]
-    pieces = iter(_CastParams.apply(torch.get_autocast_dtype(device_type), *params))
+    if all(p.requires_grad for p in params) or not torch.is_grad_enabled():
+        pieces = iter(_CastParams.apply(low, *params))
+    else:   # frozen layers: cast outside autograd, so their weight gradients are not computed and thrown away
+        trainable = [p for p in params if p.requires_grad]
+        cast = dict(zip(map(id, trainable), _CastParams.apply(low, *trainable))) if trainable else {}
+        frozen = [p for p in params if not p.requires_grad]
+        with torch.no_grad():
+            cast.update(zip(map(id, frozen), unflatten_dense_tensors(flatten_dense_tensors(frozen).to(low), frozen)))
+        pieces = iter([cast[id(p)] for p in params])
     for m in linears:
         m._low = (next(pieces), next(pieces) if m.bias is not None else None)
     try:

@@ -224,3 +224,46 @@ def test_backbones_cast_their_linear_weights_in_one_go(cfg, monkeypatch):
     for n in grads:
         scale = grads_ref[n].abs().max().item()
         torch.testing.assert_close(grads[n], grads_ref[n], atol=2e-2 * scale, rtol=2e-2, msg=n)
+
+
+def test_grouped_cast_leaves_frozen_layers_out_of_autograd():
+    """With frozen stages the frozen Linears get their low-precision weights outside autograd (no weight gradient
+    is computed for them), the trainable ones through the one cast node; gradients as with per-layer casts."""
+    import contextlib
+
+    import backbones.base as base
+    from backbones.base import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(dict(type='HWT', arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 2], window_size=3,
+                                                     mlp_ratio=2), out_indices=(0, 1), frozen_stages=1,
+                              drop_path_rate=0.0))
+    frozen = {m for m in model.layers[0].modules() if isinstance(m, Linear)}
+    assert frozen and all(not p.requires_grad for m in frozen for p in m.parameters())
+    x = torch.randn(1, 3, 24, 32)
+    seen = {}
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = model(x)
+        sum(o.float().sum() for o in outs).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    real = base.cast_linear_weights
+
+    @contextlib.contextmanager
+    def spy(module, enabled=True):
+        with real(module, enabled) as r:
+            seen.update({m: m._low[0].requires_grad for m in module.modules() if isinstance(m, Linear)})
+            yield r
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, 'cast_linear_weights', spy)
+        grads = run()
+    assert seen and all(seen[m] is (m not in frozen) for m in seen)
+    assert not any(n.startswith('layers.0.') for n in grads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, 'cast_linear_weights', lambda module, enabled=True: contextlib.nullcontext())
+        grads_ref = run()
+    assert grads.keys() == grads_ref.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], grads_ref[n], atol=2e-2 * grads_ref[n].abs().max().item(), rtol=2e-2)
