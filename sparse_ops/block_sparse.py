@@ -5,7 +5,8 @@ Ladder of names: ``_block_sparse_fwd_kernel`` / ``block_sparse_fwd()`` (``block_
 ``sparse_ops::block_sparse_attention_fwd`` / ``_bwd`` (opaque to ``torch.compile``, with fake implementations for
 tracing; autograd via ``torch.library.register_autograd``), used under ``torch.compile`` -> the eager
 ``BlockSparseAttention(torch.autograd.Function)`` over the same launchers (no op-dispatch overhead) ->
-:func:`block_sparse_attention`.
+:func:`block_sparse_attention`. ``PackedBlockSparseAttention`` / :func:`packed_block_sparse_attention` run the same
+launchers on the heads of a fused ``(B, *S, 3C)`` qkv projection as one autograd node (``sparse_ops.qkv_attention``).
 
 ``block_sparse_attention(q, k, v, pattern, scale=None, rpb=None, config=None)``: q, k, v ``(B, H, N, D)``, in the
 sequence order of ``pattern`` (a :class:`sparse_ops.patterns.BlockPattern` built for ``config``'s block sizes), or,

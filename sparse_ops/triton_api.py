@@ -116,8 +116,8 @@ def _na2d_plan(q, kernel_size, dilation=1, rpb=None, scale=None, *, config=None)
                                  q.device), cfg, scale, rpb
 
 
-# pattern name -> (plan, dims of q) for the functions that take their arguments as (q, k, v, *args, **kwargs)
-_PLANS = {'window': (_window_plan, 4), 'slide': (_slide_plan, 4), 'na1d': (_na1d_plan, 4), 'na2d': (_na2d_plan, 5)}
+# pattern name -> the plan (pattern, config, scale, rpb) of the function that takes (q, k, v, *args, **kwargs)
+_PLANS = {'window': _window_plan, 'slide': _slide_plan, 'na1d': _na1d_plan, 'na2d': _na2d_plan}
 
 
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None,
@@ -161,7 +161,7 @@ def qkv_attention(qkv, num_heads, pattern, *args, config: Optional[Config] = Non
     pattern function's arguments after q, k, v; ``q_like``: any tensor of q's shape ``(B, heads, *S, D)``, device
     and dtype (the caller's, to skip making one). Returns ``(B, *S, C)`` (heads merged), a view of the output.
     """
-    plan, _ = _PLANS[pattern]
+    plan = _PLANS[pattern]
     if q_like is None:
         q_like = split_heads(qkv.detach(), num_heads)[0].unflatten(2, qkv.shape[1:-1])
     p, cfg, scale, rpb = plan(q_like, *args, config=config, **kwargs)
