@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import reference
 from .backend import choose_backend, load_triton_api
-from .reference._common import check_hw, check_positive_int, check_qkv, check_rpb
+from .reference._common import check_hw, check_na2d_args, check_positive_int, check_qkv, check_rpb
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
            'neighborhood_attention_2d', 'bilevel_routing_attention']
@@ -47,14 +47,7 @@ def _resolve_na1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None, backend=Non
 
 
 def _resolve_na2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
-    name = 'neighborhood_attention_2d'
-    check_qkv(q, k, v, 5, name)
-    kernel_size = check_positive_int(kernel_size, 'kernel_size', name)
-    if kernel_size % 2 == 0:
-        raise ValueError(f'{name}: kernel_size must be odd, got {kernel_size=}')
-    dilation = check_positive_int(dilation, 'dilation', name)
-    if rpb is not None:
-        check_rpb(rpb, q.shape[1], 2 * kernel_size - 1, q, name)
+    kernel_size, dilation = check_na2d_args(q, k, v, kernel_size, dilation, rpb, 'neighborhood_attention_2d')
     chosen = choose_backend(backend, q, 'na2d', kernel_size=kernel_size, dilation=dilation, rpb=rpb)
     return chosen, (kernel_size, dilation, rpb, scale), {}
 

@@ -67,6 +67,19 @@ def check_rpb(rpb, heads: int, side: int | None, q: torch.Tensor, name: str) -> 
         raise ValueError(f'{name}: rpb must be a floating tensor, got {rpb.dtype=}')
 
 
+def check_na2d_args(q, k, v, kernel_size, dilation, rpb, name: str) -> tuple[int, int]:
+    """The checks of ``neighborhood_attention_2d``'s arguments (5D q, k, v; odd ``kernel_size`` >= 1; ``dilation``
+    >= 1; ``rpb (heads, 2k-1, 2k-1)`` or None); returns ``(kernel_size, dilation)`` as python ints."""
+    check_qkv(q, k, v, 5, name)
+    kernel_size = check_positive_int(kernel_size, 'kernel_size', name)
+    if kernel_size % 2 == 0:
+        raise ValueError(f'{name}: kernel_size must be odd, got {kernel_size=}')
+    dilation = check_positive_int(dilation, 'dilation', name)
+    if rpb is not None:
+        check_rpb(rpb, q.shape[1], 2 * kernel_size - 1, q, name)
+    return kernel_size, dilation
+
+
 def check_hw(hw, n: int, name: str) -> tuple[int, int]:
     if hw is None:
         raise ValueError(f'{name}: rpb needs hw=(H, W) with H*W == N to place tokens, got {hw=}')

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import ceil_div, check_positive_int, check_qkv, check_rpb, default_scale, masked_attention
+from ._common import ceil_div, check_na2d_args, default_scale, masked_attention
 
 __all__ = ['neighborhood_attention_2d', 'axis_neighbors']
 
@@ -86,15 +86,8 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     ``rpb`` optional ``(heads, 2*kernel_size-1, 2*kernel_size-1)``, receives gradients.
     ``backend`` is accepted for signature parity and ignored (torch twin). Returns q's shape and dtype.
     """
-    name = 'neighborhood_attention_2d'
-    check_qkv(q, k, v, 5, name)
-    kernel_size = check_positive_int(kernel_size, 'kernel_size', name)
-    if kernel_size % 2 == 0:
-        raise ValueError(f'{name}: kernel_size must be odd, got {kernel_size=}')
-    dilation = check_positive_int(dilation, 'dilation', name)
+    kernel_size, dilation = check_na2d_args(q, k, v, kernel_size, dilation, rpb, 'neighborhood_attention_2d')
     b, heads, h, w, d = q.shape
-    if rpb is not None:
-        check_rpb(rpb, heads, 2 * kernel_size - 1, q, name)
     scale = default_scale(scale, d)
 
     py = _axis_plan(h, kernel_size, dilation, _TILE, q.device)
