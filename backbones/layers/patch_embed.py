@@ -39,7 +39,7 @@ class PatchEmbed(nn.Module):
         if low is not None and x.is_floating_point():
             x = x.to(low)                                    # cast before the copy into patch rows (half the bytes)
         # (B, C, H/p, p, W/p, p) -> (B, H/p, W/p, C, p, p): patch vectors in the kernel's (C, kh, kw) order
-        patches = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h // p, w // p, c * p * p)
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h // p, w // p, c * p * p)
         x = F.linear(patches, self.proj.weight.view(self.proj.out_channels, -1), self.proj.bias)
         return self.norm(x) if self.norm is not None else x
 

@@ -59,6 +59,8 @@ def test_patch_embed(hw):
         for got_g, want_g in zip(grads, want_grads):
             torch.testing.assert_close(got_g, want_g, **tol)
     assert padded.shape[-2:] == (4 * g.shape[1], 4 * g.shape[2])
+    with torch.no_grad():                                  # any memory layout of the image
+        torch.testing.assert_close(embed(x.contiguous(memory_format=torch.channels_last)), embed(x))
     assert PatchEmbed(3, 6, norm=False).norm is None
 
 
