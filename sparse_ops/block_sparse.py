@@ -170,14 +170,14 @@ def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPat
         q, k, v = split_heads(qkv, num_heads)
         o = block_sparse_attention(q, k, v, pattern, scale, rpb, config)
         return o.transpose(1, 2).reshape(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
+    d = qkv.shape[-1] // (3 * num_heads)
     if config is None:
-        config = default_config(qkv.shape[-1] // (3 * num_heads), qkv.device, pattern.mask_mode)
+        config = default_config(d, qkv.device, pattern.mask_mode)
     _check_pattern(pattern, config, qkv.numel() // (qkv.shape[0] * qkv.shape[-1]))
     if rpb is not None:
         if pattern.tok is None:
             raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
         rpb = rpb.contiguous()
-    d = qkv.shape[-1] // (3 * num_heads)
     scale = float(d ** -0.5 if scale is None else scale)
     return PackedBlockSparseAttention.apply(qkv, rpb, num_heads, pattern, scale, config)
 

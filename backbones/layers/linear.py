@@ -34,6 +34,11 @@ class Linear(nn.Linear):
         return F.linear(x, *self._low)
 
 
+def _cast(tensors, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``tensors`` cast to ``dtype`` as views of one buffer: one concatenation and one cast."""
+    return tuple(unflatten_dense_tensors(flatten_dense_tensors(tensors).to(dtype), tensors))
+
+
 class _CastParams(torch.autograd.Function):
     """``(dtype, *params)`` -> the params cast to ``dtype``, as views of one buffer (one concatenation + one cast).
     Backward: the gradients concatenated (zeros for unused outputs), cast to the params' dtype in one kernel and
@@ -42,7 +47,7 @@ class _CastParams(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dtype, *params):
         ctx.shapes, ctx.dtype = [p.shape for p in params], params[0].dtype
-        return tuple(unflatten_dense_tensors(flatten_dense_tensors(params).to(dtype), params))
+        return _cast(params, dtype)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -51,9 +56,8 @@ class _CastParams(torch.autograd.Function):
         like = next(g for g in grads if g is not None)
         grads = [g if g is not None else torch.zeros(shape, dtype=like.dtype, device=like.device)
                  for g, shape in zip(grads, ctx.shapes)]
-        flat = flatten_dense_tensors(grads).to(ctx.dtype)
-        return (None,) + tuple(g if need else None for g, need in
-                               zip(unflatten_dense_tensors(flat, grads), ctx.needs_input_grad[1:]))
+        cast = _cast(grads, ctx.dtype)
+        return (None,) + tuple(g if need else None for g, need in zip(cast, ctx.needs_input_grad[1:]))
 
 
 def _linears(module: nn.Module) -> tuple[Linear, ...]:
@@ -88,7 +92,7 @@ def cast_linear_weights(module: nn.Module, enabled: bool = True) -> Iterator[Non
         cast = dict(zip(map(id, trainable), _CastParams.apply(low, *trainable))) if trainable else {}
         frozen = [p for p in params if not p.requires_grad]
         with torch.no_grad():
-            cast.update(zip(map(id, frozen), unflatten_dense_tensors(flatten_dense_tensors(frozen).to(low), frozen)))
+            cast.update(zip(map(id, frozen), _cast(frozen, low)))
         pieces = iter([cast[id(p)] for p in params])
     for m in linears:
         m._low = (next(pieces), next(pieces) if m.bias is not None else None)
