@@ -135,14 +135,14 @@ class PackedBlockSparseAttention(torch.autograd.Function):
     gradient. Same kernels and math as ``BlockSparseAttention`` on the split heads."""
 
     @staticmethod
-    def forward(ctx, qkv, rpb, num_heads, pattern, scale, config):
+    def forward(ctx, qkv, rpb, num_heads, pattern, scale, config, o_fp32=False):
         q, k, v = split_heads(qkv, num_heads)
         o, lse = block_sparse_fwd(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.qwin, pattern.tok, pattern.route,
                                   rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config,
-                                  heads_last=True)
+                                  torch.float32 if o_fp32 else None, heads_last=True)
         ctx.save_for_backward(qkv, o, lse, rpb)
         ctx.num_heads, ctx.pattern, ctx.scale, ctx.config = num_heads, pattern, scale, config
-        return o.transpose(1, 2).view(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
+        return o.transpose(1, 2).to(qkv.dtype).view(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
 
     @staticmethod
     def backward(ctx, dout):
@@ -154,21 +154,23 @@ class PackedBlockSparseAttention(torch.autograd.Function):
         _, _, _, drpb = block_sparse_bwd(do, *split_heads(qkv, ctx.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num,
                                          p.q_idx, p.qwin, p.tok, p.route, rpb, p.rows, ctx.scale, p.mask_mode,
                                          p.n_groups, ctx.config, out=split_heads(dqkv, ctx.num_heads))
-        return dqkv, drpb, None, None, None, None
+        return dqkv, drpb, None, None, None, None, None
 
 
 def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPattern, scale: Optional[float] = None,
-                                  rpb: Optional[Tensor] = None, config: Optional[Config] = None) -> Tensor:
+                                  rpb: Optional[Tensor] = None, config: Optional[Config] = None,
+                                  o_fp32: bool = False) -> Tensor:
     """:func:`block_sparse_attention` on ``split_heads(qkv, num_heads)``, heads merged: ``qkv (B, *S, 3C)`` ->
     ``(B, *S, C)`` (``prod(S)`` = the pattern's N, in its memory order). One autograd node on the eager path
-    (:class:`PackedBlockSparseAttention`); under ``torch.compile`` the split, the registered op and the merge."""
+    (:class:`PackedBlockSparseAttention`); under ``torch.compile`` the split, the registered op and the merge.
+    ``o_fp32`` as in :func:`block_sparse_attention`."""
     if qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f'qkv last dim {qkv.shape[-1]} is not 3 * num_heads * head_dim (num_heads={num_heads}), '
                          f'qkv.shape={tuple(qkv.shape)}')
     qkv = qkv.contiguous()
     if torch.compiler.is_compiling():
         q, k, v = split_heads(qkv, num_heads)
-        o = block_sparse_attention(q, k, v, pattern, scale, rpb, config)
+        o = block_sparse_attention(q, k, v, pattern, scale, rpb, config, o_fp32)
         return o.transpose(1, 2).reshape(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
     d = qkv.shape[-1] // (3 * num_heads)
     if config is None:
@@ -179,7 +181,7 @@ def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPat
             raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
         rpb = rpb.contiguous()
     scale = float(d ** -0.5 if scale is None else scale)
-    return PackedBlockSparseAttention.apply(qkv, rpb, num_heads, pattern, scale, config)
+    return PackedBlockSparseAttention.apply(qkv, rpb, num_heads, pattern, scale, config, o_fp32)
 
 
 def _check_pattern(pattern: BlockPattern, config: Config, n: int) -> None:

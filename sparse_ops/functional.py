@@ -52,6 +52,17 @@ def _resolve_na2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backen
     return chosen, (kernel_size, dilation, rpb, scale), {}
 
 
+def _resolve_routing(q, k, v, n_win, topk, scale=None, *, backend=None):
+    name = 'bilevel_routing_attention'
+    check_qkv(q, k, v, 5, name)
+    n_win = check_positive_int(n_win, 'n_win', name)
+    topk = check_positive_int(topk, 'topk', name)
+    if topk > n_win * n_win:
+        raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
+    chosen = choose_backend(backend, q, 'routing', n_win=n_win, topk=topk)
+    return chosen, (n_win, topk, scale), {}
+
+
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
     """Attention inside chunks of ``window`` consecutive Hilbert-ordered tokens.
 
@@ -110,12 +121,6 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):
     ``q_r @ k_r^T``, top-``topk`` non-empty regions, shared across heads. Each query attends to all real
     tokens of its routed regions. ``1 <= topk <= n_win**2``. Returns ``(B, heads, H, W, D)`` in q's dtype.
     """
-    name = 'bilevel_routing_attention'
-    check_qkv(q, k, v, 5, name)
-    n_win = check_positive_int(n_win, 'n_win', name)
-    topk = check_positive_int(topk, 'topk', name)
-    if topk > n_win * n_win:
-        raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
-    if choose_backend(backend, q, 'routing', n_win=n_win, topk=topk) == 'triton':
-        return load_triton_api().bilevel_routing_attention(q, k, v, n_win, topk, scale)
-    return reference.bilevel_routing_attention(q, k, v, n_win, topk, scale)
+    chosen, args, _ = _resolve_routing(q, k, v, n_win, topk, scale, backend=backend)
+    impl = load_triton_api() if chosen == 'triton' else reference
+    return impl.bilevel_routing_attention(q, k, v, *args)

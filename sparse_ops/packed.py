@@ -1,5 +1,8 @@
 """``qkv_attention``: a 1D / 2D attention function on the heads of a fused qkv projection, heads merged again.
 
+Patterns: the 1D Hilbert functions ('window', 'slide', 'na1d'), 2D neighbourhoods ('na2d') and BiFormer's routed
+regions ('routing'; there the region means for the routing are one reduction of ``qkv[..., :2C]``).
+
 What every backbone block does around its attention: ``qkv = Linear(C, 3C)(x)``, split into heads, attend, merge
 the heads for the output projection. Split and merge are views, but autograd records them (a split node, its
 stacked gradient copied into qkv's layout, a merge node) and at feature-map sizes a backbone step is bound by such
@@ -15,7 +18,7 @@ import torch
 from . import reference
 from .backend import load_triton_api
 from .block_sparse import split_heads
-from .functional import _resolve_na1d, _resolve_na2d, _resolve_slide, _resolve_window
+from .functional import _resolve_na1d, _resolve_na2d, _resolve_routing, _resolve_slide, _resolve_window
 from .reference._common import check_positive_int
 
 __all__ = ['qkv_attention', 'QKV_PATTERNS']
@@ -26,6 +29,7 @@ _PATTERNS = {
     'slide': (_resolve_slide, 'hilbert_slide_attention', 1),
     'na1d': (_resolve_na1d, 'hilbert_neighborhood_attention_1d', 1),
     'na2d': (_resolve_na2d, 'neighborhood_attention_2d', 2),
+    'routing': (_resolve_routing, 'bilevel_routing_attention', 2),
 }
 QKV_PATTERNS = tuple(_PATTERNS)
 
@@ -48,12 +52,14 @@ def _query_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def qkv_attention(qkv, num_heads, pattern, *args, backend=None, **kwargs):
-    """``pattern`` attention ('window' | 'slide' | 'na1d' | 'na2d') on the heads of a fused qkv projection.
+    """``pattern`` ('window' | 'slide' | 'na1d' | 'na2d' | 'routing') attention on the heads of a fused qkv projection.
 
-    qkv: ``(B, N, 3C)`` for the 1D patterns (the N tokens in Hilbert order), ``(B, H, W, 3C)`` for 'na2d'; channels
-    ``[q | k | v]``, each head-major ``(heads, D)`` (``Linear(C, 3C)`` in the timm / Swin / NAT layout).
+    qkv: ``(B, N, 3C)`` for the 1D patterns (the N tokens in Hilbert order), ``(B, H, W, 3C)`` for 'na2d' and
+    'routing'; channels ``[q | k | v]``, each head-major ``(heads, D)`` (``Linear(C, 3C)`` in the timm / Swin / NAT
+    / BiFormer layout).
     ``*args, **kwargs``: what the pattern's public function takes after q, k, v (e.g. ``'window', 49, shift=True,
-    rpb=table, hw=(H, W)``; ``'na2d', 7, dilation=2, rpb=table``), ``backend`` as there.
+    rpb=table, hw=(H, W)``; ``'na2d', 7, dilation=2, rpb=table``; ``'routing', n_win, topk, scale``),
+    ``backend`` as there.
     Returns ``(B, N, C)`` / ``(B, H, W, C)`` in qkv's dtype: that function's output with the heads merged
     (channel ``h * D + d``), which is what the output projection reads.
     """

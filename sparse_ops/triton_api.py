@@ -155,17 +155,44 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
 
 
 def qkv_attention(qkv, num_heads, pattern, *args, config: Optional[Config] = None, q_like=None, **kwargs):
-    """``pattern`` ('window' | 'slide' | 'na1d' | 'na2d') on the heads of a fused projection, as one autograd node.
+    """:func:`sparse_ops.qkv_attention` on the Triton path (arguments already checked by the caller).
 
-    qkv ``(B, *S, 3C)`` contiguous (``S = (N,)`` for 1D patterns, ``(H, W)`` for 'na2d'); ``*args, **kwargs``: the
-    pattern function's arguments after q, k, v; ``q_like``: any tensor of q's shape ``(B, heads, *S, D)``, device
-    and dtype (the caller's, to skip making one). Returns ``(B, *S, C)`` (heads merged), a view of the output.
+    qkv ``(B, *S, 3C)`` contiguous (``S = (N,)`` for 1D patterns, ``(H, W)`` for 'na2d' / 'routing'); ``*args,
+    **kwargs``: the pattern function's arguments after q, k, v; ``q_like``: any tensor of q's shape
+    ``(B, heads, *S, D)``, device and dtype (the caller's, to skip making one). Returns ``(B, *S, C)`` (heads
+    merged), a view of the output.
     """
+    if pattern == 'routing':
+        return _routing_qkv(qkv, num_heads, *args, config=config, **kwargs)
     plan = _PLANS[pattern]
     if q_like is None:
         q_like = split_heads(qkv.detach(), num_heads)[0].unflatten(2, qkv.shape[1:-1])
     p, cfg, scale, rpb = plan(q_like, *args, config=config, **kwargs)
     return packed_block_sparse_attention(qkv, num_heads, p, scale, rpb, cfg)
+
+
+def _region_sums(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """x ``(B, H, W, C)`` (any strides) -> ``(B, n_win**2, C)`` fp32 sums over each region's real tokens (one
+    fp32-accumulating reduction; the zero padding of ragged maps adds nothing)."""
+    b, hh, ww, c = x.shape
+    rh, rw = -(-hh // n_win), -(-ww // n_win)
+    pad_h, pad_w = n_win * rh - hh, n_win * rw - ww
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x.reshape(b, n_win, rh, n_win, rw, c).sum(dim=(2, 4), dtype=torch.float32).reshape(b, n_win * n_win, c)
+
+
+@torch.no_grad()
+def _topk_regions(q_sum: torch.Tensor, k_sum: torch.Tensor, counts: torch.Tensor, topk: int) -> torch.Tensor:
+    """Region sums ``(B, R, C)`` fp32 -> top-``topk`` key regions per query region ``(B, R, topk)`` by the affinity
+    of the region means, empty regions excluded."""
+    cnt = counts.clamp(min=1).to(torch.float32)[:, None]
+    # autocast would run this matmul in bf16/fp16: near-ties then round to exact ties and the top-k flips between
+    # equally valid runs (regression test: tests/sparse_ops/test_routing_regression.py)
+    with torch.autocast(q_sum.device.type, enabled=False):
+        affinity = (q_sum / cnt) @ (k_sum / cnt).transpose(-1, -2)
+    affinity = affinity.masked_fill((counts == 0)[None, None, :], float('-inf'))
+    return affinity.topk(topk, dim=-1).indices
 
 
 @torch.no_grad()
@@ -176,22 +203,16 @@ def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: 
     concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T`` in fp32 (autocast disabled), empty regions -inf, top-k.
     Returns ``(B, R, topk)``.
     """
-    b, h, hh, ww, d = q.shape
-    rh, rw = -(-hh // n_win), -(-ww // n_win)
-    cnt = counts.clamp(min=1).to(torch.float32)[:, None]
+    def cl(x):  # (B, heads, H, W, D) -> (B, H, W, heads*D) channels-last, heads concatenated head-major
+        return x.permute(0, 2, 3, 1, 4).flatten(3)
+    return _topk_regions(_region_sums(cl(q), n_win), _region_sums(cl(k), n_win), counts, topk)
 
-    def means(x):
-        pad_h, pad_w = n_win * rh - hh, n_win * rw - ww
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        s = x.reshape(b, h, n_win, rh, n_win, rw, d).sum(dim=(3, 5), dtype=torch.float32)   # (B, h, n, n, D)
-        return s.permute(0, 2, 3, 1, 4).reshape(b, n_win * n_win, h * d) / cnt
-    # autocast would run this matmul in bf16/fp16: near-ties then round to exact ties and the top-k flips between
-    # equally valid runs (regression test: tests/sparse_ops/test_routing_regression.py)
-    with torch.autocast(q.device.type, enabled=False):
-        affinity = means(q) @ means(k).transpose(-1, -2)
-    affinity = affinity.masked_fill((counts == 0)[None, None, :], float('-inf'))
-    return affinity.topk(topk, dim=-1).indices
+
+def _routing_plan(q_shape, device, n_win, topk, route, config):
+    """(pattern, config) of routed regions; ``route(counts) -> (B, R, topk)`` picks the regions."""
+    cfg = config if config is not None else default_config(q_shape[-1], device, patterns.MASK_ROUTE)
+    layout = patterns.routing_layout(q_shape[2], q_shape[3], n_win, cfg.block_m, cfg.block_n, device)
+    return patterns.routing_pattern(layout, route(layout.counts)), cfg
 
 
 def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optional[Config] = None):
@@ -200,10 +221,21 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optio
     Routing (:func:`route_topk`: detached fp32 region means, top-k) runs in PyTorch; the block tables are built from
     its result on the device with no host sync; the kernels read the tokens in region order in place.
     """
-    cfg = _config(q, config, patterns.MASK_ROUTE)
-    hh, ww = q.shape[2], q.shape[3]
-    layout = patterns.routing_layout(hh, ww, n_win, cfg.block_m, cfg.block_n, q.device)
-    p = patterns.routing_pattern(layout, route_topk(q, k, n_win, topk, layout.counts))
+    p, cfg = _routing_plan(q.shape, q.device, n_win, topk, lambda c: route_topk(q, k, n_win, topk, c), config)
     # BiFormer's scale makes attention flat: fp32 O keeps the backward's rowsum(dO * O) exact (block_sparse.py)
     o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, None, cfg, o_fp32=q.dtype != torch.float32)
     return o.view(q.shape)
+
+
+def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
+    """Routing on the heads of ``qkv (B, H, W, 3C)``: region means of q and k in one reduction of ``qkv[..., :2C]``
+    (heads concatenated = qkv's channel order), then the packed kernels. Returns ``(B, H, W, C)``."""
+    b, hh, ww, c3 = qkv.shape
+    c = c3 // 3
+    shape = (b, num_heads, hh, ww, c // num_heads)
+
+    def route(counts):
+        sums = _region_sums(qkv.detach()[..., :2 * c], n_win)
+        return _topk_regions(sums[..., :c], sums[..., c:], counts, topk)
+    p, cfg = _routing_plan(shape, qkv.device, n_win, topk, route, config)
+    return packed_block_sparse_attention(qkv, num_heads, p, scale, None, cfg, o_fp32=qkv.dtype != torch.float32)

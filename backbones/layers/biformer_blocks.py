@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
+import sparse_ops
+
 from .drop_path import ResidualDropPath
 from .linear import Linear
 from .mlp import Mlp
@@ -51,9 +53,9 @@ def _check_lce_kernel(kernel: int) -> int:
 class BiLevelRoutingAttention(nn.Module):
     """Bi-level routing attention with local context enhancement: ``(B, H, W, C) -> (B, H, W, C)``.
 
-    ``q, k, v = qkv(x)`` (channel order ``[q | k | v]``, each split head-major into ``num_heads`` heads), then
-    ``sparse_ops.bilevel_routing_attention(q, k, v, n_win, topk, scale=C ** -0.5)`` on ``(B, heads, H, W, C/heads)``,
-    plus ``lepe(v)`` (depthwise ``side_dwconv x side_dwconv`` conv on V as an NCHW map), then ``proj``.
+    ``qkv = qkv(x)`` (channel order ``[q | k | v]``, each split head-major into ``num_heads`` heads), then
+    ``sparse_ops.qkv_attention(qkv, num_heads, 'routing', n_win, topk, scale=C ** -0.5)`` (=
+    ``bilevel_routing_attention`` on the ``(B, heads, H, W, C/heads)`` heads, merged again), plus ``lepe(v)`` (depthwise ``side_dwconv x side_dwconv`` conv on V as an NCHW map), then ``proj``.
 
     Args:
         dim: channels C (official ``qk_dim == dim``).
@@ -87,16 +89,13 @@ class BiLevelRoutingAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        from sparse_ops import bilevel_routing_attention  # late import: sparse_ops imports nothing from here
-
-        b, h, w, c = x.shape
+        c = x.shape[-1]
         qkv = self.qkv(x)
-        v_map = qkv[..., 2 * c:].permute(0, 3, 1, 2)  # (B, C, H, W)
-        q, k, v = qkv.view(b, h, w, 3, self.num_heads, c // self.num_heads).permute(3, 0, 4, 1, 2, 5).unbind(0)
         topk = min(self.topk, self.n_win * self.n_win)
-        out = bilevel_routing_attention(q, k, v, self.n_win, topk, scale=self.scale, backend=self.backend)
-        out = out.permute(0, 2, 3, 1, 4).reshape(b, h, w, c)  # heads concatenated head-major, as the official
-        out = out + self.lepe(v_map).permute(0, 2, 3, 1)
+        # heads concatenated head-major in the output, as the official
+        out = sparse_ops.qkv_attention(qkv, self.num_heads, 'routing', self.n_win, topk, scale=self.scale,
+                                       backend=self.backend)
+        out = out + self.lepe(qkv[..., 2 * c:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj(out)
 
     def extra_repr(self) -> str:

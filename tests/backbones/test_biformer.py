@@ -274,18 +274,20 @@ def test_routing_attention_has_no_padding_semantics(hw, n_win, topk):
 
 def test_routing_attention_goes_through_sparse_ops(monkeypatch):
     calls = []
-    original = sparse_ops.bilevel_routing_attention
+    original = sparse_ops.qkv_attention
 
-    def spy(q, k, v, n_win, topk, scale=None, backend=None):
-        calls.append((tuple(q.shape), n_win, topk, scale))
-        return original(q, k, v, n_win, topk, scale=scale, backend=backend)
+    def spy(qkv, num_heads, pattern, *args, **kwargs):
+        calls.append((tuple(qkv.shape), num_heads, pattern, args, kwargs['scale']))
+        return original(qkv, num_heads, pattern, *args, **kwargs)
 
-    monkeypatch.setattr(sparse_ops, 'bilevel_routing_attention', spy)
+    monkeypatch.setattr(sparse_ops, 'qkv_attention', spy)
     model = BiFormer(SMALL, n_win=2, topks=(1, 4, 16, 'global')).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 48))
-    assert calls == [((1, 1, 16, 12, 32), 2, 1, 32 ** -0.5), ((1, 2, 8, 6, 32), 2, 4, 64 ** -0.5),
-                     ((1, 2, 4, 3, 32), 2, 4, 64 ** -0.5), ((1, 2, 4, 3, 32), 2, 4, 64 ** -0.5)]
+    assert calls == [((1, 16, 12, 96), 1, 'routing', (2, 1), 32 ** -0.5),
+                     ((1, 8, 6, 192), 2, 'routing', (2, 4), 64 ** -0.5),
+                     ((1, 4, 3, 192), 2, 'routing', (2, 4), 64 ** -0.5),
+                     ((1, 4, 3, 192), 2, 'routing', (2, 4), 64 ** -0.5)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -95,6 +95,34 @@ def test_mlp():
     assert Mlp(4, 8, out_features=2)(torch.randn(1, 4)).shape == (1, 2)
 
 
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16-autocast'])
+def test_mlp_gelu_recompute_equals_the_plain_mlp(autocast):
+    """``recompute_act=True`` (GELU recomputed in the backward, fused-path default on CUDA) gives the plain MLP's
+    output and gradients exactly, and saves fewer bytes for the backward (not gelu(h))."""
+    torch.manual_seed(0)
+    plain = Mlp(8, 24, recompute_act=False)
+    fused = Mlp(8, 24, recompute_act=True)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 3, 8)
+    grad = torch.randn(2, 5, 3, 8)
+    results = []
+    for mlp in (plain, fused):
+        xi = x.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t), \
+                torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = mlp(xi)
+        out.float().backward(grad)
+        results.append((out, xi.grad, [p.grad for p in mlp.parameters()], sum(saved)))
+    (o1, g1, p1, s1), (o2, g2, p2, s2) = results
+    assert torch.equal(o1, o2) and torch.equal(g1, g2)
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert s2 <= s1 - 2 * 5 * 3 * 24   # gelu(h) (B*H*W x hidden) is not saved
+    assert not Mlp(8, 24)._recompute(x.requires_grad_())      # auto: CPU tensors take the plain path
+    with sparse_ops.use_backend('torch'):
+        assert not Mlp(8, 24)._recompute(torch.zeros(1, 8, device='meta'))
+
+
 @pytest.mark.parametrize('hw', [(4, 6), (5, 7)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
 def test_patch_merging_concatenates_in_swins_order(hw):
     """One-copy merge == Swin's cat of the four strided slices [(0,0), (1,0), (0,1), (1,1)] (odd sizes zero-padded)."""

@@ -26,7 +26,10 @@ CASES = {
     'na1d': ('na1d', (3, 11), 2, 16, (9,), lambda h, hw: {}),
     'na2d-dil2-rpb': ('na2d', (9, 10), 2, 16, (3,), lambda h, hw: dict(dilation=2, rpb=0.5 * torch.randn(h, 5, 5))),
     'na2d': ('na2d', (7, 5), 1, 32, (5,), lambda h, hw: {}),
+    'routing-ragged': ('routing', (7, 9), 2, 16, (3, 2), lambda h, hw: {}),
+    'routing-scale': ('routing', (8, 8), 1, 32, (2, 1), lambda h, hw: dict(scale=0.05)),
 }
+_2D = ('na2d', 'routing')
 
 
 def _run(pattern, qkv, heads, args, kwargs, backend, grad_out):
@@ -39,7 +42,7 @@ def _run(pattern, qkv, heads, args, kwargs, backend, grad_out):
 
 def _inputs(pattern, spatial, heads, dim, kwargs_of, device, dtype, batch=2):
     hw = spatial
-    shape = (batch, hw[0] * hw[1]) if pattern != 'na2d' else (batch,) + tuple(hw)
+    shape = (batch, hw[0] * hw[1]) if pattern not in _2D else (batch,) + tuple(hw)
     qkv = torch.randn(*shape, 3 * heads * dim, device=device).to(dtype)
     kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs_of(heads, hw).items()}
     return qkv, kwargs
@@ -111,5 +114,22 @@ def test_gpu_backbone_shapes_bf16(case):
     got = _run(pattern, qkv, heads, (size,), kw, 'triton', grad_out)
     want = _run(pattern, qkv.float(), heads, (size,), kw, 'torch', grad_out.float())
     for g, w, name in zip(got[:3], want[:3], ('out', 'dqkv', 'drpb')):
+        err = (g.float() - w).abs().max().item()
+        assert err <= 0.02 * w.abs().max().item() + 1e-2, (name, err)
+
+
+@pytest.mark.gpu
+def test_gpu_routing_biformer_stage3_bf16():
+    """bf16 routing at BiFormer-S stage 3 (1024² input, batch 2: 64x64 tokens, 8 heads of 32, n_win 16, topk 16,
+    scale C^-0.5): the packed node against the fp32 twin on the same rounded qkv, within bf16 error."""
+    torch.manual_seed(0)
+    heads, dim, dev = 8, 32, 'cuda'
+    qkv = torch.randn(2, 64, 64, 3 * heads * dim, device=dev).bfloat16()
+    grad_out = torch.randn(2, 64, 64, heads * dim, device=dev).bfloat16()
+    kw = dict(scale=(heads * dim) ** -0.5)
+    got = _run('routing', qkv, heads, (16, 16), kw, 'triton', grad_out)
+    want = _run('routing', qkv.float(), heads, (16, 16), kw, 'torch', grad_out.float())
+    assert type(got[3]).__name__ == PackedBlockSparseAttention.__name__ + 'Backward'
+    for g, w, name in zip(got[:2], want[:2], ('out', 'dqkv')):
         err = (g.float() - w).abs().max().item()
         assert err <= 0.02 * w.abs().max().item() + 1e-2, (name, err)
