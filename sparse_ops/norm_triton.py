@@ -12,6 +12,9 @@ Math (as ``torch.nn.functional.layer_norm``, biased variance, fp32 statistics):
 ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * weight``, ``xhat = (x - mean) * rstd``;
 ``dweight = sum_rows dy * xhat``, ``dbias = sum_rows dy``.
 
+Saved for the backward: x, or -- when ``out_dtype`` is narrower than x (fp32 residual stream, bf16 output) --
+``xhat`` rounded to ``out_dtype`` (half the bytes; the backward then reads xhat instead of recomputing it).
+
 Shapes: x ``(..., C)`` (any float dtype, last dim contiguous after a reshape); weight, bias ``(C,)`` or None.
 Returns y ``(..., C)`` in ``out_dtype`` (default x's dtype).
 """
@@ -28,8 +31,9 @@ __all__ = ['layer_norm_triton', 'LayerNormFunction']
 
 
 @triton.jit
-def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, C, eps, stride_x, stride_y,
-                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _ln_fwd_kernel(X, W, B, Y, XHAT, MEAN, RSTD, M, C, eps, stride_x, stride_y,
+                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, SAVE_XHAT: tl.constexpr, BLOCK_R: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
     r_ok = rows < M
@@ -41,6 +45,8 @@ def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, C, eps, stride_x, stride_y,
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)
     y = xc * rstd[:, None]
+    if SAVE_XHAT:
+        tl.store(XHAT + rows64[:, None] * C + cols[None, :], y.to(XHAT.dtype.element_ty), mask=mask)
     if HAS_W:
         y = y * tl.load(W + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
@@ -52,9 +58,9 @@ def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, C, eps, stride_x, stride_y,
 
 @triton.jit
 def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, M, C, n_tiles, stride_x, stride_dy, stride_dx, stride_part,
-                   HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                   HAS_W: tl.constexpr, X_IS_XHAT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Program p handles row tiles p, p + P, p + 2P, ...; writes dx and its partial (dweight, dbias) sums to
-    ``PART[0, p]`` / ``PART[1, p]`` (fp32)."""
+    ``PART[0, p]`` / ``PART[1, p]`` (fp32). ``X_IS_XHAT``: X holds the saved normalised rows (MEAN unused)."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)
@@ -72,9 +78,12 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, M, C, n_tiles, stride_x, stri
         rows64 = rows.to(tl.int64)
         x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + rows, mask=r_ok, other=0.0)
         rstd = tl.load(RSTD + rows, mask=r_ok, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if X_IS_XHAT:
+            xhat = x
+        else:
+            mean = tl.load(MEAN + rows, mask=r_ok, other=0.0)
+            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         g = dy * w[None, :]
         c1 = tl.sum(g * xhat, 1) / C
         c2 = tl.sum(g, 1) / C
@@ -105,27 +114,30 @@ def _programs(device: torch.device, n_tiles: int) -> int:
 
 
 def layer_norm_fwd(x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-                   out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """x2 ``(M, C)`` with unit column stride -> y ``(M, C)`` out_dtype, mean and rstd ``(M,)`` fp32."""
+                   out_dtype: torch.dtype, save_xhat: bool = False) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """x2 ``(M, C)`` with unit column stride -> y ``(M, C)`` out_dtype, mean and rstd ``(M,)`` fp32, and with
+    ``save_xhat`` the normalised rows ``(x - mean) * rstd`` ``(M, C)`` in out_dtype (else None)."""
     m, c = x2.shape
     y = torch.empty((m, c), device=x2.device, dtype=out_dtype)
+    xhat = torch.empty((m, c), device=x2.device, dtype=out_dtype) if save_xhat else None
     mean = torch.empty(m, device=x2.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if m == 0:
-        return y, mean, rstd
+        return y, mean, rstd, xhat
     block_r, block_c, warps = _tiles(c)
     _ln_fwd_kernel[(triton.cdiv(m, block_r),)](
-        x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean, rstd, m, c, eps,
-        x2.stride(0), y.stride(0), HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_R=block_r,
-        BLOCK_C=block_c, num_warps=warps)
-    return y, mean, rstd
+        x2, weight if weight is not None else x2, bias if bias is not None else x2, y,
+        xhat if xhat is not None else y, mean, rstd, m, c, eps, x2.stride(0), y.stride(0), HAS_W=weight is not None,
+        HAS_B=bias is not None, SAVE_XHAT=save_xhat, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+    return y, mean, rstd, xhat
 
 
-def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tensor,
-                   rstd: Tensor) -> tuple[Tensor, Tensor]:
-    """dy2, x2 ``(M, C)`` -> dx ``(M, C)`` in x's dtype and the fp32 sums ``(2, C)``: (dweight, dbias)."""
+def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                   dx_dtype: Optional[torch.dtype] = None, x_is_xhat: bool = False) -> tuple[Tensor, Tensor]:
+    """dy2, x2 ``(M, C)`` -> dx ``(M, C)`` (``dx_dtype``, default x2's) and the fp32 sums ``(2, C)``: (dweight,
+    dbias). ``x_is_xhat``: x2 is the saved normalised input (``layer_norm_fwd(save_xhat=True)``)."""
     m, c = x2.shape
-    dx = torch.empty((m, c), device=x2.device, dtype=x2.dtype)
+    dx = torch.empty((m, c), device=x2.device, dtype=dx_dtype or x2.dtype)
     if m == 0:
         return dx, torch.zeros((2, c), device=x2.device, dtype=torch.float32)
     block_r, block_c, warps = _tiles(c)
@@ -135,7 +147,7 @@ def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tens
     _ln_bwd_kernel[(n_prog,)](
         x2, weight if weight is not None else x2, dy2, dx, mean, rstd, part, m, c, n_tiles,
         x2.stride(0), dy2.stride(0), dx.stride(0), part.stride(0), HAS_W=weight is not None,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+        X_IS_XHAT=x_is_xhat, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
     return dx, part.sum(1)
 
 
@@ -145,20 +157,25 @@ def _rows(t: Tensor) -> Tensor:
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Autograd of :func:`layer_norm_triton`: saves x, weight and the fp32 row statistics."""
+    """Autograd of :func:`layer_norm_triton`. Saves weight, the fp32 row statistics and either x or, when the
+    output dtype is narrower than x's (an fp32 residual stream normalised for a bf16 / fp16 Linear), the normalised
+    rows in the output dtype: half the bytes of x, and a relative error of one rounding (2^-9 in bf16) in the
+    backward's ``xhat`` instead of none -- the size of the rounding the incoming bf16 ``dy`` already carries."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype):
         x2 = _rows(x)
-        y, mean, rstd = layer_norm_fwd(x2, weight, bias, eps, out_dtype)
-        ctx.save_for_backward(x2, weight, mean, rstd)
-        ctx.x_shape, ctx.bias_dtype = x.shape, bias.dtype if bias is not None else None
+        save_xhat = out_dtype.itemsize < x.dtype.itemsize
+        y, mean, rstd, xhat = layer_norm_fwd(x2, weight, bias, eps, out_dtype, save_xhat)
+        ctx.save_for_backward(xhat if save_xhat else x2, weight, mean, rstd)
+        ctx.x_shape, ctx.x_dtype, ctx.save_xhat = x.shape, x.dtype, save_xhat
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, weight, mean, rstd = ctx.saved_tensors
-        dx, sums = layer_norm_bwd(_rows(dy), x2, weight, mean, rstd)
+        dx, sums = layer_norm_bwd(_rows(dy), x2, weight, mean, rstd, ctx.x_dtype, ctx.save_xhat)
         dw = sums[0].to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = sums[1].to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
         return dx.view(ctx.x_shape), dw, db, None, None
