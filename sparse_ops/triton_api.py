@@ -227,15 +227,19 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optio
     return o.view(q.shape)
 
 
-def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
-    """Routing on the heads of ``qkv (B, H, W, 3C)``: region means of q and k in one reduction of ``qkv[..., :2C]``
-    (heads concatenated = qkv's channel order), then the packed kernels. Returns ``(B, H, W, C)``."""
-    b, hh, ww, c3 = qkv.shape
-    c = c3 // 3
-    shape = (b, num_heads, hh, ww, c // num_heads)
+@torch.no_grad()
+def route_topk_qkv(qkv: torch.Tensor, n_win: int, topk: int, counts: torch.Tensor) -> torch.Tensor:
+    """:func:`route_topk` from a fused ``qkv (B, H, W, 3C)``: the region sums of q and k are one reduction of
+    ``qkv[..., :2C]`` (heads concatenated head-major is qkv's own channel order). Returns ``(B, R, topk)``."""
+    c = qkv.shape[-1] // 3
+    sums = _region_sums(qkv[..., :2 * c], n_win)
+    return _topk_regions(sums[..., :c], sums[..., c:], counts, topk)
 
-    def route(counts):
-        sums = _region_sums(qkv.detach()[..., :2 * c], n_win)
-        return _topk_regions(sums[..., :c], sums[..., c:], counts, topk)
-    p, cfg = _routing_plan(shape, qkv.device, n_win, topk, route, config)
+
+def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
+    """Routing on the heads of ``qkv (B, H, W, 3C)`` (:func:`route_topk_qkv`), then the packed kernels.
+    Returns ``(B, H, W, C)``."""
+    b, hh, ww, c3 = qkv.shape
+    shape = (b, num_heads, hh, ww, c3 // (3 * num_heads))
+    p, cfg = _routing_plan(shape, qkv.device, n_win, topk, lambda c: route_topk_qkv(qkv, n_win, topk, c), config)
     return packed_block_sparse_attention(qkv, num_heads, p, scale, None, cfg, o_fp32=qkv.dtype != torch.float32)

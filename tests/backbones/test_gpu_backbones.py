@@ -29,8 +29,9 @@ CASES = {
 class _PinnedRoutes:
     """Records the routes (``(B, R, topk)`` region ids) of every routing call, then replays them in call order.
 
-    Patches the two routing functions the public op uses (twin: ``reference.routing.route_regions``, Triton:
-    ``triton_api.route_topk``); both are looked up as module globals at call time.
+    Patches the routing functions the ops use (twin: ``reference.routing.route_regions``, Triton:
+    ``triton_api.route_topk`` and, for ``qkv_attention``, ``triton_api.route_topk_qkv``); all are looked up as
+    module globals at call time.
     """
 
     def __init__(self, monkeypatch):
@@ -47,6 +48,7 @@ class _PinnedRoutes:
 
         monkeypatch.setattr(routing, 'route_regions', twin_routes)
         monkeypatch.setattr(triton_api, 'route_topk', lambda q, k, n_win, topk, counts: self._next())
+        monkeypatch.setattr(triton_api, 'route_topk_qkv', lambda qkv, n_win, topk, counts: self._next())
 
     def replay(self):
         self.recording, self.cursor = False, 0

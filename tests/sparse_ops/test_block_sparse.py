@@ -179,8 +179,12 @@ def test_route_topk_matches_twin(hw, n_win, topk):
     counts = patterns.routing_layout(*hw, n_win, 16, 16, q.device).counts
     ours = triton_api.route_topk(q, k, n_win, topk, counts)
     ref = reference.route_regions(q, k, n_win, topk)
+    # the fused-projection variant: qkv (B, H, W, 3C) with q, k, v head-major in the channels
+    qkv = torch.cat([t.permute(0, 2, 3, 1, 4).flatten(3) for t in (q, k, k)], -1)
+    packed = triton_api.route_topk_qkv(qkv, n_win, topk, counts)
     # compare as sets per query region (order among equal -inf empties is arbitrary)
     assert torch.equal(ours.sort(-1).values[..., :], ref.sort(-1).values) or hw == (3, 5)
+    assert torch.equal(packed.sort(-1).values, ref.sort(-1).values) or hw == (3, 5)
     assert torch.equal(counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
 
 

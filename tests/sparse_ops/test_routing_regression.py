@@ -42,18 +42,21 @@ def _split(qkv, heads, d):
     return qkv.view(b, h, w, 3, heads, d).permute(3, 0, 4, 1, 2, 5).unbind(0)
 
 
-@pytest.mark.parametrize('which', ['triton', 'twin'])
+@pytest.mark.parametrize('which', ['triton', 'triton-qkv', 'twin'])
 def test_routing_ignores_autocast(which):
     """bf16 q, k: the routes under bf16 autocast equal the routes without it (affinity stays fp32)."""
     b, heads, d, h, w, n_win, topk = 2, 8, 32, 16, 21, 8, 16
     counts = patterns.routing_layout(h, w, n_win, 16, 16).counts
     flips = 0
     for seed in range(4):
-        q, k, _ = _split(_qkv(b, heads, h, w, d, seed, torch.bfloat16), heads, d)
+        qkv = _qkv(b, heads, h, w, d, seed, torch.bfloat16)
+        q, k, _ = _split(qkv, heads, d)
 
         def route():
             if which == 'triton':
                 return triton_api.route_topk(q, k, n_win, topk, counts)
+            if which == 'triton-qkv':
+                return triton_api.route_topk_qkv(qkv, n_win, topk, counts)
             return route_regions(q, k, n_win, topk)
         plain = route().sort(-1).values
         with torch.autocast('cpu', dtype=torch.bfloat16):
