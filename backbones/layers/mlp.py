@@ -4,12 +4,12 @@ Memory: autograd keeps both the hidden pre-activation ``h = fc1(x)`` (for the GE
 fc2's weight gradient), 2 x ``mlp_ratio`` x C values per token -- the largest saved tensors of a block. On the
 fused path (CUDA tensors, ``sparse_ops`` backend not forced to 'torch') :class:`Mlp` saves only ``h`` and
 recomputes ``gelu(h)`` in the backward (one elementwise kernel, bit-identical values: the same GELU on the same
-input), ``_GeluLinear``. The twin path is the plain module composition, as the official implementations.
+input) through saved-tensor hooks on the fc2 call (``_RecomputeInput``). The twin path is the plain module
+composition, as the official implementations.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparse_ops.backend import requested_backend
@@ -19,34 +19,26 @@ from .linear import Linear
 __all__ = ['Mlp']
 
 
-class _GeluLinear(torch.autograd.Function):
-    """``linear(gelu(h), weight, bias)`` saving ``h`` and ``weight`` only; h ``(..., hidden)`` -> ``(..., out)``.
+class _RecomputeInput:
+    """``saved_tensors_hooks`` for the fc2 call: the saved copy of fc2's input ``a = act(h)`` is replaced by a
+    recipe (h is saved by the activation's own backward anyway); the backward recomputes ``act(h)`` when fc2's
+    weight gradient needs it. Every other saved tensor passes through. The autograd nodes stay PyTorch's own (no
+    Python autograd Function: its per-call host cost showed in host-bound backbone steps)."""
 
-    All inputs in one dtype (the caller casts); runs with autocast off. Backward: ``da = dout @ weight``,
-    ``dh = gelu'(h) * da``, ``dweight = dout^T @ gelu(h)`` (recomputed), ``dbias = sum(dout)``.
-    """
+    def __init__(self, act: nn.Module, h: torch.Tensor, a: torch.Tensor) -> None:
+        self.act, self.h, self.ptr, self.numel = act, h, a.data_ptr(), a.numel()
+
+    def pack(self, t: torch.Tensor):
+        if t.data_ptr() == self.ptr and t.numel() == self.numel and t.dtype == self.h.dtype:
+            return (self.act, self.h, t.shape)
+        return t
 
     @staticmethod
-    def forward(ctx, h, weight, bias, approximate):
-        ctx.save_for_backward(h, weight)
-        ctx.approximate, ctx.has_bias = approximate, bias is not None
-        with torch.autocast(h.device.type, enabled=False):
-            return F.linear(F.gelu(h, approximate=approximate), weight, bias)
-
-    @staticmethod
-    def backward(ctx, dout):
-        h, weight = ctx.saved_tensors
-        d2 = dout.reshape(-1, dout.shape[-1])
-        dh = dw = db = None
-        if ctx.needs_input_grad[0]:
-            da = (d2 @ weight).view(h.shape)
-            dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
-        if ctx.needs_input_grad[1]:
-            a = F.gelu(h, approximate=ctx.approximate).reshape(-1, h.shape[-1])
-            dw = d2.t() @ a
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = d2.sum(0)
-        return dh, dw, db, None
+    def unpack(saved):
+        if isinstance(saved, tuple):
+            act, h, shape = saved
+            return act(h).reshape(shape)
+        return saved
 
 
 class Mlp(nn.Module):
@@ -75,14 +67,13 @@ class Mlp(nn.Module):
             return self.recompute_act
         return x.is_cuda and requested_backend(None, 'mlp') != 'torch'
 
-    def _fc2_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight, bias = self.fc2._low if self.fc2._low is not None else (self.fc2.weight, self.fc2.bias)
-        return weight.to(dtype), (bias.to(dtype) if bias is not None else None)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop.p == 0 and self._recompute(x):
             h = self.fc1(x)
-            return _GeluLinear.apply(h, *self._fc2_params(h.dtype), self.act.approximate)
+            a = self.act(h)
+            hooks = _RecomputeInput(self.act, h, a)
+            with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+                return self.fc2(a)
         if self.drop.p == 0:           # the backbones' setting: skip two no-op module calls (host time per block)
             return self.fc2(self.act(self.fc1(x)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
