@@ -1,4 +1,4 @@
-"""BiFormer building blocks (Zhu et al., CVPR 2023), written against ``sparse_ops.bilevel_routing_attention``.
+"""BiFormer building blocks (Zhu et al., CVPR 2023), written against ``sparse_ops`` routing attention.
 
 Layouts: blocks take and return NCHW ``(B, C, H, W)``; attention modules work channels-last ``(B, H, W, C)``;
 the attention core gets ``(B, heads, H, W, head_dim)``.
@@ -55,7 +55,8 @@ class BiLevelRoutingAttention(nn.Module):
 
     ``qkv = qkv(x)`` (channel order ``[q | k | v]``, each split head-major into ``num_heads`` heads), then
     ``sparse_ops.qkv_attention(qkv, num_heads, 'routing', n_win, topk, scale=C ** -0.5)`` (=
-    ``bilevel_routing_attention`` on the ``(B, heads, H, W, C/heads)`` heads, merged again), plus ``lepe(v)`` (depthwise ``side_dwconv x side_dwconv`` conv on V as an NCHW map), then ``proj``.
+    ``bilevel_routing_attention`` on the ``(B, heads, H, W, C/heads)`` heads, merged again), plus ``lepe(v)``
+    (depthwise ``side_dwconv x side_dwconv`` conv on V as an NCHW map), then ``proj``.
 
     Args:
         dim: channels C (official ``qk_dim == dim``).
