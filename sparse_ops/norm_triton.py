@@ -157,7 +157,7 @@ def _rows(t: Tensor) -> Tensor:
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Autograd of :func:`layer_norm_triton`. Saves weight, the fp32 row statistics and either x or, when the
+    """Autograd of :func:`layer_norm_triton`. Saves weight, the fp32 rstd and either x (with the means) or, when the
     output dtype is narrower than x's (an fp32 residual stream normalised for a bf16 / fp16 Linear), the normalised
     rows in the output dtype: half the bytes of x, and a relative error of one rounding (2^-9 in bf16) in the
     backward's ``xhat`` instead of none -- the size of the rounding the incoming bf16 ``dy`` already carries."""
@@ -167,7 +167,7 @@ class LayerNormFunction(torch.autograd.Function):
         x2 = _rows(x)
         save_xhat = out_dtype.itemsize < x.dtype.itemsize
         y, mean, rstd, xhat = layer_norm_fwd(x2, weight, bias, eps, out_dtype, save_xhat)
-        ctx.save_for_backward(xhat if save_xhat else x2, weight, mean, rstd)
+        ctx.save_for_backward(xhat if save_xhat else x2, weight, None if save_xhat else mean, rstd)
         ctx.x_shape, ctx.x_dtype, ctx.save_xhat = x.shape, x.dtype, save_xhat
         ctx.bias_dtype = bias.dtype if bias is not None else None
         return y.view(x.shape)
@@ -175,7 +175,9 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, weight, mean, rstd = ctx.saved_tensors
-        dx, sums = layer_norm_bwd(_rows(dy), x2, weight, mean, rstd, ctx.x_dtype, ctx.save_xhat)
+        # with xhat saved the kernel never reads the means: rstd stands in for the pointer
+        dx, sums = layer_norm_bwd(_rows(dy), x2, weight, rstd if mean is None else mean, rstd, ctx.x_dtype,
+                                  ctx.save_xhat)
         dw = sums[0].to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = sums[1].to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
         return dx.view(ctx.x_shape), dw, db, None, None

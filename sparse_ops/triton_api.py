@@ -172,14 +172,15 @@ def qkv_attention(qkv, num_heads, pattern, *args, config: Optional[Config] = Non
 
 
 def _region_sums(x: torch.Tensor, n_win: int) -> torch.Tensor:
-    """x ``(B, H, W, C)`` (any strides) -> ``(B, n_win**2, C)`` fp32 sums over each region's real tokens (one
-    fp32-accumulating reduction; the zero padding of ragged maps adds nothing)."""
-    b, hh, ww, c = x.shape
+    """x ``(B, H, W, *C)`` (any strides, no copy) -> ``(B, n_win**2, prod(C))`` fp32 sums over each region's real
+    tokens (one fp32-accumulating reduction; the zero padding of ragged maps adds nothing)."""
+    b, hh, ww = x.shape[:3]
     rh, rw = -(-hh // n_win), -(-ww // n_win)
     pad_h, pad_w = n_win * rh - hh, n_win * rw - ww
     if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    return x.reshape(b, n_win, rh, n_win, rw, c).sum(dim=(2, 4), dtype=torch.float32).reshape(b, n_win * n_win, c)
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad_w, 0, pad_h))
+    sums = x.reshape(b, n_win, rh, n_win, rw, *x.shape[3:]).sum(dim=(2, 4), dtype=torch.float32)
+    return sums.reshape(b, n_win * n_win, -1)
 
 
 @torch.no_grad()
@@ -203,8 +204,8 @@ def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: 
     concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T`` in fp32 (autocast disabled), empty regions -inf, top-k.
     Returns ``(B, R, topk)``.
     """
-    def cl(x):  # (B, heads, H, W, D) -> (B, H, W, heads*D) channels-last, heads concatenated head-major
-        return x.permute(0, 2, 3, 1, 4).flatten(3)
+    def cl(x):  # (B, heads, H, W, D) -> (B, H, W, heads, D) view: sums come out with heads concatenated head-major
+        return x.permute(0, 2, 3, 1, 4)
     return _topk_regions(_region_sums(cl(q), n_win), _region_sums(cl(k), n_win), counts, topk)
 
 
