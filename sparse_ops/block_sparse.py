@@ -15,12 +15,15 @@ at row ``rows[i]`` (no permuted copy; the output comes back in memory order);
 ``rpb (H, 2r-1, 2r-1)`` optional (needs ``pattern.tok``). Returns ``(B, H, N, D)`` like q. Differentiable in q, k, v
 and rpb.
 
-``o_fp32=True`` keeps the kernel's output in fp32 for the backward and returns it cast to q's dtype. The backward
-needs ``delta_i = sum_j P_ij dP_ij``, computed (as in FlashAttention) as ``rowsum(dO * O)``; with O rounded to
-bf16 that carries a relative error of ~2^-9, and ``dS = P (dP - delta)`` cancels when attention is flat (many keys
-of similar weight, e.g. BiFormer's scale ``(heads * D)^-0.5``), so the rounding error dominates dS. Measured on
-an H200: BiFormer-S parameter gradients 2.5-2.9x the bf16 twin's error with bf16 O. Costs one cast kernel and an
-fp32 instead of a bf16 copy of o saved for the backward.
+``o_fp32=True`` keeps the kernel's output in fp32 for the backward and returns it cast to q's dtype, and the
+forward multiplies V by the fp32 P (split as ``hi + lo`` in q's dtype: one more ``tl.dot`` per key block). The
+backward needs ``delta_i = sum_j P_ij dP_ij``, computed (as in FlashAttention) as ``rowsum(dO * O)``; with O rounded
+to bf16, or O = round(P) V, it carries a relative error of ~2^-9 that is the same for every key of row i, and
+``dS = P (dP - delta)`` cancels when attention is flat (many keys of similar weight, e.g. BiFormer's scale
+``(heads * D)^-0.5``), so that error dominates dS and adds up in gradients summed over tokens (biases, norms).
+Measured on an H200 with bf16 O: BiFormer-S parameter gradients 2.5-2.9x the bf16 twin's error; in the CPU test
+(fp16) ``sum_j dK_j`` (exactly 0) is 26x the twin's with fp32 O = round(P) V and at the twin's level with the split.
+Costs one cast kernel, an fp32 instead of a bf16 copy of o saved for the backward, and the extra dot.
 """
 from __future__ import annotations
 

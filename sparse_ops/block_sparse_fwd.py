@@ -193,7 +193,7 @@ def _block_sparse_fwd_kernel(
     stride_rz, stride_rpbh,
     H, N, n_groups, rpb_r, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr,
+    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr, SPLIT_P: tl.constexpr,
 ):
     tl.static_assert(HEAD_DIM >= 16)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -242,7 +242,10 @@ def _block_sparse_fwd_kernel(
         p = tl.math.exp2(s - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        p_hi = p.to(v.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p_hi, v)
+        if SPLIT_P:   # P = hi + lo in v's dtype: O is the fp32 P times V (see o_dtype in the launcher)
+            acc += tl.dot((p - p_hi.to(tl.float32)).to(v.dtype), v)
         m_i = m_new
 
     l_use = tl.where(l_i == 0.0, 1.0, l_i)
@@ -272,7 +275,9 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
     int32 built for ``config``'s block sizes; qwin / tok (N, 4) int32 or None; route (B, G, G) int32 or None;
     rpb (H, 2r-1, 2r-1) contiguous or None. Returns o (B, H, N, D) like q (memory order) and lse (B, H, N) fp32
     (base 2, sequence order). ``o_dtype`` (e.g. fp32) overrides o's dtype: the kernel stores its fp32 accumulator
-    rounded to that type. ``heads_last=True`` lays o out as a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``
+    rounded to that type; an fp32 o of 16-bit inputs also gets ``P V`` with the fp32 P (``SPLIT_P``: P = hi + lo in
+    v's dtype, two dots), so that ``rowsum(dO * O)`` in the backward is the backward's own ``sum_j P_ij dP_ij``
+    (``block_sparse.py``). ``heads_last=True`` lays o out as a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``
     (what the models' output projection wants: their ``transpose(1, 2).reshape(B, N, H * D)`` is then a view).
     """
     b, h, n, d = q.shape
@@ -296,7 +301,8 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
         route.stride(0) if route is not None else 0, rpb.stride(0) if rpb is not None else 0,
         h, n, n_groups, rpb_r, scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, MASK_MODE=mask_mode,
-        HAS_RPB=rpb is not None, HAS_PERM=rows is not None, num_warps=config.num_warps,
+        HAS_RPB=rpb is not None, HAS_PERM=rows is not None, SPLIT_P=o.dtype == torch.float32 != q.dtype,
+        num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return o, lse

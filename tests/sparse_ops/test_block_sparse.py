@@ -245,11 +245,14 @@ def test_torch_compile_traces_the_op():
 
 @pytest.mark.parametrize('compiled', [False, True], ids=['eager', 'compiled'])
 def test_fp32_output_makes_flat_attention_gradients_exact(compiled):
-    """``o_fp32``: same fp16 output, and the backward's rowsum(dO * O) no longer carries O's fp16 rounding.
+    """``o_fp32``: the backward's ``delta = rowsum(dO * O)`` equals ``sum_j P_ij dP_ij`` of the backward's own P.
 
     Flat attention (tiny scale, 64 keys of similar weight) over values with a common offset is where
-    ``dS = P (dP - delta)`` cancels (every dP_ij ~ delta_i); with fp16 O the error of dq / dk is dominated by
-    delta's rounding, with fp32 O it is more than halved (fp64 reference; 2.4x at this size).
+    ``dS = P (dP - delta)`` cancels (every dP_ij ~ delta_i). Any error of delta_i is then the same for every key of
+    row i, so it does not average out where gradients are summed over tokens: ``sum_j dK_j`` (a key bias'
+    gradient) is exactly 0 (softmax ignores a shift shared by all keys). With fp16 O delta carries O's rounding;
+    with fp32 O but P rounded to fp16 before ``P V`` (measured: 26x the fp16 twin's ``sum_j dK_j``) it carries P's;
+    the kernel's split ``P = hi + lo`` removes both (fp64 reference; the twin is the bar).
     """
     from sparse_ops import patterns
     from sparse_ops.block_sparse import block_sparse_attention
@@ -265,17 +268,28 @@ def test_fp32_output_makes_flat_attention_gradients_exact(compiled):
     fn = block_sparse_attention
     if compiled:
         fn = torch.compile(block_sparse_attention, backend='aot_eager', fullgraph=True)
-    outs, errs = [], []
+
+    def errors(grads):
+        err = max(((gr.double().cpu() - r).abs().max() / r.abs().max()).item()
+                  for gr, r in zip(grads[:2], ref_grads[:2]))          # dv does not use delta
+        return err, grads[1].double().cpu().sum(2).abs().max().item()   # sum_j dK_j, exactly 0
+
+    qt, kt, vt = (t.half().requires_grad_() for t in (q, k, v))
+    twin = reference.hilbert_window_attention(qt, kt, vt, 64, scale=0.02)
+    twin_err, twin_ksum = errors(torch.autograd.grad(twin, (qt, kt, vt), do.half()))
+    outs, errs, ksums = [], [], []
     for o_fp32 in (False, True):
         qh, kh, vh = (t.half().to(DEVICE).requires_grad_() for t in (q, k, v))
         out = fn(qh, kh, vh, p, 0.02, None, cfg, o_fp32)
         assert out.dtype == torch.float16
-        grads = torch.autograd.grad(out, (qh, kh, vh), do.half().to(DEVICE))
-        outs.append(out)
-        errs.append(max(((gr.double().cpu() - r).abs().max() / r.abs().max()).item()
-                        for gr, r in zip(grads[:2], ref_grads[:2])))          # dv does not use delta
-    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
-    assert errs[1] * 2 < errs[0], errs
+        err, ksum = errors(torch.autograd.grad(out, (qh, kh, vh), do.half().to(DEVICE)))
+        outs.append((out.double().cpu() - ref).abs().max().item())
+        errs.append(err)
+        ksums.append(ksum)
+    # fp32 P V: one rounding of O either way (the fp32-O error was 1.012x the other's on an H200, 0.98x on CPU)
+    assert outs[1] <= outs[0] * 1.25, outs
+    assert errs[1] * 2 < errs[0] and errs[1] < 1.5 * twin_err, (errs, twin_err)
+    assert ksums[1] < 3 * twin_ksum < ksums[0], (ksums, twin_ksum)
 
 
 # ------------------------------------------------------------------------------------------------------------
