@@ -7,7 +7,8 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 - ``downsample``: ``PatchMerging`` (Swin 2x2 concat + norm + linear), ``ConvDownsampler`` (NAT 3x3/s2 conv + norm)
 - ``mlp``: ``Mlp`` (fc1 / act / fc2)
 - ``norm``: ``PreNorm`` (``nn.LayerNorm`` before a Linear; under CUDA autocast one Triton kernel, autocast dtype out)
-- ``linear``: ``Linear`` (``nn.Linear`` whose autocast weight casts ``cast_linear_weights`` batches per forward)
+- ``linear``: ``Linear`` / ``Conv2d`` (``nn.Linear`` / ``nn.Conv2d`` whose autocast weight casts
+  ``cast_linear_weights`` batches per forward)
 - ``drop_path``: ``ResidualDropPath`` (``x + drop_path(gamma * y)`` in one fused ``addcmul``; what the blocks use)
 
 Architecture-family blocks live beside them and are imported from their modules directly:
@@ -15,11 +16,11 @@ Architecture-family blocks live beside them and are imported from their modules 
 """
 from .drop_path import ResidualDropPath
 from .downsample import ConvDownsampler, PatchMerging
-from .linear import Linear, cast_linear_weights
+from .linear import Conv2d, Linear, cast_linear_weights
 from .mlp import Mlp
 from .norm import PreNorm
 from .patch_embed import ConvTokenizer, PatchEmbed
 from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
-__all__ = ['ResidualDropPath', 'Linear', 'cast_linear_weights', 'Mlp', 'PreNorm', 'PatchEmbed', 'ConvTokenizer',
+__all__ = ['ResidualDropPath', 'Linear', 'Conv2d', 'cast_linear_weights', 'Mlp', 'PreNorm', 'PatchEmbed', 'ConvTokenizer',
            'PatchMerging', 'ConvDownsampler', 'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']

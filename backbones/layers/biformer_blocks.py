@@ -26,7 +26,7 @@ from torch import nn
 import sparse_ops
 
 from .drop_path import ResidualDropPath
-from .linear import Linear
+from .linear import Conv2d, Linear
 from .mlp import Mlp
 from .norm import PreNorm
 
@@ -85,7 +85,7 @@ class BiLevelRoutingAttention(nn.Module):
         self.scale = float(qk_scale) if qk_scale is not None else dim ** -0.5
         self.backend = backend
         self.qkv = Linear(dim, 3 * dim)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.lepe = Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,7 @@ class GlobalAttentionLePE(nn.Module):
         self.dim, self.num_heads = dim, num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = Linear(dim, 3 * dim, bias=False)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.lepe = Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +163,7 @@ class BiFormerBlock(nn.Module):
             raise ValueError(f'mlp_ratio must be > 0, got {mlp_ratio!r}')
         if not 0.0 <= float(drop_path) < 1.0:
             raise ValueError(f'drop_path must be in [0, 1), got {drop_path!r}')
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.pos_embed = Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = PreNorm(dim, eps=1e-6)
         if topk == GLOBAL:
             self.attn = GlobalAttentionLePE(dim, num_heads=global_heads, side_dwconv=side_dwconv)

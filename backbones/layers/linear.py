@@ -1,14 +1,16 @@
-"""``Linear``: ``nn.Linear`` whose low-precision weights are cast for a whole backbone in one go.
+"""``Linear`` / ``Conv2d``: ``nn.Linear`` / ``nn.Conv2d`` whose low-precision weights are cast for a whole backbone
+in one go.
 
-Under autocast every ``nn.Linear`` casts its fp32 weight and bias to bf16 / fp16 on each call, and the backward
-casts their gradients back: two kernels per tensor and step (~200 launches for HWT-T, ~480 for NAT-T, about a sixth
-of a backbone step, which at feature-map sizes is bound by launches, not by the GPU). ``cast_linear_weights(module)``
-casts the weights and biases of every ``Linear`` below ``module`` with one concatenation and one cast (backward: one
-concatenation of the gradients and one cast) and lets each layer use its slice while the block runs. The cast is one
-autograd node (``_CastParams``) whose outputs are views of one low-precision buffer: flattening with
+Under autocast every ``nn.Linear`` (and every conv) casts its fp32 weight and bias to bf16 / fp16 on each call, and
+the backward casts their gradients back: two kernels per tensor and step (~200 launches for HWT-T, ~480 for NAT-T,
+about a sixth of a backbone step, which at feature-map sizes is bound by launches, not by the GPU; BiFormer's two
+depthwise convs per block add ~240 more). ``cast_linear_weights(module)`` casts the weights and biases of every
+``Linear`` and ``Conv2d`` below ``module`` with one concatenation and one cast (backward: one concatenation of the
+gradients and one cast) and lets each layer use its slice while the block runs. The cast is one autograd node
+(``_CastParams``) whose outputs are views of one low-precision buffer: flattening with
 ``reshape / cat / split / view`` instead put ~200 view nodes per step into the backward of HWT-T. Outside the
 block, with autocast off or already low-precision weights, and under ``torch.compile`` (Inductor fuses the casts
-itself), ``Linear`` is exactly ``nn.Linear``. Same values as autocast's own cast (round to nearest).
+itself), the layers are exactly ``nn.Linear`` / ``nn.Conv2d``. Same values as autocast's own cast (round to nearest).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._C._nn import flatten_dense_tensors, unflatten_dense_tensors
 
-__all__ = ['Linear', 'cast_linear_weights']
+__all__ = ['Linear', 'Conv2d', 'cast_linear_weights']
 
 
 class Linear(nn.Linear):
@@ -32,6 +34,17 @@ class Linear(nn.Linear):
         if self._low is None:
             return F.linear(x, self.weight, self.bias)
         return F.linear(x, *self._low)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and names); inside ``cast_linear_weights`` it uses the pre-cast weights."""
+
+    _low: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._low is None:
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._conv_forward(x, *self._low)
 
 
 def _cast(tensors, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -60,20 +73,20 @@ class _CastParams(torch.autograd.Function):
         return (None,) + tuple(g if need else None for g, need in zip(cast, ctx.needs_input_grad[1:]))
 
 
-def _linears(module: nn.Module) -> tuple[Linear, ...]:
-    """The ``Linear`` layers below ``module``, collected at the first call (walking ~200 modules costs ~0.1 ms per
-    forward; a built backbone does not change its layers)."""
+def _linears(module: nn.Module) -> tuple[Linear | Conv2d, ...]:
+    """The ``Linear`` and ``Conv2d`` layers below ``module``, collected at the first call (walking ~200 modules
+    costs ~0.1 ms per forward; a built backbone does not change its layers)."""
     found = module.__dict__.get('_cast_linears')
     if found is None:
-        found = module.__dict__['_cast_linears'] = tuple(m for m in module.modules() if isinstance(m, Linear))
+        found = module.__dict__['_cast_linears'] = tuple(m for m in module.modules() if isinstance(m, (Linear, Conv2d)))
     return found
 
 
 @contextlib.contextmanager
 def cast_linear_weights(module: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the block every ``Linear`` below ``module`` computes with its weight and bias in autocast's dtype,
-    cast together in two kernels (see the module docstring); nothing happens when autocast is off for the weights'
-    device, when they already have that dtype, under ``torch.compile``, or with ``enabled=False``."""
+    """Within the block every ``Linear`` and ``Conv2d`` below ``module`` computes with its weight and bias in
+    autocast's dtype, cast together in two kernels (see the module docstring); nothing happens when autocast is off
+    for the weights' device, when they already have that dtype, under ``torch.compile``, or with ``enabled=False``."""
     linears = _linears(module)
     if not enabled or not linears or torch.compiler.is_compiling():
         yield

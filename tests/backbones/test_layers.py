@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import sparse_ops
-from backbones.layers import (ConvDownsampler, ConvTokenizer, Linear, Mlp, PatchEmbed, PatchMerging,
+from backbones.layers import (Conv2d, ConvDownsampler, ConvTokenizer, Linear, Mlp, PatchEmbed, PatchMerging,
                               ResidualDropPath, cast_linear_weights, from_hilbert,
                               nchw_to_nhwc, nhwc_to_nchw, to_hilbert)
 
@@ -211,6 +211,36 @@ def test_grouped_weight_cast_matches_autocast_casts(with_bias):
         assert all(m._low is None for m in net if isinstance(m, Linear))
 
 
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_grouped_weight_cast_covers_depthwise_convs(with_bias):
+    """``Conv2d`` inside ``cast_linear_weights`` (BiFormer's pos-embed and LCE convs): the same bf16 outputs and
+    fp32 parameter gradients as autocast's own casts, one grouped cast for convs and Linears together."""
+    torch.manual_seed(0)
+    conv = Conv2d(6, 6, 3, padding=1, groups=6, bias=with_bias)
+    lin = Linear(6, 6)
+    x = torch.randn(2, 6, 5, 7, requires_grad=True)
+
+    def run(grouped):
+        for p in (*conv.parameters(), *lin.parameters(), x):
+            p.grad = None
+        holder = torch.nn.ModuleList([conv, lin])
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            with cast_linear_weights(holder, enabled=grouped):
+                assert (conv._low is not None) == grouped and (lin._low is not None) == grouped
+                out = lin((x + conv(x)).permute(0, 2, 3, 1))
+        assert conv._low is None
+        out.float().square().sum().backward()
+        return out, [t.grad.clone() for t in (*conv.parameters(), *lin.parameters(), x)]
+
+    out_ref, grads_ref = run(False)
+    out, grads = run(True)
+    assert out.dtype == out_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, out_ref, atol=0, rtol=0)
+    for g, r in zip(grads, grads_ref):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, r, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize('cfg', [dict(type='HWT', arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 2],
                                                               window_size=3, mlp_ratio=2), out_indices=(0, 1)),
                                  dict(type='NAT', arch='mini'), dict(type='BiFormer', arch='tiny', n_win=2)],
@@ -244,11 +274,13 @@ def test_backbones_cast_their_linear_weights_in_one_go(cfg, monkeypatch):
     @contextlib.contextmanager
     def spy(module, enabled=True):
         with real(module, enabled) as r:
-            seen.append(sum(m._low is not None for m in module.modules() if isinstance(m, Linear)))
+            seen.append(sum(m._low is not None for m in module.modules() if isinstance(m, (Linear, Conv2d))))
             yield r
     monkeypatch.setattr(base, 'cast_linear_weights', spy)
     outs, grads = run()
-    assert seen and seen[0] == sum(isinstance(m, Linear) for m in model.modules()) > 0
+    assert seen and seen[0] == sum(isinstance(m, (Linear, Conv2d)) for m in model.modules()) > 0
+    # depthwise convs inside blocks (BiFormer's pos-embed and LCE) are cast with the Linears
+    assert not [n for n, m in model.named_modules() if type(m) is torch.nn.Conv2d and m.groups > 1]
     monkeypatch.setattr(base, 'cast_linear_weights', lambda module, enabled=True: contextlib.nullcontext())
     outs_ref, grads_ref = run()
     for o, r in zip(outs, outs_ref):
