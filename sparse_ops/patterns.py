@@ -331,7 +331,9 @@ class RoutingLayout:
     sequence position, ``region_rowmajor (N,)`` region id of each pixel, ``counts (R,)`` tokens per region (R =
     n_win**2; empty regions have 0), ``tok (N, 4)`` int32 = (0, 0, region, 0), ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
     float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real
-    tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound.
+    tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound; for the
+    routing: ``cnt (R, 1)`` float32 counts clamped to >= 1 (the divisor of the region means) and ``empty (R,)``
+    bool, or None when no region is empty (the affinity mask is then skipped).
     """
     h: int
     w: int
@@ -352,6 +354,8 @@ class RoutingLayout:
     k_real: torch.Tensor
     k_full: torch.Tensor
     max_kv: int
+    cnt: torch.Tensor
+    empty: Optional[torch.Tensor]
 
     @property
     def n_regions(self) -> int:
@@ -390,7 +394,9 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
                          to(counts),
                          to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
-                         to((k_real == bn).to(torch.int8)), max_kv_per_topk)
+                         to((k_real == bn).to(torch.int8)), max_kv_per_topk,
+                         to(counts.clamp(min=1).to(torch.float32)[:, None]),
+                         to(counts == 0) if bool((counts == 0).any()) else None)
 
 
 def routing_layout(h: int, w: int, n_win: int, block_m: int, block_n: int, device=None) -> RoutingLayout:
@@ -421,9 +427,8 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPatte
     n_qb, n_kb = pairs.shape[1], pairs.shape[2]
     max_kv = min(n_kb, layout.max_kv * topk)
     if pairs.is_cuda or _interpret_mode():
-        from .routing_tables import compact_pairs  # one launch per direction instead of ~30 small ops
-        tables = (*compact_pairs(pairs, layout.n_q, layout.n_k, layout.k_full, False, max_kv),
-                  *compact_pairs(pairs.transpose(1, 2), layout.n_k, layout.n_q, layout.k_full, True, n_qb))
+        from .routing_tables import routed_tables  # one launch instead of ~30 small ops
+        tables = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
     else:
         tables = tables_from_state(routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
     return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route.to(torch.int32).contiguous(),

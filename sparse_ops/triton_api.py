@@ -183,16 +183,25 @@ def _region_sums(x: torch.Tensor, n_win: int) -> torch.Tensor:
     return sums.reshape(b, n_win * n_win, -1)
 
 
+def _region_divisor(counts) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``counts (R,)`` or a :class:`~sparse_ops.patterns.RoutingLayout` (its cached tensors: two kernels less) ->
+    the divisor of the region means ``(R, 1)`` fp32 and the empty-region mask ``(R,)`` (None: none is empty)."""
+    if isinstance(counts, patterns.RoutingLayout):
+        return counts.cnt, counts.empty
+    return counts.clamp(min=1).to(torch.float32)[:, None], counts == 0
+
+
 @torch.no_grad()
-def _topk_regions(q_sum: torch.Tensor, k_sum: torch.Tensor, counts: torch.Tensor, topk: int) -> torch.Tensor:
-    """Region sums ``(B, R, C)`` fp32 -> top-``topk`` key regions per query region ``(B, R, topk)`` by the affinity
-    of the region means, empty regions excluded."""
-    cnt = counts.clamp(min=1).to(torch.float32)[:, None]
+def _topk_regions(q_mean: torch.Tensor, k_mean: torch.Tensor, empty: Optional[torch.Tensor],
+                  topk: int) -> torch.Tensor:
+    """Region means ``(B, R, C)`` fp32 -> top-``topk`` key regions per query region ``(B, R, topk)`` by their
+    affinity, empty regions (``empty (R,)`` bool, or None) excluded."""
     # autocast would run this matmul in bf16/fp16: near-ties then round to exact ties and the top-k flips between
     # equally valid runs (regression test: tests/sparse_ops/test_routing_regression.py)
-    with torch.autocast(q_sum.device.type, enabled=False):
-        affinity = (q_sum / cnt) @ (k_sum / cnt).transpose(-1, -2)
-    affinity = affinity.masked_fill((counts == 0)[None, None, :], float('-inf'))
+    with torch.autocast(q_mean.device.type, enabled=False):
+        affinity = q_mean @ k_mean.transpose(-1, -2)
+    if empty is not None:
+        affinity = affinity.masked_fill(empty[None, None, :], float('-inf'))
     return affinity.topk(topk, dim=-1).indices
 
 
@@ -200,20 +209,21 @@ def _topk_regions(q_sum: torch.Tensor, k_sum: torch.Tensor, counts: torch.Tensor
 def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: torch.Tensor) -> torch.Tensor:
     """BiFormer routing, as ``reference.routing.route_regions`` but with one fp32-accumulating read of q and k.
 
-    q, k ``(B, heads, H, W, D)``; counts ``(R,)`` real tokens per region. Region means over real tokens with heads
-    concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T`` in fp32 (autocast disabled), empty regions -inf, top-k.
-    Returns ``(B, R, topk)``.
+    q, k ``(B, heads, H, W, D)``; counts ``(R,)`` real tokens per region (or the ``RoutingLayout``). Region means
+    over real tokens with heads concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T`` in fp32 (autocast
+    disabled), empty regions -inf, top-k. Returns ``(B, R, topk)``.
     """
     def cl(x):  # (B, heads, H, W, D) -> (B, H, W, heads, D) view: sums come out with heads concatenated head-major
         return x.permute(0, 2, 3, 1, 4)
-    return _topk_regions(_region_sums(cl(q), n_win), _region_sums(cl(k), n_win), counts, topk)
+    cnt, empty = _region_divisor(counts)
+    return _topk_regions(_region_sums(cl(q), n_win) / cnt, _region_sums(cl(k), n_win) / cnt, empty, topk)
 
 
 def _routing_plan(q_shape, device, n_win, topk, route, config):
-    """(pattern, config) of routed regions; ``route(counts) -> (B, R, topk)`` picks the regions."""
+    """(pattern, config) of routed regions; ``route(layout) -> (B, R, topk)`` picks the regions."""
     cfg = config if config is not None else default_config(q_shape[-1], device, patterns.MASK_ROUTE)
     layout = patterns.routing_layout(q_shape[2], q_shape[3], n_win, cfg.block_m, cfg.block_n, device)
-    return patterns.routing_pattern(layout, route(layout.counts)), cfg
+    return patterns.routing_pattern(layout, route(layout)), cfg
 
 
 def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optional[Config] = None):
@@ -231,10 +241,12 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optio
 @torch.no_grad()
 def route_topk_qkv(qkv: torch.Tensor, n_win: int, topk: int, counts: torch.Tensor) -> torch.Tensor:
     """:func:`route_topk` from a fused ``qkv (B, H, W, 3C)``: the region sums of q and k are one reduction of
-    ``qkv[..., :2C]`` (heads concatenated head-major is qkv's own channel order). Returns ``(B, R, topk)``."""
+    ``qkv[..., :2C]`` (heads concatenated head-major is qkv's own channel order), their means one division.
+    Returns ``(B, R, topk)``."""
     c = qkv.shape[-1] // 3
-    sums = _region_sums(qkv[..., :2 * c], n_win)
-    return _topk_regions(sums[..., :c], sums[..., c:], counts, topk)
+    cnt, empty = _region_divisor(counts)
+    means = _region_sums(qkv[..., :2 * c], n_win) / cnt
+    return _topk_regions(means[..., :c], means[..., c:], empty, topk)
 
 
 def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
