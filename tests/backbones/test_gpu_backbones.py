@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+import torch._inductor.exc  # noqa: F401  (InductorError, for an xfail below)
 
 from backbones.base import MODELS
 from sparse_ops import use_backend
@@ -142,10 +143,18 @@ def test_torch_compile_matches_eager(name):
         assert err < 1e-3, f'{name}: compiled vs eager relative error {err:.2e}'
 
 
-@pytest.mark.parametrize('name', ['HWT-T', 'NAT-T', 'BiFormer-S'])
+INDUCTOR_NAT_BUG = pytest.mark.xfail(
+    strict=True, raises=torch._inductor.exc.InductorError,
+    reason='torch 2.11 Inductor fails compiling the NAT-T training graph (AssertionError in '
+    '_inductor/tiling_utils.py, measured on an H200 2026-11-21); NAT-T inference compiles (test above)')
+
+
+@pytest.mark.parametrize('name', ['HWT-T', pytest.param('NAT-T', marks=INDUCTOR_NAT_BUG), 'BiFormer-S'])
 def test_torch_compile_training_step_matches_eager(name):
     """A training step (fwd + bwd, fp32) of the compiled backbone: Inductor around the registered attention ops and
-    their autograd. Outputs and every parameter gradient agree with eager to fp32 fusion noise."""
+    their autograd. Outputs and every parameter gradient agree with eager to fp32 fusion noise: 1e-3 of the
+    tensor's largest value, or, for a gradient that is zero in exact arithmetic (a conv bias right before
+    BatchNorm: both runs give rounding noise), below 1e-4 of the largest gradient."""
     torch.manual_seed(0)
     model = MODELS.build(dict(CASES[name])).cuda().train()
     compiled = torch.compile(copy.deepcopy(model))
@@ -154,7 +163,12 @@ def test_torch_compile_training_step_matches_eager(name):
     out_c, grad_c = _run(compiled, x, 'triton', torch.float32)
     grad_c = {n.removeprefix('_orig_mod.'): g for n, g in grad_c.items()}
     assert len(out_c) == len(out_e) and grad_c.keys() == grad_e.keys()
-    pairs = list(zip(out_e, out_c)) + [(grad_e[n], grad_c[n]) for n in grad_e]
-    floor = 1e-4 * max(e.abs().max() for e, _ in pairs)
-    bad = [i for i, (e, c) in enumerate(pairs) if (c - e).abs().max() > 1e-3 * e.abs().max().clamp(min=floor)]
-    assert not bad, f'{name}: {len(bad)}/{len(pairs)} tensors differ, first: {bad[:5]}'
+    pairs = [(f'out{i}', e, c) for i, (e, c) in enumerate(zip(out_e, out_c))]
+    pairs += [(n, grad_e[n], grad_c[n]) for n in grad_e]
+    floor = 1e-4 * max(e.abs().max() for _, e, _ in pairs)
+    bad = []
+    for key, e, c in pairs:
+        err, top = (c - e).abs().max(), e.abs().max()
+        if err > (1e-3 * top if top > floor else floor):
+            bad.append(f'{key}: |compiled - eager| {err:.2e}, |eager| {top:.2e}')
+    assert not bad, f'{name}: {len(bad)}/{len(pairs)} tensors differ:\n' + '\n'.join(bad)
