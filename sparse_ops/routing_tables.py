@@ -7,13 +7,13 @@ sizes. Here one program per table row reads the row of region-pair counts, class
 / full), compacts the visited ones in ascending order with a running ``tl.cumsum`` and writes ``num`` and ``idx``
 (entries ``col * 2 + partial``, zero past ``num``): the same tables as ``patterns.tables_from_state``.
 
-``routed_tables(pairs, n_q, n_k, k_full, kv_width, q_width)`` builds both directions (kv and q tables) in one
-launch, which is what ``patterns.routing_pattern`` calls (a launch is ~50 us of host time per attention call).
-``compact_pairs(pairs, row_cnt, col_cnt, k_full, k_full_on_rows, width)``: ``pairs (B, R, C)`` float (any strides;
-pass a transposed view for the query-major direction), ``row_cnt (R,)`` / ``col_cnt (C,)`` float regions per block,
-``k_full (R or C,)`` int8 1 where the key block has all ``block_n`` tokens. Block ``(r, c)`` is visited when
-``pairs > 0.5`` and full when ``pairs >= row_cnt * col_cnt - 0.5`` and its key block is full. Returns
-``num (B, R)`` int32 and ``idx (B, R, width)`` int32; ``width`` must bound the visited blocks of every row.
+``routed_tables(pairs, n_q, n_k, k_full, kv_width, q_width)`` builds both directions in one launch (a launch is
+~50 us of host time per attention call): ``pairs (B, n_qb, n_kb)`` float region-pair counts (any strides), ``n_q
+(n_qb,)`` / ``n_k (n_kb,)`` float regions per block, ``k_full (n_kb,)`` int8 1 where the key block has all
+``block_n`` tokens. Block ``(r, c)`` is visited when ``pairs > 0.5`` and full when ``pairs >= n_q[r] * n_k[c] -
+0.5`` and its key block is full. Returns ``kv_num (B, n_qb)``, ``kv_idx (B, n_qb, kv_width)`` (query-block rows)
+and ``q_num (B, n_kb)``, ``q_idx (B, n_kb, q_width)`` (key-block rows, the transposed direction), int32; the
+widths must bound the visited blocks of every row.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ['compact_pairs', 'routed_tables']
+__all__ = ['routed_tables']
 
 _CHUNK = 256
 
@@ -53,18 +53,6 @@ def _compact_row(p_row, s_pc, row_cnt, COL_CNT, K_FULL, kf_row, NUM, i_row, C, w
 
 
 @triton.jit
-def _compact_pairs_kernel(PAIRS, ROW_CNT, COL_CNT, K_FULL, NUM, IDX, s_pb, s_pr, s_pc, s_nb, s_ib, s_ir,
-                          R, C, width, K_FULL_ON_ROWS: tl.constexpr, CHUNK: tl.constexpr):
-    row = tl.program_id(0)
-    z = tl.program_id(1).to(tl.int64)
-    kf_row = False
-    if K_FULL_ON_ROWS:
-        kf_row = tl.load(K_FULL + row) != 0
-    _compact_row(PAIRS + z * s_pb + row * s_pr, s_pc, tl.load(ROW_CNT + row), COL_CNT, K_FULL, kf_row,
-                 NUM + z * s_nb + row, IDX + z * s_ib + row * s_ir, C, width, K_FULL_ON_ROWS, CHUNK)
-
-
-@triton.jit
 def _routed_tables_kernel(PAIRS, N_Q, N_K, K_FULL, KV_NUM, KV_IDX, Q_NUM, Q_IDX, s_pb, s_pr, s_pc,
                           s_kvn, s_kvb, s_kvr, s_qn, s_qb, s_qr, R, C, kv_width, q_width, CHUNK: tl.constexpr):
     """Grid ``(max(R, C), B, 2)``: axis 2 picks the direction (0: query-block rows, 1: key-block rows)."""
@@ -81,24 +69,9 @@ def _routed_tables_kernel(PAIRS, N_Q, N_K, K_FULL, KV_NUM, KV_IDX, Q_NUM, Q_IDX,
                          Q_NUM + z * s_qn + row, Q_IDX + z * s_qb + row * s_qr, R, q_width, True, CHUNK)
 
 
-def compact_pairs(pairs: torch.Tensor, row_cnt: torch.Tensor, col_cnt: torch.Tensor, k_full: torch.Tensor,
-                  k_full_on_rows: bool, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """See the module docstring. One launch, grid ``(R, B)``, no host sync."""
-    b, r, c = pairs.shape
-    width = max(1, min(int(width), c))
-    num = torch.empty((b, r), device=pairs.device, dtype=torch.int32)
-    idx = torch.empty((b, r, width), device=pairs.device, dtype=torch.int32)
-    _compact_pairs_kernel[(r, b)](pairs, row_cnt, col_cnt, k_full, num, idx, *pairs.stride(), num.stride(0),
-                                  idx.stride(0), idx.stride(1), r, c, width, K_FULL_ON_ROWS=k_full_on_rows,
-                                  CHUNK=_CHUNK, num_warps=4)
-    return num, idx
-
-
 def routed_tables(pairs: torch.Tensor, n_q: torch.Tensor, n_k: torch.Tensor, k_full: torch.Tensor, kv_width: int,
                   q_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Both directions in one launch: ``compact_pairs(pairs, n_q, n_k, k_full, False, kv_width)`` and
-    ``compact_pairs(pairs.transpose(1, 2), n_k, n_q, k_full, True, q_width)``. ``pairs (B, n_qb, n_kb)``, ``n_q
-    (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_full (n_kb,)``. Returns kv_num, kv_idx, q_num, q_idx."""
+    """See the module docstring. One launch, grid ``(max(n_qb, n_kb), B, 2)``, no host sync."""
     b, r, c = pairs.shape
     kv_width, q_width = max(1, min(int(kv_width), c)), max(1, min(int(q_width), r))
     dev = pairs.device

@@ -1,13 +1,12 @@
-"""The routed-table builders (``sparse_ops.routing_tables``: per direction, and both in one launch) equal the
-PyTorch construction (``routed_state`` + ``tables_from_state``) entry for entry, under ``TRITON_INTERPRET=1``
-(set by conftest on CPU)."""
+"""The one-launch routed-table builder (``sparse_ops.routing_tables``) equals the PyTorch construction
+(``routed_state`` + ``tables_from_state``) entry for entry, under ``TRITON_INTERPRET=1`` (set by conftest on CPU)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from sparse_ops import patterns
-from sparse_ops.routing_tables import compact_pairs, routed_tables
+from sparse_ops.routing_tables import routed_tables
 
 
 def _torch_tables(layout, pairs, max_kv, n_qb):
@@ -32,12 +31,10 @@ def test_kernel_tables_equal_torch_tables(h, w, n_win, topk, bm, bn):
     n_qb, n_kb = pairs.shape[1:]
     max_kv = min(n_kb, layout.max_kv * topk)
     want = _torch_tables(layout, pairs, max_kv, n_qb)
-    got = (*compact_pairs(pairs, layout.n_q, layout.n_k, layout.k_full, False, max_kv),
-           *compact_pairs(pairs.transpose(1, 2), layout.n_k, layout.n_q, layout.k_full, True, n_qb))
-    both = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)    # one launch
-    for name, g, g1, wt in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), got, both, want):
-        assert g.dtype == g1.dtype == torch.int32 and g.shape == g1.shape == wt.shape, name
-        assert torch.equal(g, wt) and torch.equal(g1, wt), name
+    got = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
+    for name, g, wt in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), got, want):
+        assert g.dtype == torch.int32 and g.shape == wt.shape, name
+        assert torch.equal(g, wt), name
     if (h, w) == (32, 32):
         assert ((got[1] % 2 == 0) & (torch.arange(got[1].shape[-1]) < got[0][..., None])).any()
 
@@ -49,7 +46,7 @@ def test_long_rows_are_compacted_across_chunks():
     pairs = (torch.rand(2, 3, c) < 0.6).float() * torch.randint(1, 3, (2, 3, c)).float()
     row_cnt, col_cnt = torch.ones(3), torch.ones(c)
     k_full = (torch.rand(c) < 0.5).to(torch.int8)
-    num, idx = compact_pairs(pairs, row_cnt, col_cnt, k_full, False, c)
+    num, idx, _, _ = routed_tables(pairs, row_cnt, col_cnt, k_full, c, 3)
     for z in range(2):
         for r in range(3):
             cols = torch.nonzero(pairs[z, r] > 0.5).flatten()
