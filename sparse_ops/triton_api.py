@@ -219,9 +219,16 @@ def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: 
     return _topk_regions(_region_sums(cl(q), n_win) / cnt, _region_sums(cl(k), n_win) / cnt, empty, topk)
 
 
+def routing_config(q_shape, device, n_win: int) -> Config:
+    """Default tiles of routed regions for q ``(B, heads, H, W, D)``: :func:`default_config` given the tokens of
+    the largest region, ``ceil(H / n_win) * ceil(W / n_win)`` (16 x 16 tiles for small regions on the GPU)."""
+    region_tokens = -(-q_shape[2] // n_win) * -(-q_shape[3] // n_win)
+    return default_config(q_shape[-1], device, patterns.MASK_ROUTE, region_tokens)
+
+
 def _routing_plan(q_shape, device, n_win, topk, route, config):
     """(pattern, config) of routed regions; ``route(layout) -> (B, R, topk)`` picks the regions."""
-    cfg = config if config is not None else default_config(q_shape[-1], device, patterns.MASK_ROUTE)
+    cfg = config if config is not None else routing_config(q_shape, device, n_win)
     layout = patterns.routing_layout(q_shape[2], q_shape[3], n_win, cfg.block_m, cfg.block_n, device)
     return patterns.routing_pattern(layout, route(layout)), cfg
 

@@ -224,6 +224,24 @@ def test_can_run_triton_explains():
     assert triton_api.can_run_triton(torch.randn(1, 2, 4, 4, 16).to(DEVICE), pattern='routing', n_win=2, topk=1)
 
 
+def test_routing_config_takes_small_tiles_for_small_regions(monkeypatch):
+    """On the GPU, regions of <= 32 tokens get 16 x 16 tiles (a 64-row block of 16-token regions visits the union
+    of four regions' routes); larger regions keep the library default; the interpreter keeps its own."""
+    from sparse_ops.block_sparse_fwd import INTERPRET_CONFIGS, SMALL_REGION_TOKENS, default_config
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    cuda = torch.device('cuda')                       # no tensor is made: runs without a GPU
+    small, default = Config(16, 16, 1, 2), default_config(32, cuda)
+    assert default != small
+    assert triton_api.routing_config((2, 8, 64, 64, 32), cuda, 16) == small          # 4 x 4 = 16 tokens
+    assert triton_api.routing_config((2, 8, 50, 84, 32), cuda, 16) == small          # 4 x 6 = 24
+    assert triton_api.routing_config((2, 4, 128, 128, 32), cuda, 16) == default      # 8 x 8 = 64
+    assert triton_api.routing_config((1, 2, 33, 33, 32), cuda, 1) == default         # one region of 1089
+    assert default_config(32, cuda, region_tokens=SMALL_REGION_TOKENS) == small
+    assert default_config(32, cuda, region_tokens=SMALL_REGION_TOKENS + 1) == default
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    assert triton_api.routing_config((2, 8, 64, 64, 32), cuda, 16) == INTERPRET_CONFIGS[0]
+
+
 def test_torch_compile_traces_the_op():
     """Under torch.compile the registered op (fake impl + autograd registration) is traced, forward and backward."""
     import torch._dynamo.testing as dt

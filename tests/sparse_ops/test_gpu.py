@@ -33,6 +33,9 @@ REAL = [
     ('bilevel_routing_attention', (2, 4, 64, 64, 32), dict(n_win=8, topk=4), 0),
     ('bilevel_routing_attention', (1, 3, 50, 84, 32), dict(n_win=8, topk=4), 0),
     ('bilevel_routing_attention', (1, 2, 30, 31, 64), dict(n_win=7, topk=49), 0),
+    # BiFormer-S stage 3 at 1024² and 1333x800 (16- and 24-token regions: the small-region 16 x 16 tiles)
+    ('bilevel_routing_attention', (2, 8, 64, 64, 32), dict(n_win=16, topk=16), 0),
+    ('bilevel_routing_attention', (1, 8, 50, 84, 32), dict(n_win=16, topk=16), 0),
 ]
 
 
