@@ -333,7 +333,9 @@ class RoutingLayout:
     float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real
     tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound; for the
     routing: ``cnt (R, 1)`` float32 counts clamped to >= 1 (the divisor of the region means) and ``empty (R,)``
-    bool, or None when no region is empty (the affinity mask is then skipped).
+    bool, or None when no region is empty (the affinity mask is then skipped); ``blocks_are_regions`` True when
+    every query block and every key block is exactly one region (``a_q``, ``a_k`` identities: the region-pair
+    counts of the blocks are then the routes themselves, no matmul).
     """
     h: int
     w: int
@@ -356,6 +358,7 @@ class RoutingLayout:
     max_kv: int
     cnt: torch.Tensor
     empty: Optional[torch.Tensor]
+    blocks_are_regions: bool = False
 
     @property
     def n_regions(self) -> int:
@@ -396,7 +399,12 @@ def _routing_layout(h, w, n_win, bm, bn, device):
                          to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
                          to((k_real == bn).to(torch.int8)), max_kv_per_topk,
                          to(counts.clamp(min=1).to(torch.float32)[:, None]),
-                         to(counts == 0) if bool((counts == 0).any()) else None)
+                         to(counts == 0) if bool((counts == 0).any()) else None,
+                         _is_identity(a_q) and _is_identity(a_k))
+
+
+def _is_identity(a: torch.Tensor) -> bool:
+    return a.shape[0] == a.shape[1] and torch.equal(a, torch.eye(a.shape[0]))
 
 
 def routing_layout(h: int, w: int, n_win: int, block_m: int, block_n: int, device=None) -> RoutingLayout:
@@ -423,7 +431,7 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPatte
     route = torch.zeros(b, r, r, device=topk_idx.device, dtype=torch.float32)
     route.scatter_(2, topk_idx, 1.0)
     # allowed (query region, key region) pairs per (query block, key block); full when all pairs are allowed
-    pairs = layout.a_q @ route @ layout.a_k.t()                       # (B, n_qb, n_kb)
+    pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
     n_qb, n_kb = pairs.shape[1], pairs.shape[2]
     max_kv = min(n_kb, layout.max_kv * topk)
     if pairs.is_cuda or _interpret_mode():

@@ -202,7 +202,7 @@ def _topk_regions(q_mean: torch.Tensor, k_mean: torch.Tensor, empty: Optional[to
         affinity = q_mean @ k_mean.transpose(-1, -2)
     if empty is not None:
         affinity = affinity.masked_fill(empty[None, None, :], float('-inf'))
-    return affinity.topk(topk, dim=-1).indices
+    return affinity.topk(topk, dim=-1, sorted=False).indices      # a set: the tables do not depend on the order
 
 
 @torch.no_grad()

@@ -55,3 +55,24 @@ def test_long_rows_are_compacted_across_chunks():
             assert num[z, r] == len(cols)
             assert torch.equal(idx[z, r, :len(cols)], want)
             assert (idx[z, r, len(cols):] == 0).all()
+
+
+@pytest.mark.parametrize('h, w, n_win, bm, bn, exact', [
+    (8, 8, 2, 16, 16, True),       # 4 x 4 regions of 16 tokens = the 16-token blocks
+    (64, 64, 16, 16, 16, True),    # BiFormer-S stage 3 at 1024^2 with the small-region tiles
+    (8, 8, 2, 32, 16, False),      # query blocks of two regions
+    (8, 12, 2, 16, 16, False),     # 24-token regions
+])
+def test_blocks_equal_to_regions_skip_the_pair_matmul(h, w, n_win, bm, bn, exact):
+    """``routing_pattern`` uses the routes as the block-pair counts when blocks are regions: same tables."""
+    layout = patterns.routing_layout(h, w, n_win, bm, bn, 'cpu')
+    assert layout.blocks_are_regions == exact
+    r, topk = n_win * n_win, max(1, n_win * n_win // 3)
+    topk_idx = torch.randn(2, r, r).topk(topk, dim=-1).indices
+    got = patterns.routing_pattern(layout, topk_idx)
+    route = torch.zeros(2, r, r).scatter_(2, topk_idx, 1.0)
+    pairs = layout.a_q @ route @ layout.a_k.t()
+    want = _torch_tables(layout, pairs, min(pairs.shape[2], layout.max_kv * topk), pairs.shape[1])
+    for name, g, wt in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), (got.kv_num, got.kv_idx, got.q_num, got.q_idx),
+                           want):
+        assert torch.equal(g, wt), name
