@@ -14,6 +14,7 @@ Layout legend (one layout everywhere):
   else the PyTorch twin (:mod:`sparse_ops.reference`); forcing ``'triton'`` where it cannot run raises ValueError.
 """
 from .backend import can_run_triton, choose_backend, use_backend
+from .dwconv import depthwise_conv2d
 from .functional import (bilevel_routing_attention, hilbert_neighborhood_attention_1d, hilbert_slide_attention,
                          hilbert_window_attention, neighborhood_attention_2d)
 from .hilbert import hilbert_coords, hilbert_inverse, hilbert_order
@@ -24,5 +25,5 @@ __all__ = [
     'hilbert_order', 'hilbert_inverse', 'hilbert_coords',
     'hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
     'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention',
-    'can_run_triton', 'choose_backend', 'use_backend', 'layer_norm',
+    'can_run_triton', 'choose_backend', 'use_backend', 'layer_norm', 'depthwise_conv2d',
 ]
