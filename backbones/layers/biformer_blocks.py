@@ -31,10 +31,35 @@ from .mlp import Mlp
 from .norm import PreNorm
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BiFormerBlock', 'LayerNorm2d', 'biformer_stem',
-           'biformer_downsample', 'GLOBAL']
+           'biformer_downsample', 'conv_add', 'GLOBAL', 'DWCONV_MIN_ELEMENTS']
 
 GLOBAL = 'global'
 """``topk`` value of a stage with dense (global) attention; the official code writes it as ``-2``."""
+
+
+DWCONV_MIN_ELEMENTS = 1 << 22
+"""Maps of at least this many elements take ``sparse_ops.depthwise_conv2d`` on the GPU (see :func:`conv_add`)."""
+
+
+def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str | None = None,
+             low: torch.dtype | None = None) -> torch.Tensor:
+    """``residual + conv(x)`` for a depthwise ``conv`` and channels-last maps x, residual ``(B, H, W, C)`` (x may be
+    a channel slice: channel stride 1, any pixel strides).
+
+    On CUDA maps of >= ``DWCONV_MIN_ELEMENTS`` elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN
+    depthwise kernels and the add cost 1.5-2x the fused op's GPU time; on smaller maps the step waits for the
+    host anyway), or with ``backend='triton'``, one ``sparse_ops.depthwise_conv2d`` call reads x in place and
+    adds the residual (fp32 math; ``low``: dtype x is cast to first, as autocast would, so the tensor saved for
+    the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
+    ``use_backend('torch')``: the gather version keeps the official composition) the conv module on an NCHW
+    view plus the add.
+    """
+    requested = sparse_ops.backend.requested_backend(backend, 'depthwise_conv2d')
+    if not torch.compiler.is_compiling() and (
+            requested == 'triton' or (requested is None and x.is_cuda and x.numel() >= DWCONV_MIN_ELEMENTS)):
+        weight, bias = conv._low if conv._low is not None else (conv.weight, conv.bias)
+        return sparse_ops.depthwise_conv2d(x if low is None else x.to(low), weight, bias, residual)
+    return residual + conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -96,7 +121,7 @@ class BiLevelRoutingAttention(nn.Module):
         # heads concatenated head-major in the output, as the official
         out = sparse_ops.qkv_attention(qkv, self.num_heads, 'routing', self.n_win, topk, scale=self.scale,
                                        backend=self.backend)
-        out = out + self.lepe(qkv[..., 2 * c:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = conv_add(self.lepe, qkv[..., 2 * c:], out, self.backend)
         return self.proj(out)
 
     def extra_repr(self) -> str:
@@ -163,6 +188,7 @@ class BiFormerBlock(nn.Module):
             raise ValueError(f'mlp_ratio must be > 0, got {mlp_ratio!r}')
         if not 0.0 <= float(drop_path) < 1.0:
             raise ValueError(f'drop_path must be in [0, 1), got {drop_path!r}')
+        self.backend = backend
         self.pos_embed = Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = PreNorm(dim, eps=1e-6)
         if topk == GLOBAL:
@@ -181,7 +207,9 @@ class BiFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
-        x = (x + self.pos_embed(x)).permute(0, 2, 3, 1)
+        x = x.permute(0, 2, 3, 1)
+        low = torch.get_autocast_dtype('cuda') if x.is_cuda and torch.is_autocast_enabled('cuda') else None
+        x = conv_add(self.pos_embed, x, x, self.backend, low)
         y = self.attn(self.norm1(x))
         x = self.drop_path(x, y, self.gamma1)
         x = self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)

@@ -332,3 +332,30 @@ def test_grouped_cast_leaves_frozen_layers_out_of_autograd():
     assert grads.keys() == grads_ref.keys()
     for n in grads:
         torch.testing.assert_close(grads[n], grads_ref[n], atol=2e-2 * grads_ref[n].abs().max().item(), rtol=2e-2)
+
+
+@pytest.mark.parametrize('strided', [False, True], ids=['pos_embed', 'lce_on_v_slice'])
+def test_biformer_conv_add_kernel_path_equals_the_module_composition(strided):
+    """``conv_add`` on the fused depthwise op (forced 'triton': the interpreter on CPU) equals ``residual +
+    conv(x)`` through the module in values and in the gradients of x, residual, weight and bias (fp32)."""
+    import os
+
+    from backbones.layers.biformer_blocks import conv_add
+    from backbones.layers.linear import Conv2d
+    if os.environ.get('TRITON_INTERPRET') != '1' and not torch.cuda.is_available():
+        pytest.skip('needs TRITON_INTERPRET=1 or CUDA')
+    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    c, k = 12, 5 if strided else 3
+    conv = Conv2d(c, c, k, padding=k // 2, groups=c).to(dev)
+    base = torch.randn(2, 7, 9, 3 * c if strided else c, device=dev, requires_grad=True)
+    res = torch.randn(2, 7, 9, c, device=dev, requires_grad=True)
+    outs, grads = [], []
+    for backend in ('triton', 'torch'):
+        x = base[..., 2 * c:] if strided else base
+        out = conv_add(conv, x, res, backend)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), device=dev).view_as(out)).sum(),
+                                         (base, res, conv.weight, conv.bias)))
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
