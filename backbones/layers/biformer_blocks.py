@@ -52,10 +52,12 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     adds the residual (fp32 math; ``low``: dtype x is cast to first, as autocast would, so the tensor saved for
     the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
     ``use_backend('torch')``: the gather version keeps the official composition) the conv module on an NCHW
-    view plus the add.
+    view plus the add; also when x or residual has strided channels (an NCHW-contiguous map).
     """
     requested = sparse_ops.backend.requested_backend(backend, 'depthwise_conv2d')
-    if not torch.compiler.is_compiling() and (
+    # a stage's first block gets an NCHW-contiguous map from the downsampling conv: its channels are strided
+    channels_last = x.stride(-1) == 1 and residual.stride(-1) == 1
+    if channels_last and not torch.compiler.is_compiling() and (
             requested == 'triton' or (requested is None and x.is_cuda and x.numel() >= DWCONV_MIN_ELEMENTS)):
         weight, bias = conv._low if conv._low is not None else (conv.weight, conv.bias)
         return sparse_ops.depthwise_conv2d(x if low is None else x.to(low), weight, bias, residual)

@@ -334,7 +334,7 @@ def test_grouped_cast_leaves_frozen_layers_out_of_autograd():
         torch.testing.assert_close(grads[n], grads_ref[n], atol=2e-2 * grads_ref[n].abs().max().item(), rtol=2e-2)
 
 
-@pytest.mark.parametrize('strided', [False, True], ids=['pos_embed', 'lce_on_v_slice'])
+@pytest.mark.parametrize('strided', [False, True, 'nchw'], ids=['pos_embed', 'lce_on_v_slice', 'nchw_memory'])
 def test_biformer_conv_add_kernel_path_equals_the_module_composition(strided):
     """``conv_add`` on the fused depthwise op (forced 'triton': the interpreter on CPU) equals ``residual +
     conv(x)`` through the module in values and in the gradients of x, residual, weight and bias (fp32)."""
@@ -345,13 +345,15 @@ def test_biformer_conv_add_kernel_path_equals_the_module_composition(strided):
     if os.environ.get('TRITON_INTERPRET') != '1' and not torch.cuda.is_available():
         pytest.skip('needs TRITON_INTERPRET=1 or CUDA')
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-    c, k = 12, 5 if strided else 3
+    c, k = 12, 5 if strided is True else 3
     conv = Conv2d(c, c, k, padding=k // 2, groups=c).to(dev)
-    base = torch.randn(2, 7, 9, 3 * c if strided else c, device=dev, requires_grad=True)
+    base = torch.randn(2, 7, 9, 3 * c if strided is True else c, device=dev, requires_grad=True)
     res = torch.randn(2, 7, 9, c, device=dev, requires_grad=True)
     outs, grads = [], []
+    if strided == 'nchw':   # a stage's first block: the downsampler's NCHW map seen channels-last
+        base = torch.randn(2, c, 7, 9, device=dev, requires_grad=True)
     for backend in ('triton', 'torch'):
-        x = base[..., 2 * c:] if strided else base
+        x = base.permute(0, 2, 3, 1) if strided == 'nchw' else base[..., 2 * c:] if strided is True else base
         out = conv_add(conv, x, res, backend)
         grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), device=dev).view_as(out)).sum(),
                                          (base, res, conv.weight, conv.bias)))
