@@ -10,6 +10,8 @@ Layout legend (one layout everywhere):
 - ``qkv_attention(qkv, heads, pattern, ...)``: a 1D / 2D pattern on the heads of a fused ``(..., 3C)`` projection,
   heads merged in the output ``(..., C)`` (one autograd node on the Triton path; what the backbones call).
 - ``layer_norm``: LayerNorm over the last dim with its output in a chosen dtype (the pre-norms of the backbones).
+- ``depthwise_conv2d``: depthwise conv of a channels-last ``(B, H, W, C)`` map (any pixel strides) plus a fused
+  residual add (BiFormer's pos-embed and LCE convs).
 - ``backend``: ``'triton' | 'torch' | None``; None takes the Triton core on CUDA when ``can_run_triton`` says so,
   else the PyTorch twin (:mod:`sparse_ops.reference`); forcing ``'triton'`` where it cannot run raises ValueError.
 """
