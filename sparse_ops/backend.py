@@ -20,7 +20,7 @@ import os
 import torch
 
 __all__ = ['can_run_triton', 'choose_backend', 'requested_backend', 'use_backend', 'load_triton_api',
-           'load_triton_module', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
+           'load_triton_module', 'why_not_kernel', 'choose_kernel', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,34 @@ def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, 
     if raise_error:
         raise ValueError(f"sparse_ops {pattern}: backend='triton' cannot run: {reason}")
     return False
+
+
+def why_not_kernel(x: torch.Tensor, module: str) -> str | None:
+    """Why the Triton kernels of ``module`` (a non-attention op: LayerNorm, depthwise conv) cannot run on x's
+    device, or None: CPU needs ``TRITON_INTERPRET=1``, other devices are not supported, the module must import."""
+    if x.device.type == 'cpu' and not _interpret_mode():
+        return f'CPU tensors need TRITON_INTERPRET=1, got device={x.device}'
+    if x.device.type not in ('cpu', 'cuda'):
+        return f'needs CUDA tensors, got device={x.device}'
+    try:
+        load_triton_module(module)
+    except ImportError as err:
+        return str(err)
+    return None
+
+
+def choose_kernel(backend: str | None, what: str, x: torch.Tensor, why_not) -> str:
+    """``'triton'`` or ``'torch'`` for the non-attention op ``sparse_ops.<what>`` on x; ``why_not()`` gives the
+    reason the kernels cannot run (None: they can). ``'triton'`` where they cannot raises a ValueError with it;
+    None takes the kernels for CUDA tensors they can run, else the twin (CPU always the twin unless forced)."""
+    chosen = requested_backend(backend, what)
+    if chosen == 'triton':
+        reason = why_not()
+        if reason is not None:
+            raise ValueError(f"sparse_ops.{what}: backend='triton' cannot run: {reason}")
+    elif chosen is None:
+        chosen = 'triton' if x.is_cuda and why_not() is None else 'torch'
+    return chosen
 
 
 def requested_backend(backend: str | None, what: str) -> str | None:

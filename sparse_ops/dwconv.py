@@ -32,19 +32,14 @@ def _image_span(t: torch.Tensor) -> int:
 
 
 def _why_not_triton(x: torch.Tensor, residual: torch.Tensor | None) -> str | None:
-    if x.device.type == 'cpu' and not _backend._interpret_mode():
-        return f'CPU tensors need TRITON_INTERPRET=1, got device={x.device}'
-    if x.device.type not in ('cpu', 'cuda'):
-        return f'needs CUDA tensors, got device={x.device}'
+    reason = _backend.why_not_kernel(x, _KERNELS)
+    if reason is not None:
+        return reason
     spans = [_image_span(x), x.shape[1] * x.shape[2] * x.shape[3]]
     if residual is not None:
         spans.append(_image_span(residual))
     if max(spans) >= 2 ** 31:
         return f'one image must span < 2**31 elements (int32 offsets), got {max(spans)}'
-    try:
-        _backend.load_triton_module(_KERNELS)
-    except ImportError as err:
-        return str(err)
     return None
 
 
@@ -99,13 +94,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     given; fp32 math. Returns a contiguous ``(B, H, W, C)`` tensor in ``out_dtype`` (default residual's dtype when
     a residual is given, else x's). Differentiable in x, weight, bias and residual."""
     _check(x, weight, bias, residual, out_dtype)
-    chosen = _backend.requested_backend(backend, 'depthwise_conv2d')
-    if chosen == 'triton':
-        reason = _why_not_triton(x, residual)
-        if reason is not None:
-            raise ValueError(f"{_NAME}: backend='triton' cannot run: {reason}")
-    elif chosen is None:
-        chosen = 'triton' if x.is_cuda and _why_not_triton(x, residual) is None else 'torch'
+    chosen = _backend.choose_kernel(backend, 'depthwise_conv2d', x, lambda: _why_not_triton(x, residual))
     if chosen == 'triton':
         return _backend.load_triton_module(_KERNELS).depthwise_conv2d_nhwc(x, weight, bias, residual, out_dtype)
     return _twin.depthwise_conv2d_nhwc(x, weight, bias, residual, out_dtype)

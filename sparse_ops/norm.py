@@ -22,18 +22,6 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _KERNELS = 'sparse_ops.norm_triton'
 
 
-def _why_not_triton(x: torch.Tensor) -> str | None:
-    if x.device.type == 'cpu' and not _backend._interpret_mode():
-        return f'CPU tensors need TRITON_INTERPRET=1, got device={x.device}'
-    if x.device.type not in ('cpu', 'cuda'):
-        return f'needs CUDA tensors, got device={x.device}'
-    try:
-        _backend.load_triton_module(_KERNELS)
-    except ImportError as err:
-        return str(err)
-    return None
-
-
 def _check(x, weight, bias, eps, out_dtype) -> None:
     name = 'sparse_ops.layer_norm'
     if not isinstance(x, torch.Tensor) or x.dtype not in _FLOATS or x.dim() < 1 or x.shape[-1] == 0:
@@ -56,13 +44,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     """LayerNorm of x ``(..., C)`` over C with optional ``weight`` / ``bias`` ``(C,)``; fp32 statistics; returns
     ``(..., C)`` in ``out_dtype`` (default x's dtype). Differentiable in x, weight and bias."""
     _check(x, weight, bias, eps, out_dtype)
-    chosen = _backend.requested_backend(backend, 'layer_norm')
-    if chosen == 'triton':
-        reason = _why_not_triton(x)
-        if reason is not None:
-            raise ValueError(f"sparse_ops.layer_norm: backend='triton' cannot run: {reason}")
-    elif chosen is None:
-        chosen = 'triton' if x.is_cuda and _why_not_triton(x) is None else 'torch'
+    chosen = _backend.choose_kernel(backend, 'layer_norm', x, lambda: _backend.why_not_kernel(x, _KERNELS))
     if chosen == 'triton':
         return _backend.load_triton_module(_KERNELS).layer_norm_triton(x, weight, bias, eps, out_dtype)
     return _twin.layer_norm(x, weight, bias, eps, out_dtype)
