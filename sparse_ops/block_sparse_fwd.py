@@ -54,7 +54,10 @@ class Config:
 
 
 def _keep(c: Config, head_dim: int) -> bool:
-    """Prune rule: 8 warps only for 128-row tiles (always there from D = 64); 32 x 32 and 64 x 16 tiles, 2 stages."""
+    """Prune rule: 8 warps only for 128-row tiles (always there from D = 64); 32 x 32 and 64 x 16 tiles, 2 stages;
+    16-row tiles only as the small-region routing default (16 x 16, 1 warp)."""
+    if c.block_m == 16:
+        return c == Config(16, 16, 1, 2)
     if c.num_warps == 8 and c.block_m < 128:
         return False
     if c.block_m == 128 and c.num_warps == 4 and head_dim >= 64:
