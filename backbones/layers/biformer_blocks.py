@@ -41,16 +41,15 @@ DWCONV_MIN_ELEMENTS = 1 << 22
 """Maps of at least this many elements take ``sparse_ops.depthwise_conv2d`` on the GPU (see :func:`conv_add`)."""
 
 
-def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str | None = None,
-             low: torch.dtype | None = None) -> torch.Tensor:
+def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """``residual + conv(x)`` for a depthwise ``conv`` and channels-last maps x, residual ``(B, H, W, C)`` (x may be
     a channel slice: channel stride 1, any pixel strides).
 
     On CUDA maps of >= ``DWCONV_MIN_ELEMENTS`` elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN
     depthwise kernels and the add cost 1.5-2x the fused op's GPU time; on smaller maps the step waits for the
     host anyway), or with ``backend='triton'``, one ``sparse_ops.depthwise_conv2d`` call reads x in place and
-    adds the residual (fp32 math; ``low``: dtype x is cast to first, as autocast would, so the tensor saved for
-    the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
+    adds the residual (fp32 math; under autocast x is first cast to autocast's dtype, as the conv would be, so the
+    tensor saved for the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
     ``use_backend('torch')``: the gather version keeps the official composition) the conv module on an NCHW
     view plus the add; also when x or residual has strided channels (an NCHW-contiguous map).
     """
@@ -60,7 +59,9 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     if channels_last and not torch.compiler.is_compiling() and (
             requested == 'triton' or (requested is None and x.is_cuda and x.numel() >= DWCONV_MIN_ELEMENTS)):
         weight, bias = conv._low if conv._low is not None else (conv.weight, conv.bias)
-        return sparse_ops.depthwise_conv2d(x if low is None else x.to(low), weight, bias, residual)
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))    # a no-op for V, already in that dtype
+        return sparse_ops.depthwise_conv2d(x, weight, bias, residual)
     return residual + conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -210,8 +211,7 @@ class BiFormerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
         x = x.permute(0, 2, 3, 1)
-        low = torch.get_autocast_dtype('cuda') if x.is_cuda and torch.is_autocast_enabled('cuda') else None
-        x = conv_add(self.pos_embed, x, x, self.backend, low)
+        x = conv_add(self.pos_embed, x, x, self.backend)
         y = self.attn(self.norm1(x))
         x = self.drop_path(x, y, self.gamma1)
         x = self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)
