@@ -28,7 +28,8 @@ from .block_sparse import block_sparse_attention, packed_block_sparse_attention,
 from .block_sparse_fwd import Config, default_config
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
-           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'can_run_triton', 'HEAD_DIMS',
+           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'routing_qkv_plan', 'can_run_triton',
+           'HEAD_DIMS',
            'DTYPES']
 
 logger = logging.getLogger(__name__)
@@ -256,10 +257,17 @@ def route_topk_qkv(qkv: torch.Tensor, n_win: int, topk: int, counts: torch.Tenso
     return _topk_regions(means[..., :c], means[..., c:], empty, topk)
 
 
-def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
-    """Routing on the heads of ``qkv (B, H, W, 3C)`` (:func:`route_topk_qkv`), then the packed kernels.
-    Returns ``(B, H, W, C)``."""
+def routing_qkv_plan(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int,
+                     config: Optional[Config] = None) -> tuple[patterns.BlockPattern, Config]:
+    """(pattern, config) of BiFormer routing on the heads of ``qkv (B, H, W, 3C)``: :func:`route_topk_qkv`, then
+    the block tables on the device (no host sync). Arguments already checked by the caller."""
     b, hh, ww, c3 = qkv.shape
     shape = (b, num_heads, hh, ww, c3 // (3 * num_heads))
-    p, cfg = _routing_plan(shape, qkv.device, n_win, topk, lambda c: route_topk_qkv(qkv, n_win, topk, c), config)
+    return _routing_plan(shape, qkv.device, n_win, topk, lambda c: route_topk_qkv(qkv, n_win, topk, c), config)
+
+
+def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
+    """Routing on the heads of ``qkv (B, H, W, 3C)`` (:func:`routing_qkv_plan`), then the packed kernels.
+    Returns ``(B, H, W, C)``."""
+    p, cfg = routing_qkv_plan(qkv, num_heads, n_win, topk, config)
     return packed_block_sparse_attention(qkv, num_heads, p, scale, None, cfg, o_fp32=qkv.dtype != torch.float32)

@@ -25,6 +25,7 @@ from torch import nn
 
 import sparse_ops
 
+from .biformer_fused import fused_block
 from .drop_path import ResidualDropPath
 from .linear import Conv2d, Linear
 from .mlp import Mlp
@@ -208,9 +209,40 @@ class BiFormerBlock(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether this call runs as one :class:`~.biformer_fused.FusedRoutingBlock` node: a routing block on the
+        Triton path (CUDA with backend None, or backend 'triton'), not compiling, with the Linear / conv weights in
+        the dtype the matmuls run in (under autocast: pre-cast by ``cast_linear_weights``, which ``with_cp`` turns
+        off). The answer is cached per (shape, dtypes, device, backend, autocast)."""
+        if not isinstance(self.attn, BiLevelRoutingAttention) or torch.compiler.is_compiling():
+            return False
+        backend = sparse_ops.backend.requested_backend(self.backend, 'routing')
+        if backend == 'torch' or (backend is None and not x.is_cuda):
+            return False
+        qkv = self.attn.qkv
+        weight = qkv._low[0] if qkv._low is not None else qkv.weight
+        autocast = torch.is_autocast_enabled(x.device.type)
+        key = (x.shape, x.dtype, weight.dtype, x.device, backend, autocast)
+        cache = self.__dict__.setdefault('_fused_cache', {})
+        if key not in cache:
+            cache[key] = self._can_fuse(x, weight.dtype, autocast, backend)
+        return cache[key]
+
+    def _can_fuse(self, x: torch.Tensor, low: torch.dtype, autocast: bool, backend: str | None) -> bool:
+        want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        b, h, w, c = x.shape
+        if low != want or x.dtype not in (torch.float32, low) or h * w * 3 * c >= 2 ** 31:
+            return False
+        heads = self.attn.num_heads
+        q_like = torch.empty((), dtype=low, device=x.device).expand(b, heads, h, w, c // heads)
+        return sparse_ops.choose_backend(backend, q_like, 'routing', n_win=self.attn.n_win,
+                                         topk=min(self.attn.topk, self.attn.n_win ** 2)) == 'triton'
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
         x = x.permute(0, 2, 3, 1)
+        if self._fused(x):
+            return fused_block(self, x).permute(0, 3, 1, 2)
         x = conv_add(self.pos_embed, x, x, self.backend)
         y = self.attn(self.norm1(x))
         x = self.drop_path(x, y, self.gamma1)

@@ -30,15 +30,20 @@ class ResidualDropPath(nn.Module):
             raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob!r}')
         self.drop_prob = float(drop_prob)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+    def factor(self, y: torch.Tensor, gamma: torch.Tensor | None = None) -> tuple[torch.Tensor | None, float]:
+        """``(s, value)`` with ``x + drop_path(gamma * y) = addcmul(x, y, s, value=value)``; ``s`` None means
+        ``x + y``. ``s`` is ``gamma (C,)``, or in training with ``drop_prob > 0`` the per-sample keep mask
+        ``(B, 1, ..., 1)`` (times gamma) drawn here, with ``value = 1 / keep_prob``."""
         if not self.training or self.drop_prob == 0.0:
-            return x + y if gamma is None else torch.addcmul(x, y, gamma)
+            return gamma, 1.0
         keep = 1.0 - self.drop_prob
         mask = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=torch.float32, device=y.device)
         mask.bernoulli_(keep)
-        if gamma is not None:
-            mask = mask * gamma
-        return torch.addcmul(x, y, mask, value=1.0 / keep)
+        return (mask if gamma is None else mask * gamma), 1.0 / keep
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+        s, value = self.factor(y, gamma)
+        return x + y if s is None else torch.addcmul(x, y, s, value=value)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'

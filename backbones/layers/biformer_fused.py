@@ -1,0 +1,193 @@
+"""A whole BiFormer routing block as one autograd node on the Triton path (``fused_block``).
+
+Why: BiFormer-S's training step at feature-map sizes is bound by host work, not by the GPU. On an H200 at 1024²
+(batch 2) the module composition issues ~76 ms of host work per step (every op's Python wrapper, autograd node
+and launch; 2981 kernels) for 48 ms of GPU work (docs/benchmarks.md, sessions 6-7). This Function runs the block
+``x + pos(x) -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with the kernels called directly and a hand-written
+backward: no autograd node per op, no argument checks per op, no slice-backward copies, GELU recomputed in the
+backward, the LCE's dV added into the attention's dqkv in place.
+
+Same math as the composition in ``biformer_blocks`` (each step the op the composition calls, in the same dtypes:
+fp32 residual stream, the low-precision dtype of the pre-cast weights for the matmuls, fp32 O kept for the
+attention backward), except that both depthwise convs always take the Triton kernel and the pos-embed conv's input
+gradient is added to the residual gradient in fp32 without a round trip through the low dtype.
+
+Shapes: x ``(B, H, W, C)`` (channel stride 1), fp32 residual stream (or the low dtype itself without autocast);
+weights as the modules hold them (``Linear`` ``(out, in)``, depthwise ``(C, 1, k, k)``), the Linear / conv ones
+in the low dtype ``L`` (``layers.linear.cast_linear_weights``), the norms' in fp32; returns ``(B, H, W, C)`` like x.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from sparse_ops.backend import load_triton_module
+
+__all__ = ['FusedRoutingBlock', 'BlockSpec', 'fused_block']
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """The non-tensor arguments of :class:`FusedRoutingBlock`."""
+    num_heads: int
+    n_win: int
+    topk: int
+    scale: float            # attention scale
+    eps1: float             # norm1 / norm2 eps
+    eps2: float
+    value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
+    value2: float
+
+
+def _kernels():
+    """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads) modules / functions, imported once."""
+    api = load_triton_module('sparse_ops.triton_api')
+    bs = load_triton_module('sparse_ops.block_sparse')
+    return (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.dwconv_triton'), api,
+            load_triton_module('sparse_ops.block_sparse_fwd').block_sparse_fwd,
+            load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd, bs.split_heads)
+
+
+def _branch(t: torch.Tensor, s: torch.Tensor | None, value: float) -> torch.Tensor:
+    """Gradient of ``addcmul(x, y, s, value)`` with respect to y, given t, the gradient of the sum."""
+    return t if s is None else t * s * value if value != 1.0 else t * s
+
+
+def _factor_grad(t: torch.Tensor, y: torch.Tensor, s: torch.Tensor, value: float) -> torch.Tensor:
+    """Gradient of ``addcmul(x, y, s, value)`` with respect to s (summed to s's shape)."""
+    g = t * y * value
+    return g.sum_to_size(s.shape)
+
+
+class FusedRoutingBlock(torch.autograd.Function):
+    """``apply(x, spec, s1, s2, pos_w, pos_b, n1_w, n1_b, qkv_w, qkv_b, lepe_w, lepe_b, proj_w, proj_b, n2_w, n2_b,
+    fc1_w, fc1_b, fc2_w, fc2_b) -> (B, H, W, C)``: a BiFormer routing block (module docstring).
+
+    ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None, layer scale ``(C,)``
+    or the stochastic-depth mask ``(B, 1, 1, 1)`` times it), applied with ``spec.value1`` / ``value2``."""
+
+    @staticmethod
+    def forward(ctx, x, spec, s1, s2, pos_w, pos_b, n1_w, n1_b, qkv_w, qkv_b, lepe_w, lepe_b, proj_w, proj_b,
+                n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b):
+        norm, dw, api, fwd, _, split = _kernels()
+        low = qkv_w.dtype
+        b, h, w, c = x.shape
+        m = b * h * w
+        xl = x.to(low)
+        x1 = dw.dwconv_fwd(xl, pos_w, pos_b, x, x.dtype)                       # x + pos(x), (B, H, W, C)
+        save_xhat = low.itemsize < x.dtype.itemsize
+        y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x1.view(m, c), n1_w, n1_b, spec.eps1, low, save_xhat)
+        qkv = F.linear(y1, qkv_w, qkv_b).view(b, h, w, 3 * c)
+        pattern, cfg = api.routing_qkv_plan(qkv, spec.num_heads, spec.n_win, spec.topk)
+        o_fp32 = low != torch.float32
+        p = pattern
+        o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
+                     spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if o_fp32 else None, heads_last=True)
+        attn = o.transpose(1, 2).to(low).view(b, h, w, c)                        # heads merged
+        v = qkv[..., 2 * c:]
+        a = dw.dwconv_fwd(v, lepe_w, lepe_b, attn, low)                           # attn + lce(v)
+        y = F.linear(a.view(m, c), proj_w, proj_b).view(b, h, w, c)
+        x2 = x1 + y if s1 is None else torch.addcmul(x1, y, s1, value=spec.value1)
+        y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
+        u = F.linear(y2, fc1_w, fc1_b)
+        mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, h, w, c)
+        out = x2 + mlp if s2 is None else torch.addcmul(x2, mlp, s2, value=spec.value2)
+
+        need_s1 = s1 is not None and ctx.needs_input_grad[2]
+        need_s2 = s2 is not None and ctx.needs_input_grad[3]
+        ln1 = (xhat1, None) if save_xhat else (x1.view(m, c), mean1)
+        ln2 = (xhat2, None) if save_xhat else (x2.view(m, c), mean2)
+        ctx.save_for_backward(xl, *ln1, rstd1, y1, qkv, o, lse, a, y if need_s1 else None, *ln2, rstd2, y2, u,
+                              mlp if need_s2 else None, s1, s2, pos_w, n1_w, qkv_w, lepe_w, proj_w, n2_w, fc1_w,
+                              fc2_w)
+        ctx.spec, ctx.pattern, ctx.cfg, ctx.save_xhat = spec, pattern, cfg, save_xhat
+        ctx.bias_dtypes = tuple(t.dtype if t is not None else None
+                                for t in (pos_b, n1_b, qkv_b, lepe_b, proj_b, n2_b, fc1_b, fc2_b))
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (xl, ln1_x, mean1, rstd1, y1, qkv, o, lse, a, y, ln2_x, mean2, rstd2, y2, u, mlp, s1, s2,
+         pos_w, n1_w, qkv_w, lepe_w, proj_w, n2_w, fc1_w, fc2_w) = ctx.saved_tensors
+        norm, dw, _, _, bwd, split = _kernels()
+        spec, p = ctx.spec, ctx.pattern
+        need = ctx.needs_input_grad
+        low = qkv_w.dtype
+        b, h, w, c = xl.shape
+        m = b * h * w
+        dout = dout.contiguous()
+        bias_dt = ctx.bias_dtypes
+        grads = [None] * 20
+
+        def linear_grads(dy, inp, weight, w_at, b_at):
+            """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
+            if need[w_at]:
+                grads[w_at] = dy.t() @ inp
+            if need[b_at] and bias_dt[(b_at - 5) // 2] is not None:
+                grads[b_at] = dy.sum(0)
+            return dy @ weight
+
+        def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad):
+            dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean if mean is not None else rstd, rstd,
+                                           residual_grad.dtype, ctx.save_xhat)
+            if need[w_at]:
+                grads[w_at] = sums[0].to(weight.dtype)
+            if need[w_at + 1] and bias_dt[(w_at - 4) // 2] is not None:
+                grads[w_at + 1] = sums[1].to(bias_dt[(w_at - 4) // 2])
+            return dx.view(residual_grad.shape).add_(residual_grad)
+
+        def conv_weight_grads(dy, inp, weight, w_at):
+            if need[w_at] or need[w_at + 1]:
+                k = weight.shape[-1]
+                sums = dw.dwconv_dw(dy, inp, k)
+                if need[w_at]:
+                    grads[w_at] = sums[:k * k].t().reshape(weight.shape).to(weight.dtype)
+                if need[w_at + 1] and bias_dt[(w_at - 4) // 2] is not None:
+                    grads[w_at + 1] = sums[k * k].to(bias_dt[(w_at - 4) // 2])
+
+        # MLP branch: out = x2 + s2 * mlp
+        if s2 is not None and need[3]:
+            grads[3] = _factor_grad(dout, mlp, s2, spec.value2)
+        dmlp = _branch(dout, s2, spec.value2).to(low).view(m, c)
+        dg = linear_grads(dmlp, F.gelu(u), fc2_w, 18, 19)
+        du = torch.ops.aten.gelu_backward(dg, u)
+        dy2 = linear_grads(du, y2, fc1_w, 16, 17)
+        dx2 = norm_grads(dy2, ln2_x, n2_w, mean2, rstd2, 14, dout)              # (B, H, W, C) like x
+        # attention branch: x2 = x1 + s1 * proj(attn(qkv) + lce(v))
+        if s1 is not None and need[2]:
+            grads[2] = _factor_grad(dx2, y, s1, spec.value1)
+        dy = _branch(dx2, s1, spec.value1).to(low).view(m, c)
+        da = linear_grads(dy, a.view(m, c), proj_w, 12, 13).view(b, h, w, c)
+        dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
+        do = da.view(b, h * w, spec.num_heads, c // spec.num_heads).transpose(1, 2)
+        bwd(do, *split(qkv, spec.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
+            None, p.rows, spec.scale, p.mask_mode, p.n_groups, ctx.cfg, out=split(dqkv, spec.num_heads))
+        dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
+        conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
+        dy1 = linear_grads(dqkv.view(m, 3 * c), y1, qkv_w, 8, 9)
+        dx1 = norm_grads(dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
+        # pos embed: x1 = x + pos(x)
+        conv_weight_grads(dx1, xl, pos_w, 4)
+        if need[0]:
+            grads[0] = dw.dwconv_fwd(dx1, pos_w, None, dx1, dx1.dtype, flip=True)
+        return tuple(grads)
+
+
+def fused_block(block, x: torch.Tensor) -> torch.Tensor:
+    """``block`` (a ``BiFormerBlock`` with routing attention) on the channels-last map x ``(B, H, W, C)`` through
+    :class:`FusedRoutingBlock`; the caller has checked :func:`can_fuse`."""
+    attn = block.attn
+    if x.stride(-1) != 1:                       # a stage's first block: the downsampler's NCHW map
+        x = x.contiguous()
+    s1, v1 = block.drop_path.factor(x, block.gamma1)
+    s2, v2 = block.drop_path.factor(x, block.gamma2)
+    spec = BlockSpec(attn.num_heads, attn.n_win, min(attn.topk, attn.n_win * attn.n_win), attn.scale,
+                     block.norm1.eps, block.norm2.eps, v1, v2)
+    params = []
+    for mod in (block.pos_embed, block.norm1, attn.qkv, attn.lepe, attn.proj, block.norm2, block.mlp.fc1,
+                block.mlp.fc2):
+        low = getattr(mod, '_low', None)
+        params.extend(low if low is not None else (mod.weight, mod.bias))
+    return FusedRoutingBlock.apply(x, spec, s1, s2, *params)
