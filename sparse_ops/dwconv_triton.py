@@ -45,6 +45,7 @@ defaults were not tuned (``Config``; the benchmark's ``--sweep`` times the alter
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import torch
@@ -74,8 +75,9 @@ class Config:
                 f'-dw{self.dw_elems}w{self.dw_warps}p{self.programs_per_sm}')
 
 
+@functools.lru_cache(maxsize=256)
 def default_config(h: int, w: int, c: int) -> Config:
-    """About 4K elements per tile: ``BLOCK_C = min(64, next_pow2(C))`` channels (>= 16), 8 x 8 pixels at
+    """(Cached.) About 4K elements per tile: ``BLOCK_C = min(64, next_pow2(C))`` channels (>= 16), 8 x 8 pixels at
     C >= 64, wider tiles for fewer channels; tiles never exceed the map's (power-of-2-rounded) size."""
     block_c = min(64, max(16, triton.next_power_of_2(c)))
     pixels = 4096 // block_c

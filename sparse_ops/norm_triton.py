@@ -57,10 +57,12 @@ def _ln_fwd_kernel(X, W, B, Y, XHAT, MEAN, RSTD, M, C, eps, stride_x, stride_y,
 
 
 @triton.jit
-def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, M, C, n_tiles, stride_x, stride_dy, stride_dx, stride_part,
-                   HAS_W: tl.constexpr, X_IS_XHAT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Program p handles row tiles p, p + P, p + 2P, ...; writes dx and its partial (dweight, dbias) sums to
-    ``PART[0, p]`` / ``PART[1, p]`` (fp32). ``X_IS_XHAT``: X holds the saved normalised rows (MEAN unused)."""
+def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, n_tiles, stride_x, stride_dy, stride_dx, stride_part,
+                   stride_res, HAS_W: tl.constexpr, X_IS_XHAT: tl.constexpr, HAS_RES: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program p handles row tiles p, p + P, p + 2P, ...; writes dx (plus the rows of RES when ``HAS_RES``: the
+    gradient of a residual stream around the norm) and its partial (dweight, dbias) sums to ``PART[0, p]`` /
+    ``PART[1, p]`` (fp32). ``X_IS_XHAT``: X holds the saved normalised rows (MEAN unused)."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)
@@ -88,6 +90,8 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, M, C, n_tiles, stride_x, stri
         c1 = tl.sum(g * xhat, 1) / C
         c2 = tl.sum(g, 1) / C
         dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        if HAS_RES:
+            dx += tl.load(RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         dw += tl.sum(dy * xhat, 0)
         db += tl.sum(dy, 0)
@@ -133,9 +137,11 @@ def layer_norm_fwd(x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
 
 def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
-                   dx_dtype: Optional[torch.dtype] = None, x_is_xhat: bool = False) -> tuple[Tensor, Tensor]:
+                   dx_dtype: Optional[torch.dtype] = None, x_is_xhat: bool = False,
+                   residual: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """dy2, x2 ``(M, C)`` -> dx ``(M, C)`` (``dx_dtype``, default x2's) and the fp32 sums ``(2, C)``: (dweight,
-    dbias). ``x_is_xhat``: x2 is the saved normalised input (``layer_norm_fwd(save_xhat=True)``)."""
+    dbias). ``x_is_xhat``: x2 is the saved normalised input (``layer_norm_fwd(save_xhat=True)``). ``residual``
+    ``(M, C)`` (unit column stride): added to dx in the kernel (the residual stream's own gradient)."""
     m, c = x2.shape
     dx = torch.empty((m, c), device=x2.device, dtype=dx_dtype or x2.dtype)
     if m == 0:
@@ -145,9 +151,10 @@ def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tens
     n_prog = _programs(x2.device, n_tiles)
     part = torch.empty((2, n_prog, c), device=x2.device, dtype=torch.float32)
     _ln_bwd_kernel[(n_prog,)](
-        x2, weight if weight is not None else x2, dy2, dx, mean, rstd, part, m, c, n_tiles,
-        x2.stride(0), dy2.stride(0), dx.stride(0), part.stride(0), HAS_W=weight is not None,
-        X_IS_XHAT=x_is_xhat, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+        x2, weight if weight is not None else x2, dy2, dx, mean, rstd, part, residual if residual is not None else dy2,
+        m, c, n_tiles, x2.stride(0), dy2.stride(0), dx.stride(0), part.stride(0),
+        residual.stride(0) if residual is not None else 0, HAS_W=weight is not None, X_IS_XHAT=x_is_xhat,
+        HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
     return dx, part.sum(1)
 
 

@@ -9,8 +9,10 @@ backward, the LCE's dV added into the attention's dqkv in place.
 
 Same math as the composition in ``biformer_blocks`` (each step the op the composition calls, in the same dtypes:
 fp32 residual stream, the low-precision dtype of the pre-cast weights for the matmuls, fp32 O kept for the
-attention backward), except that both depthwise convs always take the Triton kernel and the pos-embed conv's input
-gradient is added to the residual gradient in fp32 without a round trip through the low dtype.
+attention backward), except for three roundings fewer: both depthwise convs always take the Triton kernel (fp32
+math), the LCE adds its conv to the fp32 attention output before the one rounding to the low dtype, and the
+pos-embed conv's input gradient is added to the residual gradient in fp32 without a round trip through the low
+dtype.
 
 Shapes: x ``(B, H, W, C)`` (channel stride 1), fp32 residual stream (or the low dtype itself without autocast);
 weights as the modules hold them (``Linear`` ``(out, in)``, depthwise ``(C, 1, k, k)``), the Linear / conv ones
@@ -41,13 +43,20 @@ class BlockSpec:
     value2: float
 
 
+_KERNELS: tuple = ()
+
+
 def _kernels():
-    """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads) modules / functions, imported once."""
-    api = load_triton_module('sparse_ops.triton_api')
-    bs = load_triton_module('sparse_ops.block_sparse')
-    return (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.dwconv_triton'), api,
-            load_triton_module('sparse_ops.block_sparse_fwd').block_sparse_fwd,
-            load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd, bs.split_heads)
+    """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
+    loaded where the fused block runs)."""
+    global _KERNELS
+    if not _KERNELS:
+        bs = load_triton_module('sparse_ops.block_sparse')
+        _KERNELS = (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.dwconv_triton'),
+                    load_triton_module('sparse_ops.triton_api'),
+                    load_triton_module('sparse_ops.block_sparse_fwd').block_sparse_fwd,
+                    load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd, bs.split_heads)
+    return _KERNELS
 
 
 def _branch(t: torch.Tensor, s: torch.Tensor | None, value: float) -> torch.Tensor:
@@ -85,9 +94,9 @@ class FusedRoutingBlock(torch.autograd.Function):
         p = pattern
         o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
                      spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if o_fp32 else None, heads_last=True)
-        attn = o.transpose(1, 2).to(low).view(b, h, w, c)                        # heads merged
         v = qkv[..., 2 * c:]
-        a = dw.dwconv_fwd(v, lepe_w, lepe_b, attn, low)                           # attn + lce(v)
+        # attn + lce(v), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
+        a = dw.dwconv_fwd(v, lepe_w, lepe_b, o.transpose(1, 2).view(b, h, w, c), low)
         y = F.linear(a.view(m, c), proj_w, proj_b).view(b, h, w, c)
         x2 = x1 + y if s1 is None else torch.addcmul(x1, y, s1, value=spec.value1)
         y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
@@ -131,12 +140,12 @@ class FusedRoutingBlock(torch.autograd.Function):
 
         def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad):
             dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean if mean is not None else rstd, rstd,
-                                           residual_grad.dtype, ctx.save_xhat)
+                                           residual_grad.dtype, ctx.save_xhat, residual_grad.view(m, c))
             if need[w_at]:
                 grads[w_at] = sums[0].to(weight.dtype)
             if need[w_at + 1] and bias_dt[(w_at - 4) // 2] is not None:
                 grads[w_at + 1] = sums[1].to(bias_dt[(w_at - 4) // 2])
-            return dx.view(residual_grad.shape).add_(residual_grad)
+            return dx.view(residual_grad.shape)
 
         def conv_weight_grads(dy, inp, weight, w_at):
             if need[w_at] or need[w_at + 1]:
@@ -175,19 +184,33 @@ class FusedRoutingBlock(torch.autograd.Function):
         return tuple(grads)
 
 
+def _spec(block, v1: float, v2: float) -> BlockSpec:
+    """The block's :class:`BlockSpec` for branch values v1, v2 (cached on the block: two cases per block)."""
+    cache = block.__dict__.setdefault('_fused_specs', {})
+    spec = cache.get((v1, v2))
+    if spec is None:
+        attn = block.attn
+        spec = cache[(v1, v2)] = BlockSpec(attn.num_heads, attn.n_win, min(attn.topk, attn.n_win * attn.n_win),
+                                           attn.scale, block.norm1.eps, block.norm2.eps, v1, v2)
+    return spec
+
+
+def _params(block) -> list:
+    """The 16 weight / bias tensors in ``FusedRoutingBlock``'s order: the pre-cast low-precision pairs of the
+    Linear / conv layers where ``cast_linear_weights`` set them, else the parameters."""
+    attn, mlp = block.attn, block.mlp
+    params = []
+    for mod in (block.pos_embed, block.norm1, attn.qkv, attn.lepe, attn.proj, block.norm2, mlp.fc1, mlp.fc2):
+        low = getattr(mod, '_low', None)
+        params.extend(low if low is not None else (mod.weight, mod.bias))
+    return params
+
+
 def fused_block(block, x: torch.Tensor) -> torch.Tensor:
     """``block`` (a ``BiFormerBlock`` with routing attention) on the channels-last map x ``(B, H, W, C)`` through
-    :class:`FusedRoutingBlock`; the caller has checked :func:`can_fuse`."""
-    attn = block.attn
+    :class:`FusedRoutingBlock`; the caller has checked that it applies (``BiFormerBlock._fused``)."""
     if x.stride(-1) != 1:                       # a stage's first block: the downsampler's NCHW map
         x = x.contiguous()
     s1, v1 = block.drop_path.factor(x, block.gamma1)
     s2, v2 = block.drop_path.factor(x, block.gamma2)
-    spec = BlockSpec(attn.num_heads, attn.n_win, min(attn.topk, attn.n_win * attn.n_win), attn.scale,
-                     block.norm1.eps, block.norm2.eps, v1, v2)
-    params = []
-    for mod in (block.pos_embed, block.norm1, attn.qkv, attn.lepe, attn.proj, block.norm2, block.mlp.fc1,
-                block.mlp.fc2):
-        low = getattr(mod, '_low', None)
-        params.extend(low if low is not None else (mod.weight, mod.bias))
-    return FusedRoutingBlock.apply(x, spec, s1, s2, *params)
+    return FusedRoutingBlock.apply(x, _spec(block, v1, v2), s1, s2, *_params(block))

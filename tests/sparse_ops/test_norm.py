@@ -98,6 +98,24 @@ def test_strided_rows_and_empty_input():
     assert y.shape == (0, 8) and x.grad.shape == (0, 8) and (w.grad == 0).all()
 
 
+@needs_kernels
+@pytest.mark.parametrize('x_is_xhat', [False, True])
+def test_backward_kernel_adds_the_residual_gradient(x_is_xhat):
+    """``layer_norm_bwd(..., residual=r)`` writes ``dx + r`` (the fused block's residual-stream gradient): equal
+    to the kernel without it plus r, with the same dweight / dbias sums."""
+    from sparse_ops import norm_triton
+    x = torch.randn(37, 48, device=DEVICE)
+    w = torch.randn(48, device=DEVICE)
+    y, mean, rstd, xhat = norm_triton.layer_norm_fwd(x, w, None, 1e-5, torch.float16 if x_is_xhat else x.dtype,
+                                                     save_xhat=x_is_xhat)
+    dy, r = torch.randn(37, 48, device=DEVICE).to(y.dtype), torch.randn(37, 48, device=DEVICE)
+    saved = xhat if x_is_xhat else x
+    dx, sums = norm_triton.layer_norm_bwd(dy, saved, w, mean, rstd, torch.float32, x_is_xhat)
+    dx_r, sums_r = norm_triton.layer_norm_bwd(dy, saved, w, mean, rstd, torch.float32, x_is_xhat, r)
+    torch.testing.assert_close(dx_r, dx + r, rtol=1e-6, atol=1e-6)
+    assert torch.equal(sums, sums_r)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('shape', [(2, 65536, 96), (2, 4096, 384), (2, 1024, 768), (1, 97, 515)], ids=str)
