@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ['Config', 'default_config', 'dwconv_fwd', 'dwconv_dw', 'DepthwiseConv2dFunction',
+__all__ = ['Config', 'default_config', 'dwconv_fwd', 'dwconv_dw', 'weight_grads', 'DepthwiseConv2dFunction',
            'depthwise_conv2d_nhwc']
 
 
@@ -248,6 +248,14 @@ def dwconv_dw(dy: Tensor, x: Tensor, k: int, config: Optional[Config] = None) ->
     return part.sum(0)
 
 
+def weight_grads(sums: Tensor, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`dwconv_dw`'s sums ``(k*k + 1, C)`` -> (dweight ``(C, 1, k, k)``, dbias ``(C,)``) in ``dtype``: one
+    cast, the two results views of it (dweight strided: no transposing copy)."""
+    low = sums.to(dtype)
+    c = low.shape[1]
+    return low.as_strided((c, 1, k, k), (1, k * k * c, k * c, c)), low[k * k]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # autograd
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,10 +285,10 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
         if need_dw or need_db:
             k = weight.shape[-1]
             sums = dwconv_dw(dy, x, k, ctx.config)
-            if need_dw:
-                dw = sums[:k * k].t().reshape(weight.shape).to(weight.dtype)
+            dw_all, db_all = weight_grads(sums, k, weight.dtype)
+            dw = dw_all if need_dw else None
             if need_db:
-                db = sums[k * k].to(ctx.bias_dtype)
+                db = db_all if ctx.bias_dtype == weight.dtype else sums[k * k].to(ctx.bias_dtype)
         if need_dr:
             dr = dy if dy.dtype == ctx.res_dtype else dy.to(ctx.res_dtype)
         return dx, dw, db, dr, None, None

@@ -69,7 +69,7 @@ def _region_means_kernel(QKV, MEANS, s_b, s_h, s_w, s_c, s_mb, s_mr, H, W, RY, R
         t = t0 + tl.arange(0, BLOCK_T)
         y, x = y0 + t // nx, x0 + t % nx
         p_t = y.to(tl.int64)[:, None] * s_h + x.to(tl.int64)[:, None] * s_w      # (BLOCK_T, 1)
-        acc += tl.load(p_c + p_t, mask=(t < n_tok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        acc += tl.load(p_c + p_t, mask=(t < n_tok)[:, None] & c_ok[None, :], other=0.0)
     mean = tl.sum(acc, axis=0) / tl.maximum(n_tok, 1).to(tl.float32)
     tl.store(MEANS + b.to(tl.int64) * s_mb + r.to(tl.int64) * s_mr + chans, mean, mask=c_ok)
 
@@ -107,7 +107,7 @@ def _route_kernel(MEANS, IDX, ROUTE, s_mb, s_mr, s_ib, s_ir, s_rb, s_rr, H, W, R
     i_row = IDX + b * s_ib + r * s_ir
     for t in range(0, TOPK):                    # TOPK <= R: some lane is always available
         best = tl.max(tl.where(avail, score, float('-inf')), axis=0)
-        pick = tl.max(tl.where(avail & (score == best), keys, -1), axis=0)   # lowest index among ties
+        pick = tl.min(tl.where(avail & (score == best), keys, BLOCK_R), axis=0)   # lowest index among ties
         tl.store(i_row + t, pick.to(tl.int64))
         avail = avail & (keys != pick)
     route = (k_ok & ~avail).to(tl.float32)

@@ -150,11 +150,11 @@ class FusedRoutingBlock(torch.autograd.Function):
         def conv_weight_grads(dy, inp, weight, w_at):
             if need[w_at] or need[w_at + 1]:
                 k = weight.shape[-1]
-                sums = dw.dwconv_dw(dy, inp, k)
+                dweight, dbias = dw.weight_grads(dw.dwconv_dw(dy, inp, k), k, weight.dtype)
                 if need[w_at]:
-                    grads[w_at] = sums[:k * k].t().reshape(weight.shape).to(weight.dtype)
+                    grads[w_at] = dweight
                 if need[w_at + 1] and bias_dt[(w_at - 4) // 2] is not None:
-                    grads[w_at + 1] = sums[k * k].to(bias_dt[(w_at - 4) // 2])
+                    grads[w_at + 1] = dbias.to(bias_dt[(w_at - 4) // 2])
 
         # MLP branch: out = x2 + s2 * mlp
         if s2 is not None and need[3]:
