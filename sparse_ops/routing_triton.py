@@ -26,7 +26,8 @@ Top-k selection, compared with ``torch.topk`` (the indices are a set; their orde
 - a NaN affinity ranks above every number (as in ``torch.topk``).
 
 Public: :func:`route_topk_triton` (indices and route matrix) and :func:`region_means_triton` (kernel 1 alone).
-CPU tensors need ``TRITON_INTERPRET=1``; fp16 / bf16 / fp32 inputs (bf16 only on the GPU is tested).
+CPU tensors need ``TRITON_INTERPRET=1``; fp16 / bf16 / fp32 inputs (no ``tl.dot``, so bf16 also runs in the
+interpreter).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def _region_means_kernel(QKV, MEANS, s_b, s_h, s_w, s_c, s_mb, s_mr, H, W, RY, R
         t = t0 + tl.arange(0, BLOCK_T)
         y, x = y0 + t // nx, x0 + t % nx
         p_t = y.to(tl.int64)[:, None] * s_h + x.to(tl.int64)[:, None] * s_w      # (BLOCK_T, 1)
-        acc += tl.load(p_c + p_t, mask=(t < n_tok)[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.load(p_c + p_t, mask=(t < n_tok)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
     mean = tl.sum(acc, axis=0) / tl.maximum(n_tok, 1).to(tl.float32)
     tl.store(MEANS + b.to(tl.int64) * s_mb + r.to(tl.int64) * s_mr + chans, mean, mask=c_ok)
 

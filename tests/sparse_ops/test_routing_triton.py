@@ -19,6 +19,7 @@ SHAPES = [
     (1, 1, 1, 4, 2, 1),         # one token: regions 1..3 empty
     (2, 20, 20, 40, 2, 3),      # 100-token regions (several token chunks), 2C = 80 (two channel chunks)
     (1, 20, 20, 40, 16, 5),     # R = 256: the route kernel loops over channel chunks; 6 empty bands per axis
+    (2, 3, 5, 4, 1, 1),         # n_win = 1: one region
 ]
 
 
@@ -63,11 +64,12 @@ def test_sets_and_route_equal_torch(b, h, w, c, n_win, topk):
     _check_against_torch(torch.randn(b, h, w, 3 * c), n_win, topk)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('b, h, w, c, n_win, topk', [SHAPES[1], SHAPES[4], SHAPES[6]])
-def test_fp16_sets_equal_torch(b, h, w, c, n_win, topk):
-    """fp16 input, fp32 means and affinity on both paths."""
+def test_half_sets_equal_torch(b, h, w, c, n_win, topk, dtype):
+    """fp16 / bf16 input, fp32 means and affinity on both paths (no tl.dot: bf16 runs in the interpreter)."""
     torch.manual_seed(h + w)
-    _check_against_torch(torch.randn(b, h, w, 3 * c).half(), n_win, topk)
+    _check_against_torch(torch.randn(b, h, w, 3 * c).to(dtype), n_win, topk)
 
 
 @pytest.mark.parametrize('b, h, w, c, n_win, topk', SHAPES)
@@ -116,8 +118,10 @@ def test_ties_pick_lowest_indices():
     assert torch.equal(idx.sort(-1).values, torch.tensor([[0, 1, 2]] * 4)[None])
 
 
+@pytest.mark.slow
 def test_large_region_count():
-    """R = 33**2 = 1089 > 1024 (BLOCK_R = 2048, two-channel chunks in the route kernel), one token per region."""
+    """R = 33**2 = 1089 > 1024 (BLOCK_R = 2048, two-channel chunks in the route kernel), one token per region
+    (~12 s in the interpreter)."""
     torch.manual_seed(3)
     _check_against_torch(torch.randn(1, 33, 33, 3 * 4), 33, 2)
 
