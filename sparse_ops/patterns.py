@@ -420,16 +420,19 @@ def routed_state(layout: RoutingLayout, pairs: torch.Tensor) -> torch.Tensor:
     return (pairs > 0.5).to(torch.int8) + full.to(torch.int8)
 
 
-def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor) -> BlockPattern:
+def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
+                    route: Optional[torch.Tensor] = None) -> BlockPattern:
     """Run-time tables for routed regions, built on topk_idx's device with no host sync.
 
-    ``topk_idx (B, R, topk)`` int64: the regions each query region routes to. Returns a BlockPattern with Bt = B,
-    ``MASK_ROUTE`` and ``route (B, R, R)`` int32 (1 where routed).
+    ``topk_idx (B, R, topk)`` int64: the regions each query region routes to; ``route (B, R, R)`` float32 0/1, the
+    scatter of topk_idx, when the caller has it already (``routing_triton.route_topk_triton``). Returns a
+    BlockPattern with Bt = B, ``MASK_ROUTE`` and ``route (B, R, R)`` int32 (1 where routed).
     """
     b, r, topk = topk_idx.shape
     n, bm, bn = layout.h * layout.w, layout.block_m, layout.block_n
-    route = torch.zeros(b, r, r, device=topk_idx.device, dtype=torch.float32)
-    route.scatter_(2, topk_idx, 1.0)
+    if route is None:
+        route = torch.zeros(b, r, r, device=topk_idx.device, dtype=torch.float32)
+        route.scatter_(2, topk_idx, 1.0)
     # allowed (query region, key region) pairs per (query block, key block); full when all pairs are allowed
     pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
     n_qb, n_kb = pairs.shape[1], pairs.shape[2]

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from . import patterns
 from .block_sparse import block_sparse_attention, packed_block_sparse_attention, split_heads
 from .block_sparse_fwd import Config, default_config
+from .routing_triton import route_topk_triton
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
-           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'routing_qkv_plan', 'can_run_triton',
-           'HEAD_DIMS',
+           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'routing_qkv_plan',
+           'can_run_triton', 'HEAD_DIMS',
            'DTYPES']
 
 logger = logging.getLogger(__name__)
@@ -259,11 +260,14 @@ def route_topk_qkv(qkv: torch.Tensor, n_win: int, topk: int, counts: torch.Tenso
 
 def routing_qkv_plan(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int,
                      config: Optional[Config] = None) -> tuple[patterns.BlockPattern, Config]:
-    """(pattern, config) of BiFormer routing on the heads of ``qkv (B, H, W, 3C)``: :func:`route_topk_qkv`, then
-    the block tables on the device (no host sync). Arguments already checked by the caller."""
+    """(pattern, config) of BiFormer routing on the heads of ``qkv (B, H, W, 3C)``: the routes of
+    :func:`route_topk_qkv` in two launches (``routing_triton.route_topk_triton``: region means, affinity + top-k +
+    route rows), then the block tables on the device (no host sync). Arguments already checked by the caller."""
     b, hh, ww, c3 = qkv.shape
-    shape = (b, num_heads, hh, ww, c3 // (3 * num_heads))
-    return _routing_plan(shape, qkv.device, n_win, topk, lambda c: route_topk_qkv(qkv, n_win, topk, c), config)
+    cfg = config if config is not None else routing_config((b, num_heads, hh, ww, c3 // (3 * num_heads)),
+                                                           qkv.device, n_win)
+    layout = patterns.routing_layout(hh, ww, n_win, cfg.block_m, cfg.block_n, qkv.device)
+    return patterns.routing_pattern(layout, *route_topk_triton(qkv, n_win, topk)), cfg
 
 
 def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):
