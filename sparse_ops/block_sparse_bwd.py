@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv
 from .block_sparse_fwd import Config, _k_meta, _q_meta, _rows, _rpb_index, _scores, _table_strides
 
 __all__ = ['block_sparse_bwd']
@@ -197,7 +198,7 @@ def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, to
     """
     b, h, n, d = q.shape
     bm, bn = config.block_m, config.block_n
-    n_qb, n_kb = triton.cdiv(n, bm), triton.cdiv(n, bn)
+    n_qb, n_kb = cdiv(n, bm), cdiv(n, bn)
     lse = lse.contiguous()
     delta = torch.empty_like(lse)
     dummy = kv_num

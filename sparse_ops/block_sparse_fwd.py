@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv
+
 __all__ = ['Config', 'CONFIGS', 'INTERPRET_CONFIGS', 'SMALL_REGION_TOKENS', 'configs_for', 'default_config',
            'block_sparse_fwd']
 
@@ -305,7 +307,7 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
     else:
         o = torch.empty(q.shape, device=q.device, dtype=o_dtype or q.dtype)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
-    n_qb = triton.cdiv(n, config.block_m)
+    n_qb = cdiv(n, config.block_m)
     assert kv_num.shape[-1] == n_qb, (kv_num.shape, n_qb)
     s_numz, s_idxz, s_idxm = _table_strides(kv_num, kv_idx)
     dummy = kv_num

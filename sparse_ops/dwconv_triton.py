@@ -53,6 +53,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._host import cdiv, next_pow2
+
 __all__ = ['Config', 'default_config', 'dwconv_fwd', 'dwconv_dw', 'weight_grads', 'DepthwiseConv2dFunction',
            'depthwise_conv2d_nhwc']
 
@@ -79,10 +81,10 @@ class Config:
 def default_config(h: int, w: int, c: int) -> Config:
     """(Cached.) About 4K elements per tile: ``BLOCK_C = min(64, next_pow2(C))`` channels (>= 16), 8 x 8 pixels at
     C >= 64, wider tiles for fewer channels; tiles never exceed the map's (power-of-2-rounded) size."""
-    block_c = min(64, max(16, triton.next_power_of_2(c)))
+    block_c = min(64, max(16, next_pow2(c)))
     pixels = 4096 // block_c
-    tile_w = min(triton.next_power_of_2(w), 8 if pixels <= 64 else 16)
-    tile_h = min(triton.next_power_of_2(h), max(1, pixels // tile_w))
+    tile_w = min(next_pow2(w), 8 if pixels <= 64 else 16)
+    tile_h = min(next_pow2(h), max(1, pixels // tile_w))
     return Config(tile_h, tile_w, block_c, num_warps=4 if tile_h * tile_w * block_c <= 4096 else 8)
 
 
@@ -201,7 +203,7 @@ def _sm_count(device: torch.device) -> int:
 def _grid_dims(x: Tensor, cfg: Config) -> tuple[int, int, int]:
     """(n_th, n_tw, n_cblk) of a ``(B, H, W, C)`` map."""
     _, h, w, c = x.shape
-    return triton.cdiv(h, cfg.tile_h), triton.cdiv(w, cfg.tile_w), triton.cdiv(c, cfg.block_c)
+    return cdiv(h, cfg.tile_h), cdiv(w, cfg.tile_w), cdiv(c, cfg.block_c)
 
 
 def dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
@@ -234,13 +236,13 @@ def dwconv_dw(dy: Tensor, x: Tensor, k: int, config: Optional[Config] = None) ->
     if x.numel() == 0:
         return torch.zeros((k * k + 1, c), device=x.device, dtype=torch.float32)
     cfg = config or default_config(h, w, c)
-    taps_pad = triton.next_power_of_2(k * k + 1)
-    pix = min(triton.next_power_of_2(w), max(1, cfg.dw_elems // (taps_pad * cfg.block_c)))
-    n_cblk = triton.cdiv(c, cfg.block_c)
-    n_wg = triton.cdiv(w, pix)
+    taps_pad = next_pow2(k * k + 1)
+    pix = min(next_pow2(w), max(1, cfg.dw_elems // (taps_pad * cfg.block_c)))
+    n_cblk = cdiv(c, cfg.block_c)
+    n_wg = cdiv(w, pix)
     n_groups = bsz * h * n_wg
-    per_prog = triton.cdiv(n_groups, max(1, triton.cdiv(cfg.programs_per_sm * _sm_count(x.device), n_cblk)))
-    n_prog = triton.cdiv(n_groups, per_prog)
+    per_prog = cdiv(n_groups, max(1, cdiv(cfg.programs_per_sm * _sm_count(x.device), n_cblk)))
+    n_prog = cdiv(n_groups, per_prog)
     part = torch.empty((n_prog, k * k + 1, c), device=x.device, dtype=torch.float32)
     _dwconv_dw_kernel[(n_prog, n_cblk)](
         x, dy, part, h, w, c, n_wg, n_groups, per_prog, *x.stride()[:3], *dy.stride()[:3], part.stride(0),

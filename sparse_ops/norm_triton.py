@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._host import cdiv, next_pow2
+
 __all__ = ['layer_norm_triton', 'LayerNormFunction']
 
 
@@ -101,7 +103,7 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, n_tiles, stride_x,
 
 def _tiles(c: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_C, num_warps): ~4K elements per tile."""
-    block_c = triton.next_power_of_2(c)
+    block_c = next_pow2(c)
     block_r = max(1, min(64, 4096 // block_c))
     return block_r, block_c, 8 if block_r * block_c >= 4096 else 4
 
@@ -129,7 +131,7 @@ def layer_norm_fwd(x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     if m == 0:
         return y, mean, rstd, xhat
     block_r, block_c, warps = _tiles(c)
-    _ln_fwd_kernel[(triton.cdiv(m, block_r),)](
+    _ln_fwd_kernel[(cdiv(m, block_r),)](
         x2, weight if weight is not None else x2, bias if bias is not None else x2, y,
         xhat if xhat is not None else y, mean, rstd, m, c, eps, x2.stride(0), y.stride(0), HAS_W=weight is not None,
         HAS_B=bias is not None, SAVE_XHAT=save_xhat, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
@@ -147,7 +149,7 @@ def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tens
     if m == 0:
         return dx, torch.zeros((2, c), device=x2.device, dtype=torch.float32)
     block_r, block_c, warps = _tiles(c)
-    n_tiles = triton.cdiv(m, block_r)
+    n_tiles = cdiv(m, block_r)
     n_prog = _programs(x2.device, n_tiles)
     part = torch.empty((2, n_prog, c), device=x2.device, dtype=torch.float32)
     _ln_bwd_kernel[(n_prog,)](

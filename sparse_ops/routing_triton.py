@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_pow2
+
 __all__ = ['route_topk_triton', 'region_means_triton']
 
 _BLOCK_T = 16             # tokens per chunk of the region-means kernel
@@ -120,9 +122,9 @@ def _plan(h: int, w: int, n_win: int, c: int) -> tuple:
     """Launch constants for a ``(*, h, w, 3c)`` map: ``(ry, rx, R, means grid axis 1, route BLOCK_R, route BLOCK_C,
     route num_warps)``."""
     r = n_win * n_win
-    block_r = triton.next_power_of_2(r)
-    block_c = max(1, min(triton.next_power_of_2(c), _ROUTE_TILE // block_r))
-    return (-(-h // n_win), -(-w // n_win), r, triton.cdiv(2 * c, _BLOCK_C_MEANS), block_r, block_c,
+    block_r = next_pow2(r)
+    block_c = max(1, min(next_pow2(c), _ROUTE_TILE // block_r))
+    return (-(-h // n_win), -(-w // n_win), r, cdiv(2 * c, _BLOCK_C_MEANS), block_r, block_c,
             4 if block_r <= 1024 else 8)
 
 

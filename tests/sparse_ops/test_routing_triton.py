@@ -1,6 +1,7 @@
 """The two-launch Triton routing (``sparse_ops.routing_triton``) picks the same key-region sets as the PyTorch
 ``triton_api.route_topk_qkv`` and builds the same route matrix as ``patterns.routing_pattern``'s ``scatter_``,
-under ``TRITON_INTERPRET=1`` (set by conftest on CPU). Random normal data: no near-ties between affinities."""
+on ``DEV`` (CPU: under ``TRITON_INTERPRET=1``, set by conftest; the GPU box: compiled). Random normal data: no
+near-ties between affinities."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,18 @@ import torch
 
 from sparse_ops import patterns, triton_api
 from sparse_ops.routing_triton import region_means_triton, route_topk_triton
+
+DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+@pytest.fixture(autouse=True)
+def _tensors_on_dev():
+    """Every tensor a test makes lands on DEV."""
+    previous = torch.get_default_device()
+    torch.set_default_device(DEV)
+    yield
+    torch.set_default_device(previous)
+
 
 # (B, H, W, C, n_win, topk)
 SHAPES = [
@@ -24,7 +37,7 @@ SHAPES = [
 
 
 def _layout(h, w, n_win):
-    return patterns.routing_layout(h, w, n_win, 64, 64, 'cpu')
+    return patterns.routing_layout(h, w, n_win, 64, 64, DEV)
 
 
 def _torch_route(qkv, n_win, topk):
