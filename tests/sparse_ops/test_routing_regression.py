@@ -42,7 +42,7 @@ def _split(qkv, heads, d):
     return qkv.view(b, h, w, 3, heads, d).permute(3, 0, 4, 1, 2, 5).unbind(0)
 
 
-@pytest.mark.parametrize('which', ['triton', 'triton-qkv', 'twin'])
+@pytest.mark.parametrize('which', ['triton', 'triton-qkv', 'triton-kernels', 'twin'])
 def test_routing_ignores_autocast(which):
     """bf16 q, k: the routes under bf16 autocast equal the routes without it (affinity stays fp32)."""
     b, heads, d, h, w, n_win, topk = 2, 8, 32, 16, 21, 8, 16
@@ -57,6 +57,8 @@ def test_routing_ignores_autocast(which):
                 return triton_api.route_topk(q, k, n_win, topk, counts)
             if which == 'triton-qkv':
                 return triton_api.route_topk_qkv(qkv, n_win, topk, counts)
+            if which == 'triton-kernels':     # what the packed routing attention and the fused block call
+                return triton_api.route_topk_triton(qkv.contiguous(), n_win, topk)[0]
             return route_regions(q, k, n_win, topk)
         plain = route().sort(-1).values
         with torch.autocast('cpu', dtype=torch.bfloat16):
