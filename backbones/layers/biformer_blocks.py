@@ -117,13 +117,17 @@ class BiLevelRoutingAttention(nn.Module):
         self.lepe = Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.proj = Linear(dim, dim)
 
+    @property
+    def routed_topk(self) -> int:
+        """``topk`` clamped to the ``n_win ** 2`` regions there are."""
+        return min(self.topk, self.n_win * self.n_win)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
         c = x.shape[-1]
         qkv = self.qkv(x)
-        topk = min(self.topk, self.n_win * self.n_win)
         # heads concatenated head-major in the output, as the official
-        out = sparse_ops.qkv_attention(qkv, self.num_heads, 'routing', self.n_win, topk, scale=self.scale,
+        out = sparse_ops.qkv_attention(qkv, self.num_heads, 'routing', self.n_win, self.routed_topk, scale=self.scale,
                                        backend=self.backend)
         out = conv_add(self.lepe, qkv[..., 2 * c:], out, self.backend)
         return self.proj(out)
@@ -236,7 +240,7 @@ class BiFormerBlock(nn.Module):
         heads = self.attn.num_heads
         q_like = torch.empty((), dtype=low, device=x.device).expand(b, heads, h, w, c // heads)
         return sparse_ops.choose_backend(backend, q_like, 'routing', n_win=self.attn.n_win,
-                                         topk=min(self.attn.topk, self.attn.n_win ** 2)) == 'triton'
+                                         topk=self.attn.routed_topk) == 'triton'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""

@@ -190,8 +190,8 @@ def _spec(block, v1: float, v2: float) -> BlockSpec:
     spec = cache.get((v1, v2))
     if spec is None:
         attn = block.attn
-        spec = cache[(v1, v2)] = BlockSpec(attn.num_heads, attn.n_win, min(attn.topk, attn.n_win * attn.n_win),
-                                           attn.scale, block.norm1.eps, block.norm2.eps, v1, v2)
+        spec = cache[(v1, v2)] = BlockSpec(attn.num_heads, attn.n_win, attn.routed_topk, attn.scale,
+                                           block.norm1.eps, block.norm2.eps, v1, v2)
     return spec
 
 
