@@ -138,11 +138,12 @@ def layer_norm_fwd(x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     return y, mean, rstd, xhat
 
 
-def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
                    dx_dtype: Optional[torch.dtype] = None, x_is_xhat: bool = False,
                    residual: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """dy2, x2 ``(M, C)`` -> dx ``(M, C)`` (``dx_dtype``, default x2's) and the fp32 sums ``(2, C)``: (dweight,
-    dbias). ``x_is_xhat``: x2 is the saved normalised input (``layer_norm_fwd(save_xhat=True)``). ``residual``
+    dbias). ``x_is_xhat``: x2 is the saved normalised input (``layer_norm_fwd(save_xhat=True)``; ``mean`` may then
+    be None: the kernel does not read it). ``residual``
     ``(M, C)`` (unit column stride): added to dx in the kernel (the residual stream's own gradient)."""
     m, c = x2.shape
     dx = torch.empty((m, c), device=x2.device, dtype=dx_dtype or x2.dtype)
@@ -153,10 +154,10 @@ def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Tens
     n_prog = _programs(x2.device, n_tiles)
     part = torch.empty((2, n_prog, c), device=x2.device, dtype=torch.float32)
     _ln_bwd_kernel[(n_prog,)](
-        x2, weight if weight is not None else x2, dy2, dx, mean, rstd, part, residual if residual is not None else dy2,
-        m, c, n_tiles, x2.stride(0), dy2.stride(0), dx.stride(0), part.stride(0),
-        residual.stride(0) if residual is not None else 0, HAS_W=weight is not None, X_IS_XHAT=x_is_xhat,
-        HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+        x2, weight if weight is not None else x2, dy2, dx, mean if mean is not None else rstd, rstd, part,
+        residual if residual is not None else dy2, m, c, n_tiles, x2.stride(0), dy2.stride(0), dx.stride(0),
+        part.stride(0), residual.stride(0) if residual is not None else 0, HAS_W=weight is not None,
+        X_IS_XHAT=x_is_xhat, HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
     return dx, part.sum(1)
 
 
@@ -184,8 +185,7 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, weight, mean, rstd = ctx.saved_tensors
-        # with xhat saved the kernel never reads the means: rstd stands in for the pointer
-        dx, sums = layer_norm_bwd(_rows(dy), x2, weight, rstd if mean is None else mean, rstd, ctx.x_dtype,
+        dx, sums = layer_norm_bwd(_rows(dy), x2, weight, mean, rstd, ctx.x_dtype,
                                   ctx.save_xhat)
         dw = sums[0].to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = sums[1].to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None

@@ -112,8 +112,8 @@ class FusedRoutingBlock(torch.autograd.Function):
                               mlp if need_s2 else None, s1, s2, pos_w, n1_w, qkv_w, lepe_w, proj_w, n2_w, fc1_w,
                               fc2_w)
         ctx.spec, ctx.pattern, ctx.cfg, ctx.save_xhat = spec, pattern, cfg, save_xhat
-        ctx.bias_dtypes = tuple(t.dtype if t is not None else None
-                                for t in (pos_b, n1_b, qkv_b, lepe_b, proj_b, n2_b, fc1_b, fc2_b))
+        biases = (pos_b, n1_b, qkv_b, lepe_b, proj_b, n2_b, fc1_b, fc2_b)
+        ctx.bias_dtypes = {at: t.dtype for at, t in zip(range(5, 20, 2), biases) if t is not None}  # by grad index
         return out
 
     @staticmethod
@@ -134,17 +134,17 @@ class FusedRoutingBlock(torch.autograd.Function):
             """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
             if need[w_at]:
                 grads[w_at] = dy.t() @ inp
-            if need[b_at] and bias_dt[(b_at - 5) // 2] is not None:
+            if need[b_at] and b_at in bias_dt:
                 grads[b_at] = dy.sum(0)
             return dy @ weight
 
         def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad):
-            dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean if mean is not None else rstd, rstd,
-                                           residual_grad.dtype, ctx.save_xhat, residual_grad.view(m, c))
+            dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, ctx.save_xhat,
+                                           residual_grad.view(m, c))
             if need[w_at]:
                 grads[w_at] = sums[0].to(weight.dtype)
-            if need[w_at + 1] and bias_dt[(w_at - 4) // 2] is not None:
-                grads[w_at + 1] = sums[1].to(bias_dt[(w_at - 4) // 2])
+            if need[w_at + 1] and w_at + 1 in bias_dt:
+                grads[w_at + 1] = sums[1].to(bias_dt[w_at + 1])
             return dx.view(residual_grad.shape)
 
         def conv_weight_grads(dy, inp, weight, w_at):
@@ -153,8 +153,8 @@ class FusedRoutingBlock(torch.autograd.Function):
                 dweight, dbias = dw.weight_grads(dw.dwconv_dw(dy, inp, k), k, weight.dtype)
                 if need[w_at]:
                     grads[w_at] = dweight
-                if need[w_at + 1] and bias_dt[(w_at - 4) // 2] is not None:
-                    grads[w_at + 1] = dbias.to(bias_dt[(w_at - 4) // 2])
+                if need[w_at + 1] and w_at + 1 in bias_dt:
+                    grads[w_at + 1] = dbias.to(bias_dt[w_at + 1])
 
         # MLP branch: out = x2 + s2 * mlp
         if s2 is not None and need[3]:
