@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
-from .layers.biformer_blocks import GLOBAL, BiFormerBlock, LayerNorm2d, biformer_downsample, biformer_stem
+from .layers.biformer_blocks import (GLOBAL, BiFormerBlock, BiLevelRoutingAttention, LayerNorm2d, biformer_downsample,
+                                     biformer_stem)
+from .layers.block_graphs import BlockGraphs, GraphPool
 
 __all__ = ['BiFormer']
 
@@ -94,6 +96,9 @@ class BiFormer(SparseBackbone):
             official: Mask R-CNN / RetinaNet B 0.3, UperNet S 0.3 / B 0.4, Semantic FPN S 0.15).
         norm_cfg: norm of the stem and downsamplers (official: BN; the official mmseg wrapper uses SyncBN).
         attn_backend: ``sparse_ops`` backend for the routing attention (``None`` = auto).
+        cuda_graphs: on the fused Triton path, replay each routing block's kernels as CUDA graphs once its input
+            signature repeats (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes
+            run eagerly). Off with ``with_cp``.
         in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``
             (stage i = its downsampler, its blocks and ``norm{i}``; the stem is ``downsample_layers.0``).
             The official mmdet wrapper defaults to ``norm_eval=True``.
@@ -103,7 +108,8 @@ class BiFormer(SparseBackbone):
                  out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, drop_path_rate: float = 0.2, n_win: int = 16,
                  topks: Sequence[int | str] = (1, 4, 16, GLOBAL), norm_cfg: dict | None = None,
-                 attn_backend: str | None = None, init_cfg: dict | list[dict] | None = None) -> None:
+                 attn_backend: str | None = None, cuda_graphs: bool = True,
+                 init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(num_stages=NUM_STAGES, in_channels=in_channels, out_indices=out_indices,
                          frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
         self.arch = resolve_arch(arch, ARCH_PRESETS, defaults=_COMMON)
@@ -131,8 +137,18 @@ class BiFormer(SparseBackbone):
                 for j in range(depths[i])]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
+        self.cuda_graphs = bool(cuda_graphs) and not with_cp
+        if self.cuda_graphs:
+            self._attach_graphs(GraphPool())
         self.apply(_official_init)
         self._freeze_stages()
+
+    def _attach_graphs(self, pool: GraphPool) -> None:
+        """Give every routing block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
+        for i, stage in enumerate(self.stages):
+            routed = [blk for blk in stage if isinstance(blk.attn, BiLevelRoutingAttention)]
+            for j, blk in enumerate(routed):
+                blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(routed) - 1)
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.downsample_layers[0]]

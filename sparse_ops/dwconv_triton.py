@@ -208,13 +208,13 @@ def _grid_dims(x: Tensor, cfg: Config) -> tuple[int, int, int]:
 
 def dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
                out_dtype: Optional[torch.dtype] = None, flip: bool = False,
-               config: Optional[Config] = None) -> Tensor:
+               config: Optional[Config] = None, out: Optional[Tensor] = None) -> Tensor:
     """x ``(B, H, W, C)`` (channel stride 1), weight ``(C, 1, k, k)``, bias ``(C,)`` / None, residual
-    ``(B, H, W, C)`` / None -> y contiguous ``(B, H, W, C)`` in ``out_dtype`` (default x's dtype). ``flip``
-    mirrors the taps (dx of the conv from dy)."""
+    ``(B, H, W, C)`` / None -> y contiguous ``(B, H, W, C)`` in ``out_dtype`` (default x's dtype), written into
+    ``out`` when given (contiguous, that shape and dtype). ``flip`` mirrors the taps (dx of the conv from dy)."""
     bsz, h, w, c = x.shape
     k = weight.shape[-1]
-    y = torch.empty((bsz, h, w, c), device=x.device, dtype=out_dtype or x.dtype)
+    y = torch.empty((bsz, h, w, c), device=x.device, dtype=out_dtype or x.dtype) if out is None else out
     if y.numel() == 0:
         return y
     cfg = config or default_config(h, w, c)

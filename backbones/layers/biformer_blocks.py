@@ -213,6 +213,9 @@ class BiFormerBlock(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
+    graphs = None
+    """The block's :class:`~.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
+
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether this call runs as one :class:`~.biformer_fused.FusedRoutingBlock` node: a routing block on the
         Triton path (CUDA with backend None, or backend 'triton'), not compiling, with the Linear / conv weights in

@@ -14,6 +14,9 @@ math), the LCE adds its conv to the fp32 attention output before the one roundin
 pos-embed conv's input gradient is added to the residual gradient in fp32 without a round trip through the low
 dtype.
 
+Once a block's input signature repeats, ``layers.block_graphs`` replays these kernels as CUDA graphs (the
+``graphs`` argument; ``forward_math`` / ``backward_math`` are what it captures).
+
 Shapes: x ``(B, H, W, C)`` (channel stride 1), fp32 residual stream (or the low dtype itself without autocast);
 weights as the modules hold them (``Linear`` ``(out, in)``, depthwise ``(C, 1, k, k)``), the Linear / conv ones
 in the low dtype ``L`` (``layers.linear.cast_linear_weights``), the norms' in fp32; returns ``(B, H, W, C)`` like x.
@@ -70,118 +73,172 @@ def _factor_grad(t: torch.Tensor, y: torch.Tensor, s: torch.Tensor, value: float
     return g.sum_to_size(s.shape)
 
 
+def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None, copy_input=False):
+    """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors and ``aux`` the rest
+    that :func:`backward_math` needs. ``out`` (optional): the ``(B, H, W, C)`` buffer to write the result into;
+    ``copy_input``: save a copy of x even where x is already in the low dtype (x is a reused buffer)."""
+    (pos_w, pos_b, n1_w, n1_b, qkv_w, qkv_b, lepe_w, lepe_b, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
+     fc2_b) = params
+    norm, dw, api, fwd, _, split = _kernels()
+    low = qkv_w.dtype
+    b, h, w, c = x.shape
+    m = b * h * w
+    xl = x.to(low, copy=copy_input)
+    x1 = dw.dwconv_fwd(xl, pos_w, pos_b, x, x.dtype)                       # x + pos(x), (B, H, W, C)
+    save_xhat = low.itemsize < x.dtype.itemsize
+    y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x1.view(m, c), n1_w, n1_b, spec.eps1, low, save_xhat)
+    qkv = F.linear(y1, qkv_w, qkv_b).view(b, h, w, 3 * c)
+    pattern, cfg = api.routing_qkv_plan(qkv, spec.num_heads, spec.n_win, spec.topk)
+    o_fp32 = low != torch.float32
+    p = pattern
+    o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
+                 spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if o_fp32 else None, heads_last=True)
+    v = qkv[..., 2 * c:]
+    # attn + lce(v), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
+    a = dw.dwconv_fwd(v, lepe_w, lepe_b, o.transpose(1, 2).view(b, h, w, c), low)
+    y = F.linear(a.view(m, c), proj_w, proj_b).view(b, h, w, c)
+    x2 = x1 + y if s1 is None else torch.addcmul(x1, y, s1, value=spec.value1)
+    y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
+    u = F.linear(y2, fc1_w, fc1_b)
+    mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, h, w, c)
+    if out is None:
+        out = x2 + mlp if s2 is None else torch.addcmul(x2, mlp, s2, value=spec.value2)
+    elif s2 is None:
+        torch.add(x2, mlp, out=out)
+    else:
+        torch.addcmul(x2, mlp, s2, value=spec.value2, out=out)
+
+    ln1 = (xhat1, None) if save_xhat else (x1.view(m, c), mean1)
+    ln2 = (xhat2, None) if save_xhat else (x2.view(m, c), mean2)
+    # the norms' outputs y1, y2 are not kept: the backward recomputes them from xhat (or x, mean, rstd)
+    saved = (xl, *ln1, rstd1, qkv, o, lse, a, y if need_s1 else None, *ln2, rstd2, u,
+             mlp if need_s2 else None, s1, s2, pos_w, n1_w, n1_b, qkv_w, lepe_w, proj_w, n2_w, n2_b, fc1_w, fc2_w)
+    biases = (pos_b, n1_b, qkv_b, lepe_b, proj_b, n2_b, fc1_b, fc2_b)
+    bias_dtypes = {at: t.dtype for at, t in zip(range(5, 20, 2), biases) if t is not None}  # by grad index
+    return out, saved, (pattern, cfg, save_xhat, bias_dtypes)
+
+
+def backward_math(spec: BlockSpec, need, saved, aux, dout, dx_out=None) -> list:
+    """The block's backward on the kernels from :func:`forward_math`'s ``saved`` / ``aux``: the 20 gradients of
+    ``FusedRoutingBlock.apply``'s tensor arguments (None where ``need`` is False). ``dx_out`` (optional): the
+    buffer to write the input gradient into."""
+    (xl, ln1_x, mean1, rstd1, qkv, o, lse, a, y, ln2_x, mean2, rstd2, u, mlp, s1, s2,
+     pos_w, n1_w, n1_b, qkv_w, lepe_w, proj_w, n2_w, n2_b, fc1_w, fc2_w) = saved
+    p, cfg, save_xhat, bias_dt = aux
+    norm, dw, _, _, bwd, split = _kernels()
+    low = qkv_w.dtype
+    b, h, w, c = xl.shape
+    m = b * h * w
+    dout = dout.contiguous()
+    grads = [None] * 20
+
+    def linear_grads(dy, inp, weight, w_at, b_at):
+        """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
+        if need[w_at]:
+            grads[w_at] = dy.t() @ inp
+        if need[b_at] and b_at in bias_dt:
+            grads[b_at] = dy.sum(0)
+        return dy @ weight
+
+    def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad):
+        dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, save_xhat,
+                                       residual_grad.view(m, c))
+        if need[w_at]:
+            grads[w_at] = sums[0].to(weight.dtype)
+        if need[w_at + 1] and w_at + 1 in bias_dt:
+            grads[w_at + 1] = sums[1].to(bias_dt[w_at + 1])
+        return dx.view(residual_grad.shape)
+
+    def conv_weight_grads(dy, inp, weight, w_at):
+        if need[w_at] or need[w_at + 1]:
+            k = weight.shape[-1]
+            dweight, dbias = dw.weight_grads(dw.dwconv_dw(dy, inp, k), k, weight.dtype)
+            if need[w_at]:
+                grads[w_at] = dweight
+            if need[w_at + 1] and w_at + 1 in bias_dt:
+                grads[w_at + 1] = dbias.to(bias_dt[w_at + 1])
+
+    # MLP branch: out = x2 + s2 * mlp
+    if s2 is not None and need[3]:
+        grads[3] = _factor_grad(dout, mlp, s2, spec.value2)
+    dmlp = _branch(dout, s2, spec.value2).to(low).view(m, c)
+    dg = linear_grads(dmlp, F.gelu(u), fc2_w, 18, 19)
+    du = torch.ops.aten.gelu_backward(dg, u)
+    dy2 = linear_grads(du, _norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat), fc1_w, 16, 17)
+    dx2 = norm_grads(dy2, ln2_x, n2_w, mean2, rstd2, 14, dout)              # (B, H, W, C) like x
+    # attention branch: x2 = x1 + s1 * proj(attn(qkv) + lce(v))
+    if s1 is not None and need[2]:
+        grads[2] = _factor_grad(dx2, y, s1, spec.value1)
+    dy = _branch(dx2, s1, spec.value1).to(low).view(m, c)
+    da = linear_grads(dy, a.view(m, c), proj_w, 12, 13).view(b, h, w, c)
+    dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
+    do = da.view(b, h * w, spec.num_heads, c // spec.num_heads).transpose(1, 2)
+    bwd(do, *split(qkv, spec.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
+        None, p.rows, spec.scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, spec.num_heads))
+    dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
+    conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
+    dy1 = linear_grads(dqkv.view(m, 3 * c), _norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat), qkv_w, 8, 9)
+    dx1 = norm_grads(dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
+    # pos embed: x1 = x + pos(x)
+    conv_weight_grads(dx1, xl, pos_w, 4)
+    if need[0]:
+        grads[0] = dw.dwconv_fwd(dx1, pos_w, None, dx1, dx1.dtype, flip=True, out=dx_out)
+    return grads
+
+
+def _norm_out(x_or_xhat, mean, rstd, weight, bias, low: torch.dtype, save_xhat: bool) -> torch.Tensor:
+    """A norm's output ``(M, C)`` in ``low``, recomputed from what its backward keeps: the normalised rows
+    (``save_xhat``, in ``low``) or the rows with their fp32 mean and rstd. Keeping it instead cost two of the
+    block's ~28 bytes per token and channel."""
+    xhat = x_or_xhat if save_xhat else (x_or_xhat - mean[:, None]) * rstd[:, None]
+    out = xhat * weight if bias is None else torch.addcmul(bias, xhat, weight)
+    return out.to(low)
+
+
 class FusedRoutingBlock(torch.autograd.Function):
     """``apply(x, spec, s1, s2, pos_w, pos_b, n1_w, n1_b, qkv_w, qkv_b, lepe_w, lepe_b, proj_w, proj_b, n2_w, n2_b,
-    fc1_w, fc1_b, fc2_w, fc2_b) -> (B, H, W, C)``: a BiFormer routing block (module docstring).
+    fc1_w, fc1_b, fc2_w, fc2_b, graphs, grad) -> (B, H, W, C)``: a BiFormer routing block (module docstring).
 
     ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None, layer scale ``(C,)``
-    or the stochastic-depth mask ``(B, 1, 1, 1)`` times it), applied with ``spec.value1`` / ``value2``."""
+    or the stochastic-depth mask ``(B, 1, 1, 1)`` times it), applied with ``spec.value1`` / ``value2``.
+    ``graphs``: the block's :class:`~.block_graphs.BlockGraphs` (replays the kernels as CUDA graphs once the
+    call signature repeats) or None; ``grad``: whether autograd records the call (``torch.is_grad_enabled()``
+    outside the Function)."""
 
     @staticmethod
-    def forward(ctx, x, spec, s1, s2, pos_w, pos_b, n1_w, n1_b, qkv_w, qkv_b, lepe_w, lepe_b, proj_w, proj_b,
-                n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b):
-        norm, dw, api, fwd, _, split = _kernels()
-        low = qkv_w.dtype
-        b, h, w, c = x.shape
-        m = b * h * w
-        xl = x.to(low)
-        x1 = dw.dwconv_fwd(xl, pos_w, pos_b, x, x.dtype)                       # x + pos(x), (B, H, W, C)
-        save_xhat = low.itemsize < x.dtype.itemsize
-        y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x1.view(m, c), n1_w, n1_b, spec.eps1, low, save_xhat)
-        qkv = F.linear(y1, qkv_w, qkv_b).view(b, h, w, 3 * c)
-        pattern, cfg = api.routing_qkv_plan(qkv, spec.num_heads, spec.n_win, spec.topk)
-        o_fp32 = low != torch.float32
-        p = pattern
-        o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
-                     spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if o_fp32 else None, heads_last=True)
-        v = qkv[..., 2 * c:]
-        # attn + lce(v), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
-        a = dw.dwconv_fwd(v, lepe_w, lepe_b, o.transpose(1, 2).view(b, h, w, c), low)
-        y = F.linear(a.view(m, c), proj_w, proj_b).view(b, h, w, c)
-        x2 = x1 + y if s1 is None else torch.addcmul(x1, y, s1, value=spec.value1)
-        y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
-        u = F.linear(y2, fc1_w, fc1_b)
-        mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, h, w, c)
-        out = x2 + mlp if s2 is None else torch.addcmul(x2, mlp, s2, value=spec.value2)
+    def forward(ctx, x, spec, s1, s2, *rest):
+        *params, graphs, grad = rest
+        need = ctx.needs_input_grad[:20]
+        need_s1 = s1 is not None and need[2]
+        need_s2 = s2 is not None and need[3]
+        if graphs is not None:
+            def fwd(xs, weights, factors, out, copy_input):
+                return forward_math(xs, spec, *factors, weights, need_s1, need_s2, out, copy_input)
 
-        need_s1 = s1 is not None and ctx.needs_input_grad[2]
-        need_s2 = s2 is not None and ctx.needs_input_grad[3]
-        ln1 = (xhat1, None) if save_xhat else (x1.view(m, c), mean1)
-        ln2 = (xhat2, None) if save_xhat else (x2.view(m, c), mean2)
-        ctx.save_for_backward(xl, *ln1, rstd1, y1, qkv, o, lse, a, y if need_s1 else None, *ln2, rstd2, y2, u,
-                              mlp if need_s2 else None, s1, s2, pos_w, n1_w, qkv_w, lepe_w, proj_w, n2_w, fc1_w,
-                              fc2_w)
-        ctx.spec, ctx.pattern, ctx.cfg, ctx.save_xhat = spec, pattern, cfg, save_xhat
-        biases = (pos_b, n1_b, qkv_b, lepe_b, proj_b, n2_b, fc1_b, fc2_b)
-        ctx.bias_dtypes = {at: t.dtype for at, t in zip(range(5, 20, 2), biases) if t is not None}  # by grad index
+            def bwd(saved, aux, dout, dx_out):
+                return backward_math(spec, need, saved, aux, dout, dx_out)
+
+            out_dtype = torch.promote_types(x.dtype, params[4].dtype)    # x + branches (eager's promotion)
+            for s in (s1, s2):
+                out_dtype = out_dtype if s is None else torch.promote_types(out_dtype, s.dtype)
+            run = graphs.forward(x, params, (s1, s2), (spec, need), grad and any(need), out_dtype, fwd, bwd)
+            if run is not None:                 # replayed (or captured) graph: run.out is the graph's buffer
+                ctx.replay = run
+                return run.attach(ctx)
+        if x.stride(-1) != 1:                   # a stage's first block: the downsampler's NCHW map
+            x = x.contiguous()
+        # x may be a graph's ring buffer, reused by the next replay: save a copy even where no cast makes one
+        out, saved, aux = forward_math(x, spec, s1, s2, params, need_s1, need_s2, copy_input=graphs is not None)
+        ctx.save_for_backward(*saved)
+        ctx.spec, ctx.aux, ctx.replay = spec, aux, None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        (xl, ln1_x, mean1, rstd1, y1, qkv, o, lse, a, y, ln2_x, mean2, rstd2, y2, u, mlp, s1, s2,
-         pos_w, n1_w, qkv_w, lepe_w, proj_w, n2_w, fc1_w, fc2_w) = ctx.saved_tensors
-        norm, dw, _, _, bwd, split = _kernels()
-        spec, p = ctx.spec, ctx.pattern
-        need = ctx.needs_input_grad
-        low = qkv_w.dtype
-        b, h, w, c = xl.shape
-        m = b * h * w
-        dout = dout.contiguous()
-        bias_dt = ctx.bias_dtypes
-        grads = [None] * 20
-
-        def linear_grads(dy, inp, weight, w_at, b_at):
-            """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
-            if need[w_at]:
-                grads[w_at] = dy.t() @ inp
-            if need[b_at] and b_at in bias_dt:
-                grads[b_at] = dy.sum(0)
-            return dy @ weight
-
-        def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad):
-            dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, ctx.save_xhat,
-                                           residual_grad.view(m, c))
-            if need[w_at]:
-                grads[w_at] = sums[0].to(weight.dtype)
-            if need[w_at + 1] and w_at + 1 in bias_dt:
-                grads[w_at + 1] = sums[1].to(bias_dt[w_at + 1])
-            return dx.view(residual_grad.shape)
-
-        def conv_weight_grads(dy, inp, weight, w_at):
-            if need[w_at] or need[w_at + 1]:
-                k = weight.shape[-1]
-                dweight, dbias = dw.weight_grads(dw.dwconv_dw(dy, inp, k), k, weight.dtype)
-                if need[w_at]:
-                    grads[w_at] = dweight
-                if need[w_at + 1] and w_at + 1 in bias_dt:
-                    grads[w_at + 1] = dbias.to(bias_dt[w_at + 1])
-
-        # MLP branch: out = x2 + s2 * mlp
-        if s2 is not None and need[3]:
-            grads[3] = _factor_grad(dout, mlp, s2, spec.value2)
-        dmlp = _branch(dout, s2, spec.value2).to(low).view(m, c)
-        dg = linear_grads(dmlp, F.gelu(u), fc2_w, 18, 19)
-        du = torch.ops.aten.gelu_backward(dg, u)
-        dy2 = linear_grads(du, y2, fc1_w, 16, 17)
-        dx2 = norm_grads(dy2, ln2_x, n2_w, mean2, rstd2, 14, dout)              # (B, H, W, C) like x
-        # attention branch: x2 = x1 + s1 * proj(attn(qkv) + lce(v))
-        if s1 is not None and need[2]:
-            grads[2] = _factor_grad(dx2, y, s1, spec.value1)
-        dy = _branch(dx2, s1, spec.value1).to(low).view(m, c)
-        da = linear_grads(dy, a.view(m, c), proj_w, 12, 13).view(b, h, w, c)
-        dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
-        do = da.view(b, h * w, spec.num_heads, c // spec.num_heads).transpose(1, 2)
-        bwd(do, *split(qkv, spec.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
-            None, p.rows, spec.scale, p.mask_mode, p.n_groups, ctx.cfg, out=split(dqkv, spec.num_heads))
-        dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
-        conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
-        dy1 = linear_grads(dqkv.view(m, 3 * c), y1, qkv_w, 8, 9)
-        dx1 = norm_grads(dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
-        # pos embed: x1 = x + pos(x)
-        conv_weight_grads(dx1, xl, pos_w, 4)
-        if need[0]:
-            grads[0] = dw.dwconv_fwd(dx1, pos_w, None, dx1, dx1.dtype, flip=True)
-        return tuple(grads)
+        if ctx.replay is not None:
+            return (*ctx.replay.backward(dout), None, None)
+        grads = backward_math(ctx.spec, ctx.needs_input_grad, ctx.saved_tensors, ctx.aux, dout)
+        return (*grads, None, None)
 
 
 def _spec(block, v1: float, v2: float) -> BlockSpec:
@@ -209,8 +266,7 @@ def _params(block) -> list:
 def fused_block(block, x: torch.Tensor) -> torch.Tensor:
     """``block`` (a ``BiFormerBlock`` with routing attention) on the channels-last map x ``(B, H, W, C)`` through
     :class:`FusedRoutingBlock`; the caller has checked that it applies (``BiFormerBlock._fused``)."""
-    if x.stride(-1) != 1:                       # a stage's first block: the downsampler's NCHW map
-        x = x.contiguous()
     s1, v1 = block.drop_path.factor(x, block.gamma1)
     s2, v2 = block.drop_path.factor(x, block.gamma2)
-    return FusedRoutingBlock.apply(x, _spec(block, v1, v2), s1, s2, *_params(block))
+    return FusedRoutingBlock.apply(x, _spec(block, v1, v2), s1, s2, *_params(block), block.graphs,
+                                   torch.is_grad_enabled())
