@@ -17,9 +17,9 @@ How (``BlockGraphs``: one per block; ``GraphPool``: one per backbone):
   own buffers before each replay (one ``_foreach_copy_``).
 - Maps pass between the blocks of a stage through two ring buffers: block j reads its input from ring[(j + 1) % 2]
   and writes its output into ring[j % 2] (the backward likewise with gradients, through the same buffers), so a
-  chain of replays needs no copies; a map from elsewhere (the stage's input, a gradient summed over two consumers) is copied
-  in. The stage's last block writes its output into a buffer of its own: the stage's norm and downsampler keep it
-  for their backward.
+  chain of replays needs no copies; a map from elsewhere (the stage's input, a gradient summed over two consumers)
+  is copied in. The stage's last block writes its output into a buffer of its own: the stage's norm and
+  downsampler keep it for their backward.
 - All graphs of a backbone share one memory pool and are captured in the order they first run (forward blocks in
   order, then the backward in reverse), so memory that one graph frees is reused by the graphs captured after it,
   as eager mode reuses it. That reuse is safe while graphs replay in that order, so a graph is replayed only when
@@ -131,7 +131,10 @@ class GraphPool:
         current = torch.cuda.current_stream(device)
         stream.wait_stream(current)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(stream):
+        autocast = torch.is_autocast_enabled('cuda')
+        # autocast's cast cache must not hand tensors of the capture to later eager ops (PyTorch's rule for capture)
+        with torch.cuda.stream(stream), torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'),
+                                                       enabled=autocast, cache_enabled=False):
             graph.capture_begin(pool=self._handle, capture_error_mode='thread_local')
             try:
                 result = fn()
@@ -274,7 +277,7 @@ class BlockGraphs:
         try:
             entry.graph, (entry.out, entry.saved, entry.aux) = pool.capture(
                 lambda: fwd(x_static, inputs, static_copied, out_buf, True), x.device)
-        except RuntimeError as error:
+        except Exception as error:          # noqa: BLE001 (a real bug fails again in the eager call that follows)
             pool.disable(error)
             return None
         entry.graph.replay()
@@ -295,7 +298,7 @@ class BlockGraphs:
                 entry.bwd_seq = pool.next_seq()
                 entry.bwd_graph, entry.grads = pool.capture(
                     lambda: entry.bwd(entry.saved, entry.aux, entry.dout_static, entry.dx_buf), dout.device)
-            except RuntimeError as error:
+            except Exception as error:      # noqa: BLE001
                 pool.disable(error)
                 return entry.bwd(entry.saved, entry.aux, dout, None)
         elif entry.bwd_graph is None or entry.dropped or pool.busy(entry.bwd_seq):
