@@ -153,15 +153,13 @@ class GraphPool:
         warnings.warn(f'CUDA graph capture of a block failed, running eagerly from now on: {error!r}', stacklevel=3)
 
 
-
-
 class _Entry:
     """One captured signature of a block: its graphs, buffers and saved tensors."""
 
-    def __init__(self, key, seq, copied_idx, copied_dst, x_static, out_buf, dout_static, dx_buf, bwd):
+    def __init__(self, key, seq, copied_idx, copied_dst, rings, x_static, dout_static, dx_buf, bwd):
         self.key, self.seq, self.copied_idx, self.copied_dst = key, seq, copied_idx, copied_dst
-        self.x_static, self.out_buf, self.dout_static, self.dx_buf, self.bwd = (
-            x_static, out_buf, dout_static, dx_buf, bwd)
+        self.rings = rings                  # the pool keeps rings only while an entry uses them
+        self.x_static, self.dout_static, self.dx_buf, self.bwd = x_static, dout_static, dx_buf, bwd
         self.graph = self.saved = self.aux = self.out = None
         self.bwd_graph = self.bwd_seq = self.grads = None
         self.gen = 0
@@ -268,8 +266,7 @@ class BlockGraphs:
             dout_static, dx_buf = rings[1].bufs[(self.index + 1) % 2], rings[0].bufs[self.index % 2]
         copied_idx = [i for i, t in enumerate(copied) if t is not None]
         copied_dst = [copied[i].clone() for i in copied_idx]
-        entry = _Entry(key, pool.next_seq(), copied_idx, copied_dst, x_static, out_buf, dout_static, dx_buf, bwd)
-        entry.rings = rings                 # the pool keeps rings only while an entry uses them
+        entry = _Entry(key, pool.next_seq(), copied_idx, copied_dst, rings, x_static, dout_static, dx_buf, bwd)
         static_copied = list(copied)
         for i, t in zip(copied_idx, copied_dst):
             static_copied[i] = t
