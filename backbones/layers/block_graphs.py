@@ -153,6 +153,12 @@ class GraphPool:
         warnings.warn(f'CUDA graph capture of a block failed, running eagerly from now on: {error!r}', stacklevel=3)
 
 
+def _copy_unless_same(buf: torch.Tensor, t: torch.Tensor) -> None:
+    """Copy t into the graph buffer ``buf`` unless t is that buffer already (a ring handed on by the previous block)."""
+    if t.data_ptr() != buf.data_ptr() or t.stride() != buf.stride():
+        buf.copy_(t)
+
+
 class _Entry:
     """One captured signature of a block: its graphs, buffers and saved tensors."""
 
@@ -166,9 +172,7 @@ class _Entry:
         self.dropped = False
 
     def load(self, x: torch.Tensor, copied) -> None:
-        xs = self.x_static
-        if x.data_ptr() != xs.data_ptr() or x.stride() != xs.stride():
-            xs.copy_(x)
+        _copy_unless_same(self.x_static, x)
         if self.copied_idx:
             torch._foreach_copy_(self.copied_dst, [copied[i] for i in self.copied_idx])
 
@@ -288,9 +292,11 @@ class BlockGraphs:
             raise RuntimeError('the CUDA-graph buffers of a block were overwritten before its backward; this should '
                                'not happen (see backbones/layers/block_graphs.py); build the backbone with '
                                'cuda_graphs=False to work around it')
-        if entry.bwd_graph is None and pool.enabled and not entry.dropped:
-            if entry.dout_static.data_ptr() != dout.data_ptr() or entry.dout_static.stride() != dout.stride():
-                entry.dout_static.copy_(dout)
+        capture = entry.bwd_graph is None and pool.enabled and not entry.dropped
+        if not capture and (entry.bwd_graph is None or entry.dropped or pool.busy(entry.bwd_seq)):
+            return entry.bwd(entry.saved, entry.aux, dout, None)
+        _copy_unless_same(entry.dout_static, dout)
+        if capture:
             try:
                 entry.bwd_seq = pool.next_seq()
                 entry.bwd_graph, entry.grads = pool.capture(
@@ -298,9 +304,5 @@ class BlockGraphs:
             except Exception as error:      # noqa: BLE001
                 pool.disable(error)
                 return entry.bwd(entry.saved, entry.aux, dout, None)
-        elif entry.bwd_graph is None or entry.dropped or pool.busy(entry.bwd_seq):
-            return entry.bwd(entry.saved, entry.aux, dout, None)
-        elif entry.dout_static.data_ptr() != dout.data_ptr() or entry.dout_static.stride() != dout.stride():
-            entry.dout_static.copy_(dout)
         entry.bwd_graph.replay()
         return entry.grads
