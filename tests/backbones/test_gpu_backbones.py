@@ -1,23 +1,32 @@
 """GPU checks of whole backbones at real shapes (skipped without CUDA).
 
-- The Triton path equals the twin path: with bf16 autocast, |triton - fp32 twin| <= 2 |bf16 twin - fp32 twin|
-  (+ a small floor) for every output and every parameter gradient. BiFormer's top-k routing is discontinuous: two
-  runs whose inputs differ by rounding noise can route a few query regions differently at near-ties, which is a
-  large local change that says nothing about the attention kernels. So the routes of the fp32 reference run are
-  recorded and replayed in both bf16 runs (``_PinnedRoutes``); the kernels are then compared on the same pattern.
+- The Triton path equals the twin path, in two parts:
+  - fp32, with tf32 off in PyTorch and in the Triton kernels (``TRITON_F32_DEFAULT=ieee``, in a child process):
+    the same function, every output and parameter gradient to 1e-4 of its largest value;
+  - bf16 autocast: the Triton path's rounding error is that of the twin, both measured against the fp32 twin,
+    over several runs on inputs perturbed by rounding-size noise (one run's error is a draw of rounding luck).
+  BiFormer's top-k routing is discontinuous: two runs whose inputs differ by rounding noise can route a few query
+  regions differently at near-ties, which is a large local change that says nothing about the attention kernels.
+  So the routes of each fp32 reference run are recorded and replayed in the runs compared with it
+  (``_PinnedRoutes``); the kernels are then compared on the same pattern.
 - fp16 autocast training steps stay finite; ``torch.compile`` of a backbone matches eager (inference and a
   training step).
 """
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch._inductor.exc  # noqa: F401  (InductorError, for an xfail below)
 
 from backbones.base import MODELS
 from sparse_ops import use_backend
 
 pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parents[2]
 
 CASES = {
     'HWT-T': dict(type='HWT', arch='tiny', drop_path_rate=0.0),
@@ -75,48 +84,117 @@ def _run(model, x, path, dtype):
     return [o.float() for o in outs], {n: p.grad.float().clone() for n, p in model.named_parameters()}
 
 
-BIFORMER_GRADS = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason='measured on H200s (2026-11-21), routes pinned, fp32 O and fp32 P V in the forward: outputs '
-    'within the rule; 8/504 (256x328) and 7/504 (61x37) gradients at 2.2-4x the twin\'s error, all sums over every '
-    'token (stage-3 biases, norm and pos-embed weights). The rule does not separate kernels from rounding luck for '
-    'BiFormer: a second bf16 twin run (input x (1 + 1e-3 noise), its own fp32 reference) breaks it on 2/504 and '
-    '24/504 tensors itself (HWT-T, NAT-T: 0). Against the envelope of the two twin runs, 0 and 2 Triton tensors are '
-    'off in the first run but 17 and 1 in the second (stage-3 residual-stream sums at 256x328, 2-4x): a small excess '
-    'there is not ruled out. Record: docs/benchmarks.md, session 6')
-
-
-@pytest.mark.parametrize('name', [n if n != 'BiFormer-S' else pytest.param(n, marks=BIFORMER_GRADS)
-                                  for n in CASES])
-@pytest.mark.parametrize('hw', [(256, 328), (61, 37)], ids=lambda s: f'{s[0]}x{s[1]}')
-def test_triton_path_equals_twin_path(name, hw, monkeypatch):
-    routes = _PinnedRoutes(monkeypatch)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def _model(name, bn_eval=False):
+    """The case's backbone in train mode, every parameter moved off its init (zero-init biases and tables then
+    matter too). ``bn_eval``: BatchNorms in eval mode (their conv biases then get a gradient that is not zero
+    in exact arithmetic)."""
     torch.manual_seed(0)
-    model = MODELS.build(dict(CASES[name])).cuda().train()
-    with torch.no_grad():  # make every parameter matter (zero-init biases and tables too)
+    # no CUDA graphs: a captured BiFormer block would keep reading the pinned routes of the run it was captured in
+    # (graphs replay eager's results bitwise: test_block_graphs.py)
+    cfg = dict(CASES[name], cuda_graphs=False) if CASES[name]['type'] == 'BiFormer' else CASES[name]
+    model = MODELS.build(dict(cfg)).cuda().train()
+    with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    x = torch.randn(2, 3, *hw, device='cuda')
-    ref_out, ref_grad = _run(model, x, 'torch', torch.float32)
-    routes.replay()
-    twin_out, twin_grad = _run(model, x, 'torch', torch.bfloat16)
-    routes.replay()
-    tri_out, tri_grad = _run(model, x, 'triton', torch.bfloat16)
-    pairs = [(f'out{i}', r, t, k) for i, (r, t, k) in enumerate(zip(ref_out, twin_out, tri_out))]
-    pairs += [(n, ref_grad[n], twin_grad[n], tri_grad[n]) for n in ref_grad]
-    assert len(pairs) > 4
-    # a gradient that is zero in exact arithmetic (a conv bias right before BatchNorm) has an fp32 reference of pure
-    # rounding noise: measure every error against at least 1e-4 of the largest reference gradient
-    floor = 1e-4 * max(r.abs().max() for _, r, _, _ in pairs)
-    bad = []
-    for key, ref, twin, tri in pairs:
-        scale = ref.abs().max().clamp(min=floor)
-        err_twin, err_tri = (twin - ref).abs().max() / scale, (tri - ref).abs().max() / scale
-        if err_tri > 2 * err_twin + 2e-3:
-            bad.append(f'{key}: triton {err_tri:.2e} vs twin {err_twin:.2e}')
-    assert not bad, f'{name}: {len(bad)}/{len(pairs)} tensors off:\n' + '\n'.join(bad)
+    for m in model.modules():
+        if bn_eval and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def _errors(ref, other):
+    """``{tensor: max |other - ref| / max |ref|}`` over outputs and parameter gradients (``_run``'s results). A
+    gradient that is zero in exact arithmetic (a conv bias right before a training-mode BatchNorm) has a
+    reference of pure rounding noise, so every tensor is measured against at least 1e-4 of the largest one."""
+    pairs = [(f'out{i}', r, t) for i, (r, t) in enumerate(zip(ref[0], other[0]))]
+    pairs += [(n, ref[1][n], other[1][n]) for n in ref[1]]
+    floor = 1e-4 * max(r.abs().max() for _, r, _ in pairs)
+    return {k: ((t - r).abs().max() / r.abs().max().clamp(min=floor)).item() for k, r, t in pairs}
+
+
+HW = [(256, 328), (61, 37)]
+FP32_TOL = 1e-4
+
+
+def _fp32_errors(name, hw):
+    """Triton path against the twin, both in fp32, routes pinned: ``_errors`` of the Triton run."""
+    with pytest.MonkeyPatch.context() as mp:
+        routes = _PinnedRoutes(mp)
+        model = _model(name, bn_eval=True)
+        x = torch.randn(2, 3, *hw, device='cuda')
+        ref = _run(model, x, 'torch', torch.float32)
+        routes.replay()
+        return _errors(ref, _run(model, x, 'triton', torch.float32))
+
+
+@pytest.fixture(scope='module')
+def fp32_errors(tmp_path_factory):
+    """``_fp32_errors`` of every case, computed in a child process with ``TRITON_F32_DEFAULT=ieee`` (and a Triton
+    cache of its own): there fp32 ``tl.dot`` multiplies in full fp32 instead of tf32, so the Triton path and the
+    twin compute the same function to fp32 rounding."""
+    out = tmp_path_factory.mktemp('fp32') / 'errors.json'
+    env = dict(os.environ, TRITON_F32_DEFAULT='ieee', TRITON_CACHE_DIR=str(out.parent / 'triton_cache'),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run([sys.executable, __file__, str(out)], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize('name', list(CASES))
+@pytest.mark.parametrize('hw', HW, ids=lambda s: f'{s[0]}x{s[1]}')
+def test_triton_path_equals_twin_path_fp32(name, hw, fp32_errors):
+    """In fp32 (tf32 off in PyTorch and in the kernels) the Triton path and the twin are the same function: every
+    output and parameter gradient of the whole backbone agrees to 1e-4 of its largest value (measured on an
+    H200: <= 3e-6)."""
+    errors = fp32_errors[f'{name} {hw[0]}x{hw[1]}']
+    bad = [f'{k}: {v:.2e}' for k, v in errors.items() if v > FP32_TOL]
+    assert len(errors) > 4 and not bad, f'{name}: {len(bad)}/{len(errors)} tensors off:\n' + '\n'.join(bad)
+
+
+K = 3
+
+
+@pytest.mark.parametrize('name', list(CASES))
+@pytest.mark.parametrize('hw', HW, ids=lambda s: f'{s[0]}x{s[1]}')
+def test_triton_path_rounding_within_twin_rounding(name, hw):
+    """bf16 autocast: the Triton path's rounding error is that of the twin. Every error is measured against the
+    fp32 twin of the same input (routes pinned). One run's error is a draw of rounding luck: the same bf16 twin
+    on inputs that differ by 1e-3 relative noise scatters by up to 2x per tensor (BiFormer-S, docs/benchmarks.md,
+    session 10). So the rule compares K runs of the Triton path with 2K runs of the twin, each on its own
+    perturbed input:
+
+    - per tensor: the Triton path's mean error <= 2x the largest of the twin's + 2e-3;
+    - over all tensors: the median of (Triton mean error / twin mean error) <= 1.25 (a broad excess).
+    """
+    model = _model(name)
+    x0 = torch.randn(2, 3, *hw, device='cuda')
+    twin, tri = [], []
+    for k in range(2 * K):
+        g = torch.Generator(device='cuda').manual_seed(100 + k)
+        x = x0 * (1 + 1e-3 * torch.randn(x0.shape, device='cuda', generator=g))
+        with pytest.MonkeyPatch.context() as mp:
+            routes = _PinnedRoutes(mp)
+            ref = _run(model, x, 'torch', torch.float32)
+            routes.replay()
+            twin.append(_errors(ref, _run(model, x, 'torch', torch.bfloat16)))
+            if k < K:
+                routes.replay()
+                tri.append(_errors(ref, _run(model, x, 'triton', torch.bfloat16)))
+    keys = list(twin[0])
+    tri_mean = {k: sum(e[k] for e in tri) / K for k in keys}
+    twin_mean = {k: sum(e[k] for e in twin[:K]) / K for k in keys}
+    twin_max = {k: max(e[k] for e in twin) for k in keys}
+    bad = [f'{k}: triton {tri_mean[k]:.2e} vs twin max {twin_max[k]:.2e}' for k in keys
+           if tri_mean[k] > 2 * twin_max[k] + 2e-3]
+    ratios = sorted(tri_mean[k] / max(twin_mean[k], 1e-9) for k in keys)
+    median = ratios[len(ratios) // 2]
+    null = sorted(sum(e[k] for e in twin[K:]) / K / max(twin_mean[k], 1e-9) for k in keys)  # twin vs twin
+    print(f'{name} {hw}: ratio of mean errors, median {median:.2f}, p90 {ratios[int(0.9 * len(ratios))]:.2f}, '
+          f'max {ratios[-1]:.2f}; worst vs twin max {max(tri_mean[k] / max(twin_max[k], 1e-9) for k in keys):.2f};'
+          f' twin vs twin: median {null[len(null) // 2]:.2f}, p90 {null[int(0.9 * len(null))]:.2f}, max {null[-1]:.2f}')
+    assert len(keys) > 4 and not bad, f'{name}: {len(bad)}/{len(keys)} tensors off:\n' + '\n'.join(bad)
+    assert median <= 1.25, f'{name}: the Triton path\'s errors are {median:.2f}x the twin\'s (median over tensors)'
 
 
 @pytest.mark.parametrize('name', list(CASES))
@@ -149,13 +227,7 @@ def test_torch_compile_matches_eager(name):
         assert err < 1e-3, f'{name}: compiled vs eager relative error {err:.2e}'
 
 
-INDUCTOR_NAT_BUG = pytest.mark.xfail(
-    strict=True, raises=torch._inductor.exc.InductorError,
-    reason='torch 2.11 Inductor fails compiling the NAT-T training graph (AssertionError in '
-    '_inductor/tiling_utils.py, measured on an H200 2026-11-21); NAT-T inference compiles (test above)')
-
-
-@pytest.mark.parametrize('name', ['HWT-T', pytest.param('NAT-T', marks=INDUCTOR_NAT_BUG), 'BiFormer-S'])
+@pytest.mark.parametrize('name', ['HWT-T', 'NAT-T', 'BiFormer-S'])
 def test_torch_compile_training_step_matches_eager(name):
     """A training step (fwd + bwd, fp32) of the compiled backbone: Inductor around the registered attention ops and
     their autograd. Outputs and every parameter gradient agree with eager to fp32 fusion noise: 1e-3 of the
@@ -178,3 +250,9 @@ def test_torch_compile_training_step_matches_eager(name):
         if err > (1e-3 * top if top > floor else floor):
             bad.append(f'{key}: |compiled - eager| {err:.2e}, |eager| {top:.2e}')
     assert not bad, f'{name}: {len(bad)}/{len(pairs)} tensors differ:\n' + '\n'.join(bad)
+
+
+if __name__ == '__main__':      # the fp32_errors fixture's child process: python this_file OUT.json
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    Path(sys.argv[1]).write_text(json.dumps({f'{n} {h}x{w}': _fp32_errors(n, (h, w)) for n in CASES for h, w in HW}))
