@@ -145,8 +145,8 @@ def fp32_errors(tmp_path_factory):
 @pytest.mark.parametrize('hw', HW, ids=lambda s: f'{s[0]}x{s[1]}')
 def test_triton_path_equals_twin_path_fp32(name, hw, fp32_errors):
     """In fp32 (tf32 off in PyTorch and in the kernels) the Triton path and the twin are the same function: every
-    output and parameter gradient of the whole backbone agrees to 1e-4 of its largest value (measured on an
-    H200: <= 3e-6)."""
+    output and parameter gradient of the whole backbone agrees to 1e-4 of its largest value (measured on an H200
+    for BiFormer-S and HWT-T: <= 2.4e-6; with tf32 dots ~1e-3)."""
     errors = fp32_errors[f'{name} {hw[0]}x{hw[1]}']
     bad = [f'{k}: {v:.2e}' for k, v in errors.items() if v > FP32_TOL]
     assert len(errors) > 4 and not bad, f'{name}: {len(bad)}/{len(errors)} tensors off:\n' + '\n'.join(bad)
