@@ -142,8 +142,9 @@ def main():
         raise SystemExit('benchmark_backbone.py needs a CUDA device (pass --device cpu for a smoke run)')
 
     header = f'# {platform.node()} | {torch.cuda.get_device_name() if device.type == "cuda" else "cpu"} | ' \
-             f'torch {torch.__version__} | batch {args.batch} | bf16 autocast | fwd+bwd median of {args.iters} steps' + \
-             (f' x {args.rounds} rounds (round-robin)' if args.rounds > 1 else '')
+             f'torch {torch.__version__} | batch {args.batch} | bf16 autocast | fwd+bwd median of {args.iters} steps'
+    if args.rounds > 1:
+        header += f' x {args.rounds} rounds (round-robin)'
     print(header, flush=True)
     fused = 'triton' if device.type == 'cuda' else 'torch'  # CPU smoke runs have no fused path
     if args.profile:
@@ -171,7 +172,7 @@ def main():
             print(scaling[-1], flush=True)
 
     print('\n' + header)
-    print(f'| model | size | path | img/s | ms/step | peak MiB | vs Swin-T img/s | fused / twin |')
+    print('| model | size | path | img/s | ms/step | peak MiB | vs Swin-T img/s | fused / twin |')
     print('|---|---|---|---|---|---|---|---|')
     for r in rows:
         swin = next(s for s in rows if s['model'].startswith('Swin') and s['size'] == r['size'])

@@ -41,14 +41,16 @@ def main(argv=None) -> int:
         check = '' if floor is None else (f'  >= {floor:g} ok' if value >= floor else f'  < {floor:g} FAILED')
         ok = ok and (floor is None or value >= floor)
         print(f'  {name:14s} {value:8.4f}{check}')
-    det_png = sorted(glob.glob(osp.join(a.work_dir, 'det', 'vis', '*.png')) + glob.glob(osp.join(a.work_dir, 'det', 'vis', '*.jpg')))
+    vis = osp.join(a.work_dir, 'det', 'vis')
+    det_png = sorted(glob.glob(osp.join(vis, '*.png')) + glob.glob(osp.join(vis, '*.jpg')))
     seg_png = sorted(glob.glob(osp.join(a.work_dir, 'seg', 'vis', '**', '*.png'), recursive=True))
     print(f'  predictions drawn: {len(det_png)} images in {osp.join(a.work_dir, "det", "vis")}, '
           f'{len(seg_png)} in {osp.join(a.work_dir, "seg", "vis", "vis_data", "vis_image")}')
     start = osp.join(a.work_dir, '.start')
     if osp.isfile(start):
         print(f'  wall time: {time.time() - float(open(start).read()):.0f} s')
-    print('  result: ' + ('learned (all thresholds met)' if ok else 'FAILED: a metric is missing or below its threshold'))
+    verdict = 'learned (all thresholds met)' if ok else 'FAILED: a metric is missing or below its threshold'
+    print('  result: ' + verdict)
     return 0 if ok else 1
 
 

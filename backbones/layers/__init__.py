@@ -23,4 +23,5 @@ from .patch_embed import ConvTokenizer, PatchEmbed
 from .tokens import from_hilbert, nchw_to_nhwc, nhwc_to_nchw, to_hilbert
 
 __all__ = ['ResidualDropPath', 'Linear', 'Conv2d', 'cast_linear_weights', 'Mlp', 'PreNorm', 'PatchEmbed',
-           'ConvTokenizer', 'PatchMerging', 'ConvDownsampler', 'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert', 'from_hilbert']
+           'ConvTokenizer', 'PatchMerging', 'ConvDownsampler', 'nchw_to_nhwc', 'nhwc_to_nchw', 'to_hilbert',
+           'from_hilbert']

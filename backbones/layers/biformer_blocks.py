@@ -50,9 +50,9 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     depthwise kernels and the add cost 1.5-2x the fused op's GPU time; on smaller maps the step waits for the
     host anyway), or with ``backend='triton'``, one ``sparse_ops.depthwise_conv2d`` call reads x in place and
     adds the residual (fp32 math; under autocast x is first cast to autocast's dtype, as the conv would be, so the
-    tensor saved for the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
-    ``use_backend('torch')``: the gather version keeps the official composition) the conv module on an NCHW
-    view plus the add; also when x or residual has strided channels (an NCHW-contiguous map).
+    tensor saved for the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path
+    (``backend`` / ``use_backend('torch')``: the gather version keeps the official composition) the conv module on
+    an NCHW view plus the add; also when x or residual has strided channels (an NCHW-contiguous map).
     """
     requested = sparse_ops.backend.requested_backend(backend, 'depthwise_conv2d')
     # a stage's first block gets an NCHW-contiguous map from the downsampling conv: its channels are strided

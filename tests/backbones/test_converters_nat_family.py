@@ -218,7 +218,8 @@ def test_rpb_resize_2d_and_1d():
     official = synthetic(official_shapes(*SMALL, rpb_1d=True))
     converted = hnt_converter.convert(official, kernel_size=3)
     assert converted['levels.0.blocks.0.attn.rpb'].shape == (1, 5)
-    torch.testing.assert_close(converted['levels.0.blocks.0.attn.rpb'][:, 2], official['levels.0.blocks.0.attn.rpb'][:, 6])
+    rpb = 'levels.0.blocks.0.attn.rpb'
+    torch.testing.assert_close(converted[rpb][:, 2], official[rpb][:, 6])
     with pytest.raises(ValueError, match='odd'):
         nat_converter.convert(official, kernel_size=4)
 

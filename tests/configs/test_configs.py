@@ -189,7 +189,8 @@ def test_zoo_recipe_is_amp_adamw_without_decay_on_norms_and_biases(path):
     ow = cfg.optim_wrapper
     if '_hwt-demo_' in path.name:
         # heads compared on the embedded dataset: the CPU demo recipe of configs/demo, unchanged
-        demo = [p for p in (REPO / 'configs' / 'demo').glob('*.py') if p.name.split('_')[-1] == path.name.split('_')[-1]]
+        suffix = path.name.split('_')[-1]
+        demo = [p for p in (REPO / 'configs' / 'demo').glob('*.py') if p.name.split('_')[-1] == suffix]
         assert len(demo) == 1 and load(demo[0])[0].optim_wrapper.to_dict() == ow.to_dict()
         return
     assert ow.type == 'AmpOptimWrapper' and ow.optimizer.type == 'AdamW'
