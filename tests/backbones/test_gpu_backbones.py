@@ -91,8 +91,10 @@ def _model(name, bn_eval=False):
     torch.manual_seed(0)
     # no CUDA graphs: a captured BiFormer block would keep reading the pinned routes of the run it was captured in
     # (graphs replay eager's results bitwise: test_block_graphs.py)
-    cfg = dict(CASES[name], cuda_graphs=False) if CASES[name]['type'] == 'BiFormer' else CASES[name]
-    model = MODELS.build(dict(cfg)).cuda().train()
+    cfg = dict(CASES[name])
+    if cfg['type'] == 'BiFormer':
+        cfg['cuda_graphs'] = False
+    model = MODELS.build(cfg).cuda().train()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -134,7 +136,7 @@ def fp32_errors(tmp_path_factory):
     twin compute the same function to fp32 rounding."""
     out = tmp_path_factory.mktemp('fp32') / 'errors.json'
     env = dict(os.environ, TRITON_F32_DEFAULT='ieee', TRITON_CACHE_DIR=str(out.parent / 'triton_cache'),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
     proc = subprocess.run([sys.executable, __file__, str(out)], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
