@@ -104,13 +104,19 @@ def _model(name, bn_eval=False):
     return model
 
 
-def _errors(ref, other):
-    """``{tensor: max |other - ref| / max |ref|}`` over outputs and parameter gradients (``_run``'s results). A
-    gradient that is zero in exact arithmetic (a conv bias right before a training-mode BatchNorm) has a
-    reference of pure rounding noise, so every tensor is measured against at least 1e-4 of the largest one."""
+def _pairs(ref, other):
+    """``(pairs, floor)``: ``(name, ref tensor, other tensor)`` for every output and parameter gradient of two
+    ``_run`` results, and 1e-4 of the largest reference value. A gradient that is zero in exact arithmetic (a conv
+    bias right before a training-mode BatchNorm) has a reference of pure rounding noise: the floor is what such a
+    tensor is measured against."""
     pairs = [(f'out{i}', r, t) for i, (r, t) in enumerate(zip(ref[0], other[0]))]
     pairs += [(n, ref[1][n], other[1][n]) for n in ref[1]]
-    floor = 1e-4 * max(r.abs().max() for _, r, _ in pairs)
+    return pairs, 1e-4 * max(r.abs().max() for _, r, _ in pairs)
+
+
+def _errors(ref, other):
+    """``{tensor: max |other - ref| / max(max |ref|, floor)}`` over ``_pairs``."""
+    pairs, floor = _pairs(ref, other)
     return {k: ((t - r).abs().max() / r.abs().max().clamp(min=floor)).item() for k, r, t in pairs}
 
 
@@ -243,9 +249,7 @@ def test_torch_compile_training_step_matches_eager(name):
     out_c, grad_c = _run(compiled, x, 'triton', torch.float32)
     grad_c = {n.removeprefix('_orig_mod.'): g for n, g in grad_c.items()}
     assert len(out_c) == len(out_e) and grad_c.keys() == grad_e.keys()
-    pairs = [(f'out{i}', e, c) for i, (e, c) in enumerate(zip(out_e, out_c))]
-    pairs += [(n, grad_e[n], grad_c[n]) for n in grad_e]
-    floor = 1e-4 * max(e.abs().max() for _, e, _ in pairs)
+    pairs, floor = _pairs((out_e, grad_e), (out_c, grad_c))
     bad = []
     for key, e, c in pairs:
         err, top = (c - e).abs().max(), e.abs().max()
