@@ -32,6 +32,8 @@ import sparse_ops
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, from_hilbert, nhwc_to_nchw,
                      to_hilbert)
+from .layers.block_graphs import BlockGraphs, GraphPool
+from .layers.hwt_fused import fused_window_block
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
 
@@ -92,7 +94,42 @@ class HWTBlock(nn.Module):
         self.norm2 = PreNorm(dims)
         self.mlp = Mlp(dims, int(dims * mlp_ratio))
 
+    graphs = None
+    """The block's :class:`~.layers.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
+
+    def _fused(self, x: torch.Tensor, hw: tuple[int, int]) -> bool:
+        """Whether this call runs as one :class:`~.layers.hwt_fused.FusedWindowBlock` node: the Triton path (CUDA
+        unless ``sparse_ops.use_backend`` says otherwise; on CPU only when it says 'triton'), not compiling, with the
+        Linear weights in the dtype the matmuls run in (under autocast: pre-cast by ``cast_linear_weights``, which
+        ``with_cp`` turns off). The answer is cached per (shape, hw, dtypes, device, backend, autocast)."""
+        if torch.compiler.is_compiling():
+            return False
+        backend = sparse_ops.backend.requested_backend(None, 'window')
+        if backend == 'torch' or (backend is None and not x.is_cuda):
+            return False
+        qkv = self.attn.qkv
+        weight = qkv._low[0] if qkv._low is not None else qkv.weight
+        autocast = torch.is_autocast_enabled(x.device.type)
+        key = (x.shape, hw, x.dtype, weight.dtype, x.device, backend, autocast)
+        cache = self.__dict__.setdefault('_fused_cache', {})
+        if key not in cache:
+            cache[key] = self._can_fuse(x, hw, weight.dtype, autocast, backend)
+        return cache[key]
+
+    def _can_fuse(self, x: torch.Tensor, hw: tuple[int, int], low: torch.dtype, autocast: bool,
+                  backend: str | None) -> bool:
+        want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        b, n, c = x.shape
+        if low != want or x.dtype not in (torch.float32, low) or n * 3 * c >= 2 ** 31:
+            return False
+        attn = self.attn
+        q_like = torch.empty((), dtype=low, device=x.device).expand(b, attn.num_heads, n, c // attn.num_heads)
+        return sparse_ops.choose_backend(backend, q_like, 'window', window=attn.window_size ** 2, shift=attn.shift,
+                                         rpb=attn.relative_position_bias_table, hw=hw) == 'triton'
+
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        if self._fused(x, hw):
+            return fused_window_block(self, x, tuple(hw))
         x = self.drop_path(x, self.attn(self.norm1(x), hw))
         return self.drop_path(x, self.mlp(self.norm2(x)))
 
@@ -130,6 +167,9 @@ class HWT(SparseBackbone):
             (optional ``drop_path_rate``). ``len(depths)`` stages; stage i has ``embed_dims * 2**i`` channels.
         in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``.
         drop_path_rate: stochastic depth rate of the last block (linear schedule); None: the arch's value.
+        cuda_graphs: on the fused Triton path, replay each block's kernels as CUDA graphs once its input signature
+            repeats (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes run
+            eagerly). Off with ``with_cp``.
 
     ``forward(x: (B, in_channels, H, W) float)`` returns a tuple with one ``(B, embed_dims * 2**i, ceil(H / 2**(i+2)),
     ceil(W / 2**(i+2)))`` map per ``i`` in ``out_indices`` (strides 4, 8, 16, 32), for any H, W >= 1.
@@ -137,7 +177,7 @@ class HWT(SparseBackbone):
 
     def __init__(self, arch: str | dict = 'tiny', in_channels: int = 3,
                  out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, drop_path_rate: float | None = None,
+                 with_cp: bool = False, drop_path_rate: float | None = None, cuda_graphs: bool = True,
                  init_cfg: dict | list[dict] | None = None) -> None:
         cfg = resolve_arch(arch, HWT_PRESETS, required=_ARCH_REQUIRED, defaults=_ARCH_DEFAULTS)
         depths, num_heads = tuple(cfg['depths']), tuple(cfg['num_heads'])
@@ -172,7 +212,16 @@ class HWT(SparseBackbone):
             for i in range(len(depths)))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
+        self.cuda_graphs = bool(cuda_graphs) and not with_cp
+        if self.cuda_graphs:
+            self._attach_graphs(GraphPool())
         self._freeze_stages()
+
+    def _attach_graphs(self, pool: GraphPool) -> None:
+        """Give every block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
+        for i, stage in enumerate(self.layers):
+            for j, blk in enumerate(stage.blocks):
+                blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(stage.blocks) - 1)
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.patch_embed]

@@ -140,13 +140,14 @@ def layer_norm_fwd(x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
 def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
                    dx_dtype: Optional[torch.dtype] = None, x_is_xhat: bool = False,
-                   residual: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                   residual: Optional[Tensor] = None, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """dy2, x2 ``(M, C)`` -> dx ``(M, C)`` (``dx_dtype``, default x2's) and the fp32 sums ``(2, C)``: (dweight,
     dbias). ``x_is_xhat``: x2 is the saved normalised input (``layer_norm_fwd(save_xhat=True)``; ``mean`` may then
     be None: the kernel does not read it). ``residual``
-    ``(M, C)`` (unit column stride): added to dx in the kernel (the residual stream's own gradient)."""
+    ``(M, C)`` (unit column stride): added to dx in the kernel (the residual stream's own gradient). ``out``: a
+    contiguous ``(M, C)`` buffer of ``dx_dtype`` to write dx into (a CUDA graph's own buffer)."""
     m, c = x2.shape
-    dx = torch.empty((m, c), device=x2.device, dtype=dx_dtype or x2.dtype)
+    dx = out if out is not None else torch.empty((m, c), device=x2.device, dtype=dx_dtype or x2.dtype)
     if m == 0:
         return dx, torch.zeros((2, c), device=x2.device, dtype=torch.float32)
     block_r, block_c, warps = _tiles(c)

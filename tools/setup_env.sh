@@ -11,6 +11,15 @@ PYTHON=${PYTHON:-python3}
 STAMP="$VENV/.sparsedense-setup-v1"
 [ -f "$STAMP" ] && exit 0
 
+# the environment takes ~2.7 GB (torch 0.8, triton 1.0) and pip needs ~1 GB more while it unpacks and builds; a
+# full disk otherwise shows up as a bare "OSError: [Errno 28]" in the middle of an install
+NEED_GB=${SETUP_NEED_GB:-4}
+FREE_KB=$(df -Pk "$(dirname "$(realpath -m "$VENV")")" | awk 'NR == 2 {print $4}')
+if [ -n "$FREE_KB" ] && [ "$FREE_KB" -lt $((NEED_GB * 1024 * 1024)) ]; then
+  echo "[setup] WARNING: only $((FREE_KB / 1024)) MiB free on the disk of $(realpath -m "$VENV"); setup needs" \
+       "about ${NEED_GB} GiB (pip stops with 'No space left on device' when it runs out)" >&2
+fi
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 PIP="$PY -m pip --disable-pip-version-check"

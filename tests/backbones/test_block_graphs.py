@@ -4,7 +4,8 @@ On CPU the pool emulates graphs (``GraphPool(emulate=True)``: a replay reruns th
 buffers), which checks the bookkeeping: when a block captures, replays or falls back to eager, the ring buffers,
 the copies of non-parameter inputs, the backward's buffers. A toy block (``_Toy``) checks the rules fast; a small
 BiFormer on the fused Triton path (interpreted) checks the real block against the same backbone without graphs.
-On the GPU the same backbone test runs with real CUDA graphs.
+A small HWT (``layers/hwt_fused.py`` blocks) the same way. On the GPU the same backbone tests run with real CUDA
+graphs.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import BiFormer
+import sparse_ops
+from backbones import HWT, BiFormer
 from backbones.layers.block_graphs import BlockGraphs, GraphPool
 
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -223,7 +225,7 @@ def _biformer(graphs: bool, emulate: bool):
     return model.to(DEV).train()
 
 
-def _biformer_step(model, x, dtype, seed):
+def _backbone_step(model, x, dtype, seed):
     x = x.clone().requires_grad_(True)
     torch.manual_seed(seed)                           # same stochastic-depth masks on both models
     with torch.autocast(DEV, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -246,8 +248,8 @@ def test_biformer_graphs_equal_eager(dtype):
     tol = dict(rtol=0, atol=0) if DEV == 'cpu' else dict(rtol=1e-5, atol=1e-6)
     for step in range(3):
         x = torch.randn(2, 3, 29, 37, device=DEV)
-        want = _biformer_step(ref, x, dtype, seed=step)
-        got = _biformer_step(gr, x, dtype, seed=step)
+        want = _backbone_step(ref, x, dtype, seed=step)
+        got = _backbone_step(gr, x, dtype, seed=step)
         assert all(o.isfinite().all() for o in want[0])
         for a, b in zip(got[0], want[0]):
             torch.testing.assert_close(a, b, **tol)
@@ -259,4 +261,46 @@ def test_biformer_graphs_equal_eager(dtype):
             opt.step()
             opt.zero_grad(set_to_none=True)
     entries = [blk.graphs._entries[True] for stage in gr.stages for blk in stage if blk.graphs is not None]
+    assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
+
+
+def _hwt(graphs: bool, emulate: bool):
+    torch.manual_seed(0)
+    arch = dict(embed_dims=16, depths=(2, 3), num_heads=(1, 2), window_size=3, mlp_ratio=2.0)
+    model = HWT(arch=arch, out_indices=(0, 1), drop_path_rate=0.3, cuda_graphs=False)
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.2)
+    if graphs:
+        model._attach_graphs(GraphPool(emulate=emulate))
+        for stage in model.layers:
+            for blk in stage.blocks:
+                blk.graphs.warmup = 1
+    return model.to(DEV).train()
+
+
+@pytest.mark.parametrize('dtype', [None, torch.float16])
+def test_hwt_graphs_equal_eager(dtype):
+    """A small HWT on the fused Triton path with block graphs (emulated on CPU, real on the GPU) against the same
+    model without: three SGD steps, stochastic depth on, fp32 and fp16 autocast; outputs and all gradients equal
+    (bitwise on CPU; on the GPU up to the order of the position-bias gradient's atomics)."""
+    ref, gr = _hwt(False, emulate=False), _hwt(True, emulate=DEV == 'cpu')
+    gr.load_state_dict(ref.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (ref, gr)]
+    tol = dict(rtol=0, atol=0) if DEV == 'cpu' else dict(rtol=1e-5, atol=1e-6)
+    for step in range(3):
+        x = torch.randn(2, 3, 29, 37, device=DEV)
+        with sparse_ops.use_backend('triton'):
+            want = _backbone_step(ref, x, dtype, seed=step)
+            got = _backbone_step(gr, x, dtype, seed=step)
+        assert all(o.isfinite().all() for o in want[0])
+        for a, b in zip(got[0], want[0]):
+            torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(got[1], want[1], **tol)
+        assert got[2].keys() == want[2].keys()
+        for name in want[2]:
+            torch.testing.assert_close(got[2][name], want[2][name], **tol, msg=lambda m: f'{name}: {m}')
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    entries = [blk.graphs._entries[True] for stage in gr.layers for blk in stage.blocks]
     assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)

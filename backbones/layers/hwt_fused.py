@@ -1,0 +1,268 @@
+"""A whole HWT block as one autograd node on the Triton path (``fused_window_block``).
+
+Why: an HWT-T training step at feature-map sizes waits for the host, not the GPU. On an H200 at batch 1 it takes
+31.9 / 31.0 / 42.6 ms at 512² / 1024² / 2048² (docs/benchmarks.md, session 10): 4x the tokens from 512² to 1024²
+cost nothing more, so the step is the host's issue time (every op's Python wrapper, autograd node and launch). This
+Function runs the block ``x -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with the kernels called directly and a
+hand-written backward: no autograd node per op, no argument checks per op, GELU recomputed in the backward, the
+attention's dq, dk, dv written into one qkv-shaped gradient. With ``layers.block_graphs`` (the ``graphs``
+argument) the kernels of a block whose input signature repeats are replayed as CUDA graphs: a block's forward or
+backward then costs the host about one launch.
+
+Same math as the composition in ``backbones/hwt.py`` (the op it calls at each step, in the same dtypes: fp32
+residual stream, the low-precision dtype of the pre-cast weights for the matmuls and the attention), except that
+both LayerNorms always take the Triton kernel (``PreNorm`` takes PyTorch's norm below ``PreNorm.min_elements``:
+same fp32 statistics, another summation order) and the first norm's input gradient is written with the residual
+gradient added in its kernel.
+
+Shapes: x ``(B, N, C)`` Hilbert tokens (channel stride 1), fp32 residual stream (or the low dtype itself without
+autocast); weights as the modules hold them (``Linear`` ``(out, in)``; Linear weights and biases in the low dtype
+``L`` when ``layers.linear.cast_linear_weights`` pre-cast them), the norms' and the position-bias table
+``(heads, 2w-1, 2w-1)`` in fp32; returns ``(B, N, C)`` like x.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from sparse_ops.backend import load_triton_module
+
+__all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
+
+N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of FusedWindowBlock.apply
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowBlockSpec:
+    """The non-tensor arguments of :class:`FusedWindowBlock`."""
+    num_heads: int
+    window: int             # tokens per chunk (window_size ** 2)
+    shift: bool             # chunk boundaries moved by window // 2
+    hw: tuple               # (H, W) of the stage's map (the position bias's pixel offsets)
+    eps1: float             # norm1 / norm2 eps
+    eps2: float
+    value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
+    value2: float
+
+
+_KERNELS: tuple = ()
+
+
+def _kernels():
+    """(norm, patterns, default_config, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
+    loaded where the fused block runs)."""
+    global _KERNELS
+    if not _KERNELS:
+        fwd = load_triton_module('sparse_ops.block_sparse_fwd')
+        _KERNELS = (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.patterns'),
+                    fwd.default_config, fwd.block_sparse_fwd,
+                    load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
+                    load_triton_module('sparse_ops.block_sparse').split_heads)
+    return _KERNELS
+
+
+def _plan(spec: WindowBlockSpec, n: int, head_dim: int, device: torch.device):
+    """The (cached) block pattern of the block's chunks, with token coordinates for the bias, and its config."""
+    _, patterns, default_config, *_ = _kernels()
+    cfg = default_config(head_dim, device, patterns.MASK_INTERVAL)
+    return patterns.hilbert_window_pattern(n, spec.window, spec.shift, cfg.block_m, cfg.block_n, device,
+                                           hw=spec.hw), cfg
+
+
+def _branch(t: torch.Tensor, s: torch.Tensor | None, value: float) -> torch.Tensor:
+    """Gradient of ``addcmul(x, y, s, value)`` with respect to y, given t, the gradient of the sum."""
+    return t if s is None else t * s * value if value != 1.0 else t * s
+
+
+def _factor_grad(t: torch.Tensor, y: torch.Tensor, s: torch.Tensor, value: float) -> torch.Tensor:
+    """Gradient of ``addcmul(x, y, s, value)`` with respect to s (summed to s's shape)."""
+    return (t * y * value).sum_to_size(s.shape)
+
+
+def _residual(x, y, s, value, out=None):
+    """``x + y`` or ``addcmul(x, y, s, value)`` (into ``out`` when given)."""
+    if s is None:
+        return torch.add(x, y, out=out) if out is not None else x + y
+    return torch.addcmul(x, y, s, value=value, out=out) if out is not None else torch.addcmul(x, y, s, value=value)
+
+
+def forward_math(x, spec: WindowBlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None,
+                 copy_input=False):
+    """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors and ``aux`` the rest
+    that :func:`backward_math` needs. ``out`` (optional): the ``(B, N, C)`` buffer to write the result into;
+    ``copy_input``: save a copy of x where the backward keeps x itself (x is a reused buffer)."""
+    n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b = params
+    norm, _, _, fwd, _, split = _kernels()
+    low = qkv_w.dtype
+    b, n, c = x.shape
+    m, heads = b * n, spec.num_heads
+    save_xhat = low.itemsize < x.dtype.itemsize
+    y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x.view(m, c), n1_w, n1_b, spec.eps1, low, save_xhat)
+    qkv = F.linear(y1, qkv_w, qkv_b).view(b, n, 3 * c)
+    pattern, cfg = _plan(spec, n, c // heads, x.device)
+    p = pattern
+    scale = (c // heads) ** -0.5
+    o, lse = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, rpb, p.rows, scale, p.mask_mode,
+                 p.n_groups, cfg, None, heads_last=True)
+    a = o.transpose(1, 2).reshape(m, c)                                   # heads merged: a view of o's buffer
+    y = F.linear(a, proj_w, proj_b).view(b, n, c)
+    x2 = _residual(x, y, s1, spec.value1)
+    y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
+    u = F.linear(y2, fc1_w, fc1_b)
+    mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, n, c)
+    out = _residual(x2, mlp, s2, spec.value2, out)
+
+    x_kept = x.view(m, c).clone() if copy_input else x.view(m, c)
+    ln1 = (xhat1, None) if save_xhat else (x_kept, mean1)
+    ln2 = (xhat2, None) if save_xhat else (x2.view(m, c), mean2)
+    # the norms' outputs y1, y2 are not kept: the backward recomputes them from xhat (or x, mean, rstd)
+    saved = (*ln1, rstd1, qkv, o, lse, y if need_s1 else None, *ln2, rstd2, u, mlp if need_s2 else None, s1, s2,
+             n1_w, n1_b, qkv_w, rpb, proj_w, n2_w, n2_b, fc1_w, fc2_w)
+    biases = (n1_b, qkv_b, proj_b, n2_b, fc1_b, fc2_b)
+    bias_dtypes = {at: t.dtype for at, t in zip((5, 7, 10, 12, 14, 16), biases) if t is not None}  # by grad index
+    return out, saved, (pattern, cfg, scale, save_xhat, bias_dtypes)
+
+
+def backward_math(spec: WindowBlockSpec, need, saved, aux, dout, dx_out=None) -> list:
+    """The block's backward on the kernels from :func:`forward_math`'s ``saved`` / ``aux``: the ``N_GRADS``
+    gradients of ``FusedWindowBlock.apply``'s tensor arguments (None where ``need`` is False). ``dx_out``
+    (optional): the buffer to write the input gradient into."""
+    (ln1_x, mean1, rstd1, qkv, o, lse, y, ln2_x, mean2, rstd2, u, mlp, s1, s2,
+     n1_w, n1_b, qkv_w, rpb, proj_w, n2_w, n2_b, fc1_w, fc2_w) = saved
+    p, cfg, scale, save_xhat, bias_dt = aux
+    norm, _, _, _, bwd, split = _kernels()
+    low = qkv_w.dtype
+    b, n, c3 = qkv.shape
+    c, m, heads = c3 // 3, b * n, spec.num_heads
+    dout = dout.contiguous()
+    grads = [None] * N_GRADS
+
+    def linear_grads(dy, inp, weight, w_at, b_at):
+        """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
+        if need[w_at]:
+            grads[w_at] = dy.t() @ inp
+        if need[b_at] and b_at in bias_dt:
+            grads[b_at] = dy.sum(0)
+        return dy @ weight
+
+    def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad, out=None):
+        dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, save_xhat,
+                                       residual_grad.view(m, c), None if out is None else out.view(m, c))
+        if need[w_at]:
+            grads[w_at] = sums[0].to(weight.dtype)
+        if need[w_at + 1] and w_at + 1 in bias_dt:
+            grads[w_at + 1] = sums[1].to(bias_dt[w_at + 1])
+        return dx.view(residual_grad.shape)
+
+    # MLP branch: out = x2 + s2 * mlp
+    if s2 is not None and need[3]:
+        grads[3] = _factor_grad(dout, mlp, s2, spec.value2)
+    dmlp = _branch(dout, s2, spec.value2).to(low).view(m, c)
+    dg = linear_grads(dmlp, F.gelu(u), fc2_w, 15, 16)
+    du = torch.ops.aten.gelu_backward(dg, u)
+    dy2 = linear_grads(du, _norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat), fc1_w, 13, 14)
+    dx2 = norm_grads(dy2, ln2_x, n2_w, mean2, rstd2, 11, dout)              # (B, N, C) like x
+    # attention branch: x2 = x + s1 * proj(attn(qkv))
+    if s1 is not None and need[2]:
+        grads[2] = _factor_grad(dx2, y, s1, spec.value1)
+    dy = _branch(dx2, s1, spec.value1).to(low).view(m, c)
+    da = linear_grads(dy, o.transpose(1, 2).reshape(m, c), proj_w, 9, 10)
+    dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
+    do = da.view(b, n, heads, c // heads).transpose(1, 2)
+    *_, drpb = bwd(do, *split(qkv, heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
+                   rpb, p.rows, scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, heads))
+    if need[8]:
+        grads[8] = drpb
+    dy1 = linear_grads(dqkv.view(m, c3), _norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat), qkv_w, 6, 7)
+    dx = norm_grads(dy1, ln1_x, n1_w, mean1, rstd1, 4, dx2, out=dx_out)
+    if need[0]:
+        grads[0] = dx
+    return grads
+
+
+def _norm_out(x_or_xhat, mean, rstd, weight, bias, low: torch.dtype, save_xhat: bool) -> torch.Tensor:
+    """A norm's output ``(M, C)`` in ``low``, recomputed from what its backward keeps: the normalised rows
+    (``save_xhat``, in ``low``) or the rows with their fp32 mean and rstd."""
+    xhat = x_or_xhat if save_xhat else (x_or_xhat - mean[:, None]) * rstd[:, None]
+    out = xhat * weight if bias is None else torch.addcmul(bias, xhat, weight)
+    return out.to(low)
+
+
+class FusedWindowBlock(torch.autograd.Function):
+    """``apply(x, spec, s1, s2, n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
+    fc2_b, graphs, grad) -> (B, N, C)``: an HWT block (module docstring).
+
+    ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None or the stochastic-depth
+    mask ``(B, 1, 1)``), applied with ``spec.value1`` / ``value2``. ``graphs``: the block's
+    :class:`~.block_graphs.BlockGraphs` or None; ``grad``: whether autograd records the call
+    (``torch.is_grad_enabled()`` outside the Function)."""
+
+    @staticmethod
+    def forward(ctx, x, spec, s1, s2, *rest):
+        *params, graphs, grad = rest
+        need = ctx.needs_input_grad[:N_GRADS]
+        need_s1 = s1 is not None and need[2]
+        need_s2 = s2 is not None and need[3]
+        if x.stride(-1) != 1 or not x.is_contiguous():
+            x = x.contiguous()
+        if graphs is not None:
+            def fwd(xs, weights, factors, out, copy_input):
+                return forward_math(xs, spec, *factors, weights, need_s1, need_s2, out, copy_input)
+
+            def bwd(saved, aux, dout, dx_out):
+                return backward_math(spec, need, saved, aux, dout, dx_out)
+
+            out_dtype = torch.promote_types(x.dtype, params[2].dtype)    # x + branches (eager's promotion)
+            for s in (s1, s2):
+                out_dtype = out_dtype if s is None else torch.promote_types(out_dtype, s.dtype)
+            run = graphs.forward(x, params, (s1, s2), (spec, need), grad and any(need), out_dtype, fwd, bwd)
+            if run is not None:                 # replayed (or captured) graph: run.out is the graph's buffer
+                ctx.replay = run
+                return run.attach(ctx)
+        # x may be a graph's ring buffer, reused by the next replay: save a copy where the backward keeps x itself
+        out, saved, aux = forward_math(x, spec, s1, s2, params, need_s1, need_s2, copy_input=graphs is not None)
+        ctx.save_for_backward(*saved)
+        ctx.spec, ctx.aux, ctx.replay = spec, aux, None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        if ctx.replay is not None:
+            return (*ctx.replay.backward(dout), None, None)
+        grads = backward_math(ctx.spec, ctx.needs_input_grad, ctx.saved_tensors, ctx.aux, dout)
+        return (*grads, None, None)
+
+
+def _spec(block, hw: tuple, v1: float, v2: float) -> WindowBlockSpec:
+    """The block's :class:`WindowBlockSpec` for the map size hw and branch values v1, v2 (cached on the block)."""
+    cache = block.__dict__.setdefault('_fused_specs', {})
+    spec = cache.get((hw, v1, v2))
+    if spec is None:
+        attn = block.attn
+        spec = cache[(hw, v1, v2)] = WindowBlockSpec(attn.num_heads, attn.window_size ** 2, attn.shift, hw,
+                                                     block.norm1.eps, block.norm2.eps, v1, v2)
+    return spec
+
+
+def _params(block) -> list:
+    """The 13 weight / bias tensors in ``FusedWindowBlock``'s order: the pre-cast low-precision pairs of the
+    Linear layers where ``cast_linear_weights`` set them, else the parameters."""
+    attn, mlp = block.attn, block.mlp
+
+    def pair(mod):
+        low = getattr(mod, '_low', None)
+        return low if low is not None else (mod.weight, mod.bias)
+
+    return [block.norm1.weight, block.norm1.bias, *pair(attn.qkv), attn.relative_position_bias_table,
+            *pair(attn.proj), block.norm2.weight, block.norm2.bias, *pair(mlp.fc1), *pair(mlp.fc2)]
+
+
+def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:
+    """``block`` (an ``HWTBlock``) on the Hilbert tokens x ``(B, N, C)`` of an ``hw = (H, W)`` map through
+    :class:`FusedWindowBlock`; the caller has checked that it applies (``HWTBlock._fused``)."""
+    s1, v1 = block.drop_path.factor(x)
+    s2, v2 = block.drop_path.factor(x)
+    return FusedWindowBlock.apply(x, _spec(block, hw, v1, v2), s1, s2, *_params(block), block.graphs,
+                                  torch.is_grad_enabled())
