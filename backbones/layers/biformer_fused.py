@@ -30,7 +30,12 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
-__all__ = ['FusedRoutingBlock', 'BlockSpec', 'fused_block']
+from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, mlp_backward, norm_out, \
+    residual
+
+__all__ = ['FusedRoutingBlock', 'BlockSpec', 'fused_block', 'N_GRADS']
+
+N_GRADS = 20        # x, spec, s1, s2 and the 16 weights of FusedRoutingBlock.apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +67,6 @@ def _kernels():
     return _KERNELS
 
 
-def _branch(t: torch.Tensor, s: torch.Tensor | None, value: float) -> torch.Tensor:
-    """Gradient of ``addcmul(x, y, s, value)`` with respect to y, given t, the gradient of the sum."""
-    return t if s is None else t * s * value if value != 1.0 else t * s
-
-
-def _factor_grad(t: torch.Tensor, y: torch.Tensor, s: torch.Tensor, value: float) -> torch.Tensor:
-    """Gradient of ``addcmul(x, y, s, value)`` with respect to s (summed to s's shape)."""
-    g = t * y * value
-    return g.sum_to_size(s.shape)
-
-
 def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None, copy_input=False):
     """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors and ``aux`` the rest
     that :func:`backward_math` needs. ``out`` (optional): the ``(B, H, W, C)`` buffer to write the result into;
@@ -97,16 +91,11 @@ def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: boo
     # attn + lce(v), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
     a = dw.dwconv_fwd(v, lepe_w, lepe_b, o.transpose(1, 2).view(b, h, w, c), low)
     y = F.linear(a.view(m, c), proj_w, proj_b).view(b, h, w, c)
-    x2 = x1 + y if s1 is None else torch.addcmul(x1, y, s1, value=spec.value1)
+    x2 = residual(x1, y, s1, spec.value1)
     y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
     u = F.linear(y2, fc1_w, fc1_b)
     mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, h, w, c)
-    if out is None:
-        out = x2 + mlp if s2 is None else torch.addcmul(x2, mlp, s2, value=spec.value2)
-    elif s2 is None:
-        torch.add(x2, mlp, out=out)
-    else:
-        torch.addcmul(x2, mlp, s2, value=spec.value2, out=out)
+    out = residual(x2, mlp, s2, spec.value2, out)
 
     ln1 = (xhat1, None) if save_xhat else (x1.view(m, c), mean1)
     ln2 = (xhat2, None) if save_xhat else (x2.view(m, c), mean2)
@@ -130,69 +119,40 @@ def backward_math(spec: BlockSpec, need, saved, aux, dout, dx_out=None) -> list:
     b, h, w, c = xl.shape
     m = b * h * w
     dout = dout.contiguous()
-    grads = [None] * 20
-
-    def linear_grads(dy, inp, weight, w_at, b_at):
-        """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
-        if need[w_at]:
-            grads[w_at] = dy.t() @ inp
-        if need[b_at] and b_at in bias_dt:
-            grads[b_at] = dy.sum(0)
-        return dy @ weight
-
-    def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad):
-        dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, save_xhat,
-                                       residual_grad.view(m, c))
-        if need[w_at]:
-            grads[w_at] = sums[0].to(weight.dtype)
-        if need[w_at + 1] and w_at + 1 in bias_dt:
-            grads[w_at + 1] = sums[1].to(bias_dt[w_at + 1])
-        return dx.view(residual_grad.shape)
+    sink = GradSink(need, bias_dt, save_xhat)
 
     def conv_weight_grads(dy, inp, weight, w_at):
         if need[w_at] or need[w_at + 1]:
             k = weight.shape[-1]
             dweight, dbias = dw.weight_grads(dw.dwconv_dw(dy, inp, k), k, weight.dtype)
             if need[w_at]:
-                grads[w_at] = dweight
+                sink.grads[w_at] = dweight
             if need[w_at + 1] and w_at + 1 in bias_dt:
-                grads[w_at + 1] = dbias.to(bias_dt[w_at + 1])
+                sink.grads[w_at + 1] = dbias.to(bias_dt[w_at + 1])
 
     # MLP branch: out = x2 + s2 * mlp
-    if s2 is not None and need[3]:
-        grads[3] = _factor_grad(dout, mlp, s2, spec.value2)
-    dmlp = _branch(dout, s2, spec.value2).to(low).view(m, c)
-    dg = linear_grads(dmlp, F.gelu(u), fc2_w, 18, 19)
-    du = torch.ops.aten.gelu_backward(dg, u)
-    dy2 = linear_grads(du, _norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat), fc1_w, 16, 17)
-    dx2 = norm_grads(dy2, ln2_x, n2_w, mean2, rstd2, 14, dout)              # (B, H, W, C) like x
+    ln2_out = norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat)
+    dy2 = mlp_backward(sink, dout, mlp, s2, spec.value2, u, fc1_w, fc2_w, ln2_out, 16, 18)
+    dx2 = sink.norm(norm, dy2, ln2_x, n2_w, mean2, rstd2, 14, dout)         # (B, H, W, C) like x
     # attention branch: x2 = x1 + s1 * proj(attn(qkv) + lce(v))
     if s1 is not None and need[2]:
-        grads[2] = _factor_grad(dx2, y, s1, spec.value1)
-    dy = _branch(dx2, s1, spec.value1).to(low).view(m, c)
-    da = linear_grads(dy, a.view(m, c), proj_w, 12, 13).view(b, h, w, c)
+        sink.grads[2] = factor_grad(dx2, y, s1, spec.value1)
+    dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
+    da = sink.linear(dy, a.view(m, c), proj_w, 12, 13).view(b, h, w, c)
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     do = da.view(b, h * w, spec.num_heads, c // spec.num_heads).transpose(1, 2)
     bwd(do, *split(qkv, spec.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
         None, p.rows, spec.scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, spec.num_heads))
     dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
     conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
-    dy1 = linear_grads(dqkv.view(m, 3 * c), _norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat), qkv_w, 8, 9)
-    dx1 = norm_grads(dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
+    ln1_out = norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat)
+    dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
+    dx1 = sink.norm(norm, dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
     # pos embed: x1 = x + pos(x)
     conv_weight_grads(dx1, xl, pos_w, 4)
     if need[0]:
-        grads[0] = dw.dwconv_fwd(dx1, pos_w, None, dx1, dx1.dtype, flip=True, out=dx_out)
-    return grads
-
-
-def _norm_out(x_or_xhat, mean, rstd, weight, bias, low: torch.dtype, save_xhat: bool) -> torch.Tensor:
-    """A norm's output ``(M, C)`` in ``low``, recomputed from what its backward keeps: the normalised rows
-    (``save_xhat``, in ``low``) or the rows with their fp32 mean and rstd. Keeping it instead cost two of the
-    block's ~28 bytes per token and channel."""
-    xhat = x_or_xhat if save_xhat else (x_or_xhat - mean[:, None]) * rstd[:, None]
-    out = xhat * weight if bias is None else torch.addcmul(bias, xhat, weight)
-    return out.to(low)
+        sink.grads[0] = dw.dwconv_fwd(dx1, pos_w, None, dx1, dx1.dtype, flip=True, out=dx_out)
+    return sink.grads
 
 
 class FusedRoutingBlock(torch.autograd.Function):
@@ -207,38 +167,11 @@ class FusedRoutingBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, spec, s1, s2, *rest):
-        *params, graphs, grad = rest
-        need = ctx.needs_input_grad[:20]
-        need_s1 = s1 is not None and need[2]
-        need_s2 = s2 is not None and need[3]
-        if graphs is not None:
-            def fwd(xs, weights, factors, out, copy_input):
-                return forward_math(xs, spec, *factors, weights, need_s1, need_s2, out, copy_input)
-
-            def bwd(saved, aux, dout, dx_out):
-                return backward_math(spec, need, saved, aux, dout, dx_out)
-
-            out_dtype = torch.promote_types(x.dtype, params[4].dtype)    # x + branches (eager's promotion)
-            for s in (s1, s2):
-                out_dtype = out_dtype if s is None else torch.promote_types(out_dtype, s.dtype)
-            run = graphs.forward(x, params, (s1, s2), (spec, need), grad and any(need), out_dtype, fwd, bwd)
-            if run is not None:                 # replayed (or captured) graph: run.out is the graph's buffer
-                ctx.replay = run
-                return run.attach(ctx)
-        if x.stride(-1) != 1:                   # a stage's first block: the downsampler's NCHW map
-            x = x.contiguous()
-        # x may be a graph's ring buffer, reused by the next replay: save a copy even where no cast makes one
-        out, saved, aux = forward_math(x, spec, s1, s2, params, need_s1, need_s2, copy_input=graphs is not None)
-        ctx.save_for_backward(*saved)
-        ctx.spec, ctx.aux, ctx.replay = spec, aux, None
-        return out
+        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 4, forward_math, backward_math)
 
     @staticmethod
     def backward(ctx, dout):
-        if ctx.replay is not None:
-            return (*ctx.replay.backward(dout), None, None)
-        grads = backward_math(ctx.spec, ctx.needs_input_grad, ctx.saved_tensors, ctx.aux, dout)
-        return (*grads, None, None)
+        return fused_backward(ctx, dout)
 
 
 def _spec(block, v1: float, v2: float) -> BlockSpec:

@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
+from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, mlp_backward, norm_out, \
+    residual
+
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
 
 N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of FusedWindowBlock.apply
@@ -71,23 +74,6 @@ def _plan(spec: WindowBlockSpec, n: int, head_dim: int, device: torch.device):
                                            hw=spec.hw), cfg
 
 
-def _branch(t: torch.Tensor, s: torch.Tensor | None, value: float) -> torch.Tensor:
-    """Gradient of ``addcmul(x, y, s, value)`` with respect to y, given t, the gradient of the sum."""
-    return t if s is None else t * s * value if value != 1.0 else t * s
-
-
-def _factor_grad(t: torch.Tensor, y: torch.Tensor, s: torch.Tensor, value: float) -> torch.Tensor:
-    """Gradient of ``addcmul(x, y, s, value)`` with respect to s (summed to s's shape)."""
-    return (t * y * value).sum_to_size(s.shape)
-
-
-def _residual(x, y, s, value, out=None):
-    """``x + y`` or ``addcmul(x, y, s, value)`` (into ``out`` when given)."""
-    if s is None:
-        return torch.add(x, y, out=out) if out is not None else x + y
-    return torch.addcmul(x, y, s, value=value, out=out) if out is not None else torch.addcmul(x, y, s, value=value)
-
-
 def forward_math(x, spec: WindowBlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None,
                  copy_input=False):
     """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors and ``aux`` the rest
@@ -108,11 +94,11 @@ def forward_math(x, spec: WindowBlockSpec, s1, s2, params, need_s1: bool, need_s
                  p.n_groups, cfg, None, heads_last=True)
     a = o.transpose(1, 2).reshape(m, c)                                   # heads merged: a view of o's buffer
     y = F.linear(a, proj_w, proj_b).view(b, n, c)
-    x2 = _residual(x, y, s1, spec.value1)
+    x2 = residual(x, y, s1, spec.value1)
     y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
     u = F.linear(y2, fc1_w, fc1_b)
     mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, n, c)
-    out = _residual(x2, mlp, s2, spec.value2, out)
+    out = residual(x2, mlp, s2, spec.value2, out)
 
     x_kept = x.view(m, c).clone() if copy_input else x.view(m, c)
     ln1 = (xhat1, None) if save_xhat else (x_kept, mean1)
@@ -137,57 +123,28 @@ def backward_math(spec: WindowBlockSpec, need, saved, aux, dout, dx_out=None) ->
     b, n, c3 = qkv.shape
     c, m, heads = c3 // 3, b * n, spec.num_heads
     dout = dout.contiguous()
-    grads = [None] * N_GRADS
-
-    def linear_grads(dy, inp, weight, w_at, b_at):
-        """Weight and bias gradients of ``F.linear(inp, weight, bias)`` (only those needed); returns d inp."""
-        if need[w_at]:
-            grads[w_at] = dy.t() @ inp
-        if need[b_at] and b_at in bias_dt:
-            grads[b_at] = dy.sum(0)
-        return dy @ weight
-
-    def norm_grads(dy, x_or_xhat, weight, mean, rstd, w_at, residual_grad, out=None):
-        dx, sums = norm.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, save_xhat,
-                                       residual_grad.view(m, c), None if out is None else out.view(m, c))
-        if need[w_at]:
-            grads[w_at] = sums[0].to(weight.dtype)
-        if need[w_at + 1] and w_at + 1 in bias_dt:
-            grads[w_at + 1] = sums[1].to(bias_dt[w_at + 1])
-        return dx.view(residual_grad.shape)
-
+    sink = GradSink(need, bias_dt, save_xhat)
     # MLP branch: out = x2 + s2 * mlp
-    if s2 is not None and need[3]:
-        grads[3] = _factor_grad(dout, mlp, s2, spec.value2)
-    dmlp = _branch(dout, s2, spec.value2).to(low).view(m, c)
-    dg = linear_grads(dmlp, F.gelu(u), fc2_w, 15, 16)
-    du = torch.ops.aten.gelu_backward(dg, u)
-    dy2 = linear_grads(du, _norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat), fc1_w, 13, 14)
-    dx2 = norm_grads(dy2, ln2_x, n2_w, mean2, rstd2, 11, dout)              # (B, N, C) like x
+    ln2_out = norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat)
+    dy2 = mlp_backward(sink, dout, mlp, s2, spec.value2, u, fc1_w, fc2_w, ln2_out, 13, 15)
+    dx2 = sink.norm(norm, dy2, ln2_x, n2_w, mean2, rstd2, 11, dout)          # (B, N, C) like x
     # attention branch: x2 = x + s1 * proj(attn(qkv))
     if s1 is not None and need[2]:
-        grads[2] = _factor_grad(dx2, y, s1, spec.value1)
-    dy = _branch(dx2, s1, spec.value1).to(low).view(m, c)
-    da = linear_grads(dy, o.transpose(1, 2).reshape(m, c), proj_w, 9, 10)
+        sink.grads[2] = factor_grad(dx2, y, s1, spec.value1)
+    dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
+    da = sink.linear(dy, o.transpose(1, 2).reshape(m, c), proj_w, 9, 10)
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     do = da.view(b, n, heads, c // heads).transpose(1, 2)
     *_, drpb = bwd(do, *split(qkv, heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
                    rpb, p.rows, scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, heads))
     if need[8]:
-        grads[8] = drpb
-    dy1 = linear_grads(dqkv.view(m, c3), _norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat), qkv_w, 6, 7)
-    dx = norm_grads(dy1, ln1_x, n1_w, mean1, rstd1, 4, dx2, out=dx_out)
+        sink.grads[8] = drpb
+    ln1_out = norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat)
+    dy1 = sink.linear(dqkv.view(m, c3), ln1_out, qkv_w, 6, 7)
+    dx = sink.norm(norm, dy1, ln1_x, n1_w, mean1, rstd1, 4, dx2, out=dx_out)
     if need[0]:
-        grads[0] = dx
-    return grads
-
-
-def _norm_out(x_or_xhat, mean, rstd, weight, bias, low: torch.dtype, save_xhat: bool) -> torch.Tensor:
-    """A norm's output ``(M, C)`` in ``low``, recomputed from what its backward keeps: the normalised rows
-    (``save_xhat``, in ``low``) or the rows with their fp32 mean and rstd."""
-    xhat = x_or_xhat if save_xhat else (x_or_xhat - mean[:, None]) * rstd[:, None]
-    out = xhat * weight if bias is None else torch.addcmul(bias, xhat, weight)
-    return out.to(low)
+        sink.grads[0] = dx
+    return sink.grads
 
 
 class FusedWindowBlock(torch.autograd.Function):
@@ -201,38 +158,11 @@ class FusedWindowBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, spec, s1, s2, *rest):
-        *params, graphs, grad = rest
-        need = ctx.needs_input_grad[:N_GRADS]
-        need_s1 = s1 is not None and need[2]
-        need_s2 = s2 is not None and need[3]
-        if x.stride(-1) != 1 or not x.is_contiguous():
-            x = x.contiguous()
-        if graphs is not None:
-            def fwd(xs, weights, factors, out, copy_input):
-                return forward_math(xs, spec, *factors, weights, need_s1, need_s2, out, copy_input)
-
-            def bwd(saved, aux, dout, dx_out):
-                return backward_math(spec, need, saved, aux, dout, dx_out)
-
-            out_dtype = torch.promote_types(x.dtype, params[2].dtype)    # x + branches (eager's promotion)
-            for s in (s1, s2):
-                out_dtype = out_dtype if s is None else torch.promote_types(out_dtype, s.dtype)
-            run = graphs.forward(x, params, (s1, s2), (spec, need), grad and any(need), out_dtype, fwd, bwd)
-            if run is not None:                 # replayed (or captured) graph: run.out is the graph's buffer
-                ctx.replay = run
-                return run.attach(ctx)
-        # x may be a graph's ring buffer, reused by the next replay: save a copy where the backward keeps x itself
-        out, saved, aux = forward_math(x, spec, s1, s2, params, need_s1, need_s2, copy_input=graphs is not None)
-        ctx.save_for_backward(*saved)
-        ctx.spec, ctx.aux, ctx.replay = spec, aux, None
-        return out
+        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 2, forward_math, backward_math)
 
     @staticmethod
     def backward(ctx, dout):
-        if ctx.replay is not None:
-            return (*ctx.replay.backward(dout), None, None)
-        grads = backward_math(ctx.spec, ctx.needs_input_grad, ctx.saved_tensors, ctx.aux, dout)
-        return (*grads, None, None)
+        return fused_backward(ctx, dout)
 
 
 def _spec(block, hw: tuple, v1: float, v2: float) -> WindowBlockSpec:

@@ -1,0 +1,140 @@
+"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``): the autograd Function's body around
+a block's ``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
+
+A fused block is a ``torch.autograd.Function`` whose ``apply`` takes ``(x, spec, s1, s2, *weights, graphs, grad)``:
+x the block's input, ``spec`` a frozen dataclass of its non-tensor arguments, ``s1`` / ``s2`` the residual
+branches' factors (``ResidualDropPath.factor``: None, a layer scale ``(C,)`` or a stochastic-depth mask, applied as
+``addcmul(x, y, s, value)`` with the spec's ``value1`` / ``value2``), the weights in the block's own order,
+``graphs`` its :class:`~.block_graphs.BlockGraphs` (or None) and ``grad = torch.is_grad_enabled()`` outside the
+Function. Its ``forward`` / ``backward`` are :func:`fused_forward` / :func:`fused_backward`, given the block's
+
+- ``forward_math(x, spec, s1, s2, weights, need_s1, need_s2, out=None, copy_input=False) -> (out, saved, aux)``:
+  ``saved`` the tensors and ``aux`` the rest the backward needs; ``out`` a buffer to write the result into;
+  ``copy_input``: save a copy of x where the backward keeps x itself (x is a buffer the next replay reuses);
+- ``backward_math(spec, need, saved, aux, dout, dx_out=None) -> grads``: one gradient per tensor argument of
+  ``apply`` before ``graphs`` (None where ``need`` is False), the input gradient written into ``dx_out`` if given.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['fused_forward', 'fused_backward', 'GradSink', 'residual', 'branch_grad', 'factor_grad', 'norm_out',
+           'mlp_backward']
+
+
+def fused_forward(ctx, x: torch.Tensor, spec, s1, s2, rest: tuple, n_grads: int, low_at: int,
+                  forward_math: Callable, backward_math: Callable) -> torch.Tensor:
+    """The Function's forward: a graph replay where the block's :class:`~.block_graphs.BlockGraphs` has (or now
+    captures) one for this call's signature, else ``forward_math`` eagerly. ``rest = (*weights, graphs, grad)``;
+    ``n_grads``: tensor arguments of ``apply`` before ``graphs``; ``low_at``: the index in ``weights`` of a weight
+    in the matmuls' dtype (the output's dtype is x's promoted with it, as in eager)."""
+    *params, graphs, grad = rest
+    need = ctx.needs_input_grad[:n_grads]
+    need_s1 = s1 is not None and need[2]
+    need_s2 = s2 is not None and need[3]
+    if graphs is not None:
+        def fwd(xs, weights, factors, out, copy_input):
+            return forward_math(xs, spec, *factors, weights, need_s1, need_s2, out, copy_input)
+
+        def bwd(saved, aux, dout, dx_out):
+            return backward_math(spec, need, saved, aux, dout, dx_out)
+
+        out_dtype = torch.promote_types(x.dtype, params[low_at].dtype)    # x + branches (eager's promotion)
+        for s in (s1, s2):
+            out_dtype = out_dtype if s is None else torch.promote_types(out_dtype, s.dtype)
+        run = graphs.forward(x, params, (s1, s2), (spec, need), grad and any(need), out_dtype, fwd, bwd)
+        if run is not None:                     # replayed (or captured) graph: run.out is the graph's buffer
+            ctx.replay = run
+            return run.attach(ctx)
+    if not x.is_contiguous():                   # e.g. a downsampler's NCHW map seen channels-last
+        x = x.contiguous()
+    # x may be a graph's ring buffer, reused by the next replay: save a copy where the backward keeps x itself
+    out, saved, aux = forward_math(x, spec, s1, s2, params, need_s1, need_s2, copy_input=graphs is not None)
+    ctx.save_for_backward(*saved)
+    ctx.spec, ctx.aux, ctx.replay, ctx.backward_math = spec, aux, None, backward_math
+    return out
+
+
+def fused_backward(ctx, dout: torch.Tensor) -> tuple:
+    """The Function's backward: the replayed graph's gradients, or ``backward_math`` on the saved tensors; None for
+    ``graphs`` and ``grad``."""
+    if ctx.replay is not None:
+        return (*ctx.replay.backward(dout), None, None)
+    grads = ctx.backward_math(ctx.spec, ctx.needs_input_grad[:-2], ctx.saved_tensors, ctx.aux, dout)
+    return (*grads, None, None)
+
+
+class GradSink:
+    """The gradients of a hand-written backward, one slot per tensor argument of ``apply``, filled only where
+    ``need`` says so. ``bias_dtypes``: ``{slot: dtype}`` of the biases that exist; ``save_xhat``: the norms kept
+    their normalised rows (else the rows and their means)."""
+
+    def __init__(self, need, bias_dtypes: dict, save_xhat: bool) -> None:
+        self.need, self.bias_dtypes, self.save_xhat = need, bias_dtypes, save_xhat
+        self.grads = [None] * len(need)
+
+    def linear(self, dy: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, w_at: int, b_at: int):
+        """``F.linear(inp, weight, bias)`` with output gradient dy ``(M, out)``: the weight and bias gradients
+        into slots ``w_at`` / ``b_at``; returns the input gradient ``(M, in)``."""
+        if self.need[w_at]:
+            self.grads[w_at] = dy.t() @ inp
+        if self.need[b_at] and b_at in self.bias_dtypes:
+            self.grads[b_at] = dy.sum(0)
+        return dy @ weight
+
+    def norm(self, kernels, dy, x_or_xhat, weight, mean, rstd, w_at: int, residual_grad: torch.Tensor, out=None):
+        """A LayerNorm's backward (``kernels``: ``sparse_ops.norm_triton``) on ``(M, C)`` rows, with the residual
+        stream's gradient added in the kernel: its weight and bias gradients into slots ``w_at``, ``w_at + 1``;
+        returns the input gradient shaped like ``residual_grad`` (written into ``out`` when given)."""
+        m, c = x_or_xhat.shape
+        dx, sums = kernels.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, self.save_xhat,
+                                          residual_grad.view(m, c), None if out is None else out.view(m, c))
+        if self.need[w_at]:
+            self.grads[w_at] = sums[0].to(weight.dtype)
+        if self.need[w_at + 1] and w_at + 1 in self.bias_dtypes:
+            self.grads[w_at + 1] = sums[1].to(self.bias_dtypes[w_at + 1])
+        return dx.view(residual_grad.shape)
+
+
+def residual(x: torch.Tensor, y: torch.Tensor, s, value: float, out=None) -> torch.Tensor:
+    """``x + y`` or ``addcmul(x, y, s, value)`` (into ``out`` when given)."""
+    if s is None:
+        return x + y if out is None else torch.add(x, y, out=out)
+    return torch.addcmul(x, y, s, value=value) if out is None else torch.addcmul(x, y, s, value=value, out=out)
+
+
+def branch_grad(t: torch.Tensor, s, value: float) -> torch.Tensor:
+    """Gradient of ``addcmul(x, y, s, value)`` with respect to y, given t, the gradient of the sum."""
+    return t if s is None else t * s * value if value != 1.0 else t * s
+
+
+def factor_grad(t: torch.Tensor, y: torch.Tensor, s: torch.Tensor, value: float) -> torch.Tensor:
+    """Gradient of ``addcmul(x, y, s, value)`` with respect to s (summed to s's shape)."""
+    return (t * y * value).sum_to_size(s.shape)
+
+
+def norm_out(x_or_xhat, mean, rstd, weight, bias, low: torch.dtype, save_xhat: bool) -> torch.Tensor:
+    """A norm's output ``(M, C)`` in ``low``, recomputed from what its backward keeps: the normalised rows
+    (``save_xhat``, in ``low``) or the rows with their fp32 mean and rstd. Keeping it instead costs two bytes per
+    token and channel."""
+    xhat = x_or_xhat if save_xhat else (x_or_xhat - mean[:, None]) * rstd[:, None]
+    out = xhat * weight if bias is None else torch.addcmul(bias, xhat, weight)
+    return out.to(low)
+
+
+def mlp_backward(sink: GradSink, dout: torch.Tensor, mlp, s2, value2: float, u: torch.Tensor, fc1_w, fc2_w,
+                 ln_out: torch.Tensor, fc1_at: int, fc2_at: int) -> torch.Tensor:
+    """The MLP branch ``out = x2 + s2 * fc2(gelu(fc1(ln2(x2))))`` back to the gradient of ln2's output ``(M, C)``:
+    s2's gradient into slot 3, fc1's and fc2's weight gradients into slots ``fc1_at`` / ``fc2_at`` and their bias
+    gradients into the slots after them. ``mlp``: the branch's output ``(..., C)`` (None unless s2 needs a
+    gradient); ``u``: fc1's output ``(M, hidden)`` (GELU is recomputed from it); ``ln_out``: ln2's output
+    ``(M, C)`` in the matmuls' dtype."""
+    if s2 is not None and sink.need[3]:
+        sink.grads[3] = factor_grad(dout, mlp, s2, value2)
+    dmlp = branch_grad(dout, s2, value2).to(fc2_w.dtype).view(ln_out.shape)
+    dg = sink.linear(dmlp, F.gelu(u), fc2_w, fc2_at, fc2_at + 1)
+    du = torch.ops.aten.gelu_backward(dg, u)
+    return sink.linear(du, ln_out, fc1_w, fc1_at, fc1_at + 1)
