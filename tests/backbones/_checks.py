@@ -10,3 +10,19 @@ def assert_checkpointed_equals_plain(plain, cp, x):
     sum(o.sum() for o in out_cp).backward()
     for (name, p1), p2 in zip(plain.named_parameters(), cp.parameters()):
         torch.testing.assert_close(p2.grad, p1.grad, msg=name)
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |a - ref| / max |ref|`` in float64."""
+    return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
+
+
+def assert_within_twin_error(got, twin, ref, floor: float) -> None:
+    """``got``, ``twin``, ``ref``: ``(out, dx, {name: grad}, ...)`` of the fused path, the twin in the same low
+    precision and a high-precision reference. Every error of ``got`` against ``ref`` (output, dx, each parameter
+    gradient of ``ref``) is at most twice the twin's + ``floor``."""
+    pairs = [('out', got[0], twin[0], ref[0]), ('dx', got[1], twin[1], ref[1])]
+    pairs += [(name, got[2][name], twin[2][name], ref[2][name]) for name in ref[2]]
+    for name, g, t, r in pairs:
+        err, err_twin = rel_err(g, r), rel_err(t, r)
+        assert err <= 2 * err_twin + floor, f'{name}: fused {err:.2e} vs twin {err_twin:.2e}'

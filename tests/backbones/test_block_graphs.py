@@ -236,20 +236,18 @@ def _backbone_step(model, x, dtype, seed):
     return [o.detach().float() for o in outs], x.grad, grads
 
 
-@pytest.mark.parametrize('dtype', [None, torch.float16])
-def test_biformer_graphs_equal_eager(dtype):
-    """A small BiFormer on the fused Triton path with block graphs (emulated on CPU, real on the GPU) against
-    the same model without: three SGD steps (capture, then replays), stochastic depth on, fp32 and fp16 autocast
-    (weights pre-cast, copied into the graphs); outputs and all gradients equal (bitwise on CPU; on the GPU the
-    kernels are the same, so equal up to atomics' order)."""
-    ref, gr = _biformer(False, emulate=False), _biformer(True, emulate=DEV == 'cpu')
+def _assert_steps_equal(ref, gr, dtype, backend):
+    """Three SGD steps of ``ref`` (no graphs) and ``gr`` (graphs; ref's weights loaded) on the same inputs under
+    ``sparse_ops.use_backend(backend)``: outputs, input gradients and every parameter gradient equal at each step
+    (bitwise on CPU; on the GPU the kernels are the same, so equal up to the order of atomics)."""
     gr.load_state_dict(ref.state_dict())
     opts = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (ref, gr)]
     tol = dict(rtol=0, atol=0) if DEV == 'cpu' else dict(rtol=1e-5, atol=1e-6)
     for step in range(3):
         x = torch.randn(2, 3, 29, 37, device=DEV)
-        want = _backbone_step(ref, x, dtype, seed=step)
-        got = _backbone_step(gr, x, dtype, seed=step)
+        with sparse_ops.use_backend(backend):
+            want = _backbone_step(ref, x, dtype, seed=step)
+            got = _backbone_step(gr, x, dtype, seed=step)
         assert all(o.isfinite().all() for o in want[0])
         for a, b in zip(got[0], want[0]):
             torch.testing.assert_close(a, b, **tol)
@@ -260,6 +258,16 @@ def test_biformer_graphs_equal_eager(dtype):
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize('dtype', [None, torch.float16])
+def test_biformer_graphs_equal_eager(dtype):
+    """A small BiFormer on the fused Triton path with block graphs (emulated on CPU, real on the GPU) against
+    the same model without: three SGD steps (capture, then replays), stochastic depth on, fp32 and fp16 autocast
+    (weights pre-cast, copied into the graphs); outputs and all gradients equal (bitwise on CPU; on the GPU the
+    kernels are the same, so equal up to atomics' order)."""
+    ref, gr = _biformer(False, emulate=False), _biformer(True, emulate=DEV == 'cpu')
+    _assert_steps_equal(ref, gr, dtype, backend=None)
     entries = [blk.graphs._entries[True] for stage in gr.stages for blk in stage if blk.graphs is not None]
     assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
 
@@ -284,23 +292,6 @@ def test_hwt_graphs_equal_eager(dtype):
     model without: three SGD steps, stochastic depth on, fp32 and fp16 autocast; outputs and all gradients equal
     (bitwise on CPU; on the GPU up to the order of the position-bias gradient's atomics)."""
     ref, gr = _hwt(False, emulate=False), _hwt(True, emulate=DEV == 'cpu')
-    gr.load_state_dict(ref.state_dict())
-    opts = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (ref, gr)]
-    tol = dict(rtol=0, atol=0) if DEV == 'cpu' else dict(rtol=1e-5, atol=1e-6)
-    for step in range(3):
-        x = torch.randn(2, 3, 29, 37, device=DEV)
-        with sparse_ops.use_backend('triton'):
-            want = _backbone_step(ref, x, dtype, seed=step)
-            got = _backbone_step(gr, x, dtype, seed=step)
-        assert all(o.isfinite().all() for o in want[0])
-        for a, b in zip(got[0], want[0]):
-            torch.testing.assert_close(a, b, **tol)
-        torch.testing.assert_close(got[1], want[1], **tol)
-        assert got[2].keys() == want[2].keys()
-        for name in want[2]:
-            torch.testing.assert_close(got[2][name], want[2][name], **tol, msg=lambda m: f'{name}: {m}')
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    _assert_steps_equal(ref, gr, dtype, backend='triton')
     entries = [blk.graphs._entries[True] for stage in gr.layers for blk in stage.blocks]
     assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
