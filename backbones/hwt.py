@@ -15,6 +15,11 @@ is truncated or padded, so any H, W >= 1 works. The relative position bias is a 
 ``(heads, 2*ws-1, 2*ws-1)`` looked up by the 2D offset between the tokens' pixels, clamped to ``[-(ws-1), ws-1]``:
 it does not depend on the input size (the official code's table is ``(2H-1)(2W-1)`` rows for a fixed H x W).
 
+On the Triton path (CUDA) each block runs as one autograd node with a hand-written backward
+(``layers/hwt_fused.py``), and with ``cuda_graphs`` its kernels are replayed as CUDA graphs once the input size
+repeats (``layers/block_graphs.py``); the twin path (CPU, ``sparse_ops.use_backend('torch')``) is the module
+composition below.
+
 Presets (Swin-T/S/B layout, window 7 -> 49-token chunks, MLP ratio 4). ``drop_path_rate=None`` uses the preset's
 value: tiny 0.2, small 0.3, base 0.5 (Swin's ImageNet values); an arch dict without it uses 0.1.
 Differences from the official classifier: no classification head / final avgpool; no dropout / attention dropout
