@@ -38,6 +38,7 @@ from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, from_hilbert, nhwc_to_nchw,
                      to_hilbert)
 from .layers.block_graphs import BlockGraphs, GraphPool
+from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
@@ -103,31 +104,14 @@ class HWTBlock(nn.Module):
     """The block's :class:`~.layers.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
 
     def _fused(self, x: torch.Tensor, hw: tuple[int, int]) -> bool:
-        """Whether this call runs as one :class:`~.layers.hwt_fused.FusedWindowBlock` node: the Triton path (CUDA
-        unless ``sparse_ops.use_backend`` says otherwise; on CPU only when it says 'triton'), not compiling, with the
-        Linear weights in the dtype the matmuls run in (under autocast: pre-cast by ``cast_linear_weights``, which
-        ``with_cp`` turns off). The answer is cached per (shape, hw, dtypes, device, backend, autocast)."""
-        if torch.compiler.is_compiling():
-            return False
-        backend = sparse_ops.backend.requested_backend(None, 'window')
-        if backend == 'torch' or (backend is None and not x.is_cuda):
-            return False
-        qkv = self.attn.qkv
-        weight = qkv._low[0] if qkv._low is not None else qkv.weight
-        autocast = torch.is_autocast_enabled(x.device.type)
-        key = (x.shape, hw, x.dtype, weight.dtype, x.device, backend, autocast)
-        cache = self.__dict__.setdefault('_fused_cache', {})
-        if key not in cache:
-            cache[key] = self._can_fuse(x, hw, weight.dtype, autocast, backend)
-        return cache[key]
+        """Whether this call runs as one :class:`~.layers.hwt_fused.FusedWindowBlock` node
+        (``layers.fused_block.fused_path_applies``: the Triton path, CUDA unless ``sparse_ops.use_backend`` says
+        otherwise, with the Linear weights in the matmuls' dtype)."""
+        return fused_path_applies(self, x, self.attn.qkv, None, 'window', hw, self._triton_runs, hw)
 
-    def _can_fuse(self, x: torch.Tensor, hw: tuple[int, int], low: torch.dtype, autocast: bool,
-                  backend: str | None) -> bool:
-        want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        b, n, c = x.shape
-        if low != want or x.dtype not in (torch.float32, low) or n * 3 * c >= 2 ** 31:
-            return False
+    def _triton_runs(self, x: torch.Tensor, low: torch.dtype, backend: str | None, hw: tuple[int, int]) -> bool:
         attn = self.attn
+        b, n, c = x.shape
         q_like = torch.empty((), dtype=low, device=x.device).expand(b, attn.num_heads, n, c // attn.num_heads)
         return sparse_ops.choose_backend(backend, q_like, 'window', window=attn.window_size ** 2, shift=attn.shift,
                                          rpb=attn.relative_position_bias_table, hw=hw) == 'triton'

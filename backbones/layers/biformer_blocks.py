@@ -26,6 +26,7 @@ from torch import nn
 import sparse_ops
 
 from .biformer_fused import fused_block
+from .fused_block import fused_path_applies
 from .drop_path import ResidualDropPath
 from .linear import Conv2d, Linear
 from .mlp import Mlp
@@ -218,28 +219,13 @@ class BiFormerBlock(nn.Module):
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether this call runs as one :class:`~.biformer_fused.FusedRoutingBlock` node: a routing block on the
-        Triton path (CUDA with backend None, or backend 'triton'), not compiling, with the Linear / conv weights in
-        the dtype the matmuls run in (under autocast: pre-cast by ``cast_linear_weights``, which ``with_cp`` turns
-        off). The answer is cached per (shape, dtypes, device, backend, autocast)."""
-        if not isinstance(self.attn, BiLevelRoutingAttention) or torch.compiler.is_compiling():
+        Triton path with the Linear / conv weights in the matmuls' dtype (``fused_block.fused_path_applies``)."""
+        if not isinstance(self.attn, BiLevelRoutingAttention):
             return False
-        backend = sparse_ops.backend.requested_backend(self.backend, 'routing')
-        if backend == 'torch' or (backend is None and not x.is_cuda):
-            return False
-        qkv = self.attn.qkv
-        weight = qkv._low[0] if qkv._low is not None else qkv.weight
-        autocast = torch.is_autocast_enabled(x.device.type)
-        key = (x.shape, x.dtype, weight.dtype, x.device, backend, autocast)
-        cache = self.__dict__.setdefault('_fused_cache', {})
-        if key not in cache:
-            cache[key] = self._can_fuse(x, weight.dtype, autocast, backend)
-        return cache[key]
+        return fused_path_applies(self, x, self.attn.qkv, self.backend, 'routing', (), self._triton_runs)
 
-    def _can_fuse(self, x: torch.Tensor, low: torch.dtype, autocast: bool, backend: str | None) -> bool:
-        want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    def _triton_runs(self, x: torch.Tensor, low: torch.dtype, backend: str | None) -> bool:
         b, h, w, c = x.shape
-        if low != want or x.dtype not in (torch.float32, low) or h * w * 3 * c >= 2 ** 31:
-            return False
         heads = self.attn.num_heads
         q_like = torch.empty((), dtype=low, device=x.device).expand(b, heads, h, w, c // heads)
         return sparse_ops.choose_backend(backend, q_like, 'routing', n_win=self.attn.n_win,

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
-from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, mlp_backward, norm_out, \
-    residual
+from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, low_pair, mlp_backward, \
+    norm_out, residual
 
 __all__ = ['FusedRoutingBlock', 'BlockSpec', 'fused_block', 'N_GRADS']
 
@@ -189,11 +189,8 @@ def _params(block) -> list:
     """The 16 weight / bias tensors in ``FusedRoutingBlock``'s order: the pre-cast low-precision pairs of the
     Linear / conv layers where ``cast_linear_weights`` set them, else the parameters."""
     attn, mlp = block.attn, block.mlp
-    params = []
-    for mod in (block.pos_embed, block.norm1, attn.qkv, attn.lepe, attn.proj, block.norm2, mlp.fc1, mlp.fc2):
-        low = getattr(mod, '_low', None)
-        params.extend(low if low is not None else (mod.weight, mod.bias))
-    return params
+    mods = (block.pos_embed, block.norm1, attn.qkv, attn.lepe, attn.proj, block.norm2, mlp.fc1, mlp.fc2)
+    return [t for mod in mods for t in low_pair(mod)]
 
 
 def fused_block(block, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``): the autograd Function's body around
-a block's ``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
+"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``): whether a call takes the fused node
+(``fused_path_applies``), the weights it reads (``low_pair``), the autograd Function's body around a block's
+``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
 
 A fused block is a ``torch.autograd.Function`` whose ``apply`` takes ``(x, spec, s1, s2, *weights, graphs, grad)``:
 x the block's input, ``spec`` a frozen dataclass of its non-tensor arguments, ``s1`` / ``s2`` the residual
@@ -21,8 +22,41 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ['fused_forward', 'fused_backward', 'GradSink', 'residual', 'branch_grad', 'factor_grad', 'norm_out',
-           'mlp_backward']
+from sparse_ops.backend import requested_backend
+
+__all__ = ['fused_path_applies', 'low_pair', 'fused_forward', 'fused_backward', 'GradSink', 'residual',
+           'branch_grad', 'factor_grad', 'norm_out', 'mlp_backward']
+
+
+def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: str, key: tuple,
+                       triton_runs: Callable[..., bool], *args) -> bool:
+    """Whether ``block`` runs this call as its fused node: the Triton path (``backend``, or the
+    ``sparse_ops.use_backend`` default for the op ``what``: CUDA when None, CPU only when 'triton'), not compiling,
+    x in fp32 or the matmuls' dtype, the Linear weights (``qkv``'s) in the dtype the matmuls run in (under
+    autocast: pre-cast by ``cast_linear_weights``, which ``with_cp`` turns off), fewer than 2**31 qkv elements
+    per sample, and ``triton_runs(x, low, backend, *args)`` (the pattern's own check). The answer is cached on the
+    block per (shape, dtypes, device, backend, autocast, ``key``)."""
+    if torch.compiler.is_compiling():
+        return False
+    backend = requested_backend(backend, what)
+    if backend == 'torch' or (backend is None and not x.is_cuda):
+        return False
+    low = (qkv._low[0] if qkv._low is not None else qkv.weight).dtype
+    autocast = torch.is_autocast_enabled(x.device.type)
+    full_key = (x.shape, x.dtype, low, x.device, backend, autocast, key)
+    cache = block.__dict__.setdefault('_fused_cache', {})
+    if full_key not in cache:
+        want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        cache[full_key] = (low == want and x.dtype in (torch.float32, low)
+                           and x[0].numel() * 3 < 2 ** 31 and triton_runs(x, low, backend, *args))
+    return cache[full_key]
+
+
+def low_pair(module) -> tuple:
+    """``(weight, bias)`` of a ``Linear`` / ``Conv2d``: the pre-cast low-precision pair where
+    ``cast_linear_weights`` set one, else the parameters."""
+    low = getattr(module, '_low', None)
+    return low if low is not None else (module.weight, module.bias)
 
 
 def fused_forward(ctx, x: torch.Tensor, spec, s1, s2, rest: tuple, n_grads: int, low_at: int,

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
-from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, mlp_backward, norm_out, \
-    residual
+from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, low_pair, mlp_backward, \
+    norm_out, residual
 
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
 
@@ -87,8 +87,7 @@ def forward_math(x, spec: WindowBlockSpec, s1, s2, params, need_s1: bool, need_s
     save_xhat = low.itemsize < x.dtype.itemsize
     y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x.view(m, c), n1_w, n1_b, spec.eps1, low, save_xhat)
     qkv = F.linear(y1, qkv_w, qkv_b).view(b, n, 3 * c)
-    pattern, cfg = _plan(spec, n, c // heads, x.device)
-    p = pattern
+    p, cfg = _plan(spec, n, c // heads, x.device)
     scale = (c // heads) ** -0.5
     o, lse = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, rpb, p.rows, scale, p.mask_mode,
                  p.n_groups, cfg, None, heads_last=True)
@@ -108,7 +107,7 @@ def forward_math(x, spec: WindowBlockSpec, s1, s2, params, need_s1: bool, need_s
              n1_w, n1_b, qkv_w, rpb, proj_w, n2_w, n2_b, fc1_w, fc2_w)
     biases = (n1_b, qkv_b, proj_b, n2_b, fc1_b, fc2_b)
     bias_dtypes = {at: t.dtype for at, t in zip((5, 7, 10, 12, 14, 16), biases) if t is not None}  # by grad index
-    return out, saved, (pattern, cfg, scale, save_xhat, bias_dtypes)
+    return out, saved, (p, cfg, scale, save_xhat, bias_dtypes)
 
 
 def backward_math(spec: WindowBlockSpec, need, saved, aux, dout, dx_out=None) -> list:
@@ -180,13 +179,8 @@ def _params(block) -> list:
     """The 13 weight / bias tensors in ``FusedWindowBlock``'s order: the pre-cast low-precision pairs of the
     Linear layers where ``cast_linear_weights`` set them, else the parameters."""
     attn, mlp = block.attn, block.mlp
-
-    def pair(mod):
-        low = getattr(mod, '_low', None)
-        return low if low is not None else (mod.weight, mod.bias)
-
-    return [block.norm1.weight, block.norm1.bias, *pair(attn.qkv), attn.relative_position_bias_table,
-            *pair(attn.proj), block.norm2.weight, block.norm2.bias, *pair(mlp.fc1), *pair(mlp.fc2)]
+    return [block.norm1.weight, block.norm1.bias, *low_pair(attn.qkv), attn.relative_position_bias_table,
+            *low_pair(attn.proj), block.norm2.weight, block.norm2.bias, *low_pair(mlp.fc1), *low_pair(mlp.fc2)]
 
 
 def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:
