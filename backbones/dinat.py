@@ -64,7 +64,8 @@ class DiNAT(NATSkeleton):
         arch: ``'mini' | 'tiny' | 'small' | 'base'`` (``DINAT_ARCHS``) or a dict (see ``NATSkeleton``).
         dilations: ``'imagenet' | 'coco' | 'ade20k'`` (``DILATION_SCHEDULES``) or explicit per-block lists, one
             list of ``depths[i]`` ints per stage (the official configs' ``dilations`` argument).
-        in_channels, out_indices, frozen_stages, norm_eval, with_cp, drop_path_rate, init_cfg: as ``NAT``.
+        in_channels, out_indices, frozen_stages, norm_eval, with_cp, drop_path_rate, cuda_graphs, init_cfg: as
+            ``NAT``.
 
     ``forward``: ``(B, in_channels, H, W)`` -> tuple of NCHW maps ``(B, C_i, ceil(H/2^(i+2)), ceil(W/2^(i+2)))``.
     """
@@ -72,9 +73,10 @@ class DiNAT(NATSkeleton):
     def __init__(self, arch: str | Mapping[str, Any] = 'tiny', dilations: str | Sequence[Sequence[int]] = 'imagenet',
                  in_channels: int = 3, out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, with_cp: bool = False, drop_path_rate: float | None = None,
-                 init_cfg: dict | list[dict] | None = None) -> None:
+                 cuda_graphs: bool = True, init_cfg: dict | list[dict] | None = None) -> None:
         if isinstance(dilations, str):
             dilations = dilation_schedule(dilations, resolve_nat_arch(arch, DINAT_ARCHS)['depths'])
         super().__init__(arch, DINAT_ARCHS, in_channels=in_channels, out_indices=out_indices,
                          frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
-                         drop_path_rate=drop_path_rate, dilations=dilations, init_cfg=init_cfg)
+                         drop_path_rate=drop_path_rate, dilations=dilations, cuda_graphs=cuda_graphs,
+                         init_cfg=init_cfg)

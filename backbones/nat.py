@@ -35,6 +35,7 @@ from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import ConvDownsampler, ConvTokenizer
+from .layers.block_graphs import BlockGraphs, GraphPool
 from .layers.nat_blocks import NATBlock, NATStage, NeighborhoodAttention2d, init_nat_weights
 
 __all__ = ['NAT', 'NATSkeleton', 'NAT_ARCHS', 'resolve_nat_arch']
@@ -97,13 +98,17 @@ class NATSkeleton(SparseBackbone):
         drop_path_rate: stochastic depth rate of the last block (linear from 0); None takes ``arch``'s.
         dilations: per-block dilations of the 2D attention, one sequence of ``depths[i]`` ints per stage;
             None is 1 everywhere (NAT).
+        cuda_graphs: on the fused Triton path (2D neighbourhood blocks as one autograd node each,
+            ``layers/nat_fused.py``), replay each block's kernels as CUDA graphs once its input signature repeats
+            (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes run eagerly). Off
+            with ``with_cp``.
         in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``.
     """
 
     def __init__(self, arch: str | Mapping[str, Any], presets: Mapping[str, Mapping[str, Any]], *,
                  in_channels: int = 3, out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, with_cp: bool = False, drop_path_rate: float | None = None,
-                 dilations: Sequence[Sequence[int]] | None = None,
+                 dilations: Sequence[Sequence[int]] | None = None, cuda_graphs: bool = True,
                  init_cfg: dict | list[dict] | None = None) -> None:
         arch_cfg = resolve_nat_arch(arch, presets)
         super().__init__(num_stages=4, in_channels=in_channels, out_indices=out_indices,
@@ -131,7 +136,18 @@ class NATSkeleton(SparseBackbone):
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
 
         self.apply(init_nat_weights)
+        self.cuda_graphs = bool(cuda_graphs) and not with_cp
+        if self.cuda_graphs:
+            self._attach_graphs(GraphPool())
         self._freeze_stages()
+
+    def _attach_graphs(self, pool: GraphPool) -> None:
+        """Give every block around 2D neighbourhood attention (those that take the fused node) a
+        :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
+        for i, stage in enumerate(self.levels):
+            blocks = [blk for blk in stage.blocks if isinstance(blk.attn, NeighborhoodAttention2d)]
+            for j, blk in enumerate(blocks):
+                blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(blocks) - 1)
 
     # -- structure -------------------------------------------------------------------------------------------------
     def _make_attention(self, stage: int, block: int, dim: int, num_heads: int) -> nn.Module:
@@ -179,6 +195,7 @@ class NAT(NATSkeleton):
         norm_eval: keep BatchNorms in eval mode (NAT has none; accepted for API uniformity).
         with_cp: activation checkpointing per block.
         drop_path_rate: stochastic depth of the last block; None takes the preset's ImageNet value.
+        cuda_graphs: replay each block's kernels as CUDA graphs on the fused path (see ``NATSkeleton``).
         init_cfg: MMEngine init config (e.g. a converted official checkpoint).
 
     ``forward``: ``(B, in_channels, H, W)`` -> tuple of ``(B, 64·2^i, ceil(H/2^(i+2)), ceil(W/2^(i+2)))`` (NAT-T).
@@ -186,8 +203,8 @@ class NAT(NATSkeleton):
 
     def __init__(self, arch: str | Mapping[str, Any] = 'tiny', in_channels: int = 3,
                  out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, drop_path_rate: float | None = None,
+                 with_cp: bool = False, drop_path_rate: float | None = None, cuda_graphs: bool = True,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(arch, NAT_ARCHS, in_channels=in_channels, out_indices=out_indices,
                          frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
-                         drop_path_rate=drop_path_rate, init_cfg=init_cfg)
+                         drop_path_rate=drop_path_rate, cuda_graphs=cuda_graphs, init_cfg=init_cfg)

@@ -1,40 +1,25 @@
 """A whole HWT block as one autograd node on the Triton path (``fused_window_block``).
 
-Why: an HWT-T training step at feature-map sizes waits for the host, not the GPU. On an H200 at batch 1 it takes
-31.9 / 31.0 / 42.6 ms at 512² / 1024² / 2048² (docs/benchmarks.md, session 10): 4x the tokens from 512² to 1024²
-cost nothing more, so the step is the host's issue time (every op's Python wrapper, autograd node and launch). This
-Function runs the block ``x -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with the kernels called directly and a
-hand-written backward: no autograd node per op, no argument checks per op, GELU recomputed in the backward, the
-attention's dq, dk, dv written into one qkv-shaped gradient. With ``layers.block_graphs`` (the ``graphs``
-argument) the kernels of a block whose input signature repeats are replayed as CUDA graphs: a block's forward or
-backward then costs the host about one launch.
+The block ``x -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with Hilbert window attention and its 2D position bias, run by
+``attn_block_fused``'s forward and backward math (why, and how it matches the module composition in
+``backbones/hwt.py``, is said there). With ``layers.block_graphs`` (the ``graphs`` argument) the kernels of a block
+whose input signature repeats are replayed as CUDA graphs: a block's forward or backward then costs the host about
+one launch.
 
-Same math as the composition in ``backbones/hwt.py`` (the op it calls at each step, in the same dtypes: fp32
-residual stream, the low-precision dtype of the pre-cast weights for the matmuls and the attention), except that
-both LayerNorms always take the Triton kernel (``PreNorm`` takes PyTorch's norm below ``PreNorm.min_elements``:
-same fp32 statistics, another summation order) and the first norm's input gradient is written with the residual
-gradient added in its kernel.
-
-Shapes: x ``(B, N, C)`` Hilbert tokens (channel stride 1), fp32 residual stream (or the low dtype itself without
-autocast); weights as the modules hold them (``Linear`` ``(out, in)``; Linear weights and biases in the low dtype
-``L`` when ``layers.linear.cast_linear_weights`` pre-cast them), the norms' and the position-bias table
-``(heads, 2w-1, 2w-1)`` in fp32; returns ``(B, N, C)`` like x.
+Shapes: x ``(B, N, C)`` Hilbert tokens (channel stride 1); weights as the modules hold them (Linear weights and
+biases pre-cast by ``layers.linear.cast_linear_weights``), the position-bias table ``(heads, 2w-1, 2w-1)`` in fp32;
+returns ``(B, N, C)`` like x.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 
-from sparse_ops.backend import load_triton_module
-
-from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, low_pair, mlp_backward, \
-    norm_out, residual
+from .attn_block_fused import N_GRADS, backward_math, forward_math, kernels
+from .fused_block import fused_backward, fused_forward, low_pair
 
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
-
-N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of FusedWindowBlock.apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,101 +34,13 @@ class WindowBlockSpec:
     value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
     value2: float
 
-
-_KERNELS: tuple = ()
-
-
-def _kernels():
-    """(norm, patterns, default_config, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
-    loaded where the fused block runs)."""
-    global _KERNELS
-    if not _KERNELS:
-        fwd = load_triton_module('sparse_ops.block_sparse_fwd')
-        _KERNELS = (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.patterns'),
-                    fwd.default_config, fwd.block_sparse_fwd,
-                    load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
-                    load_triton_module('sparse_ops.block_sparse').split_heads)
-    return _KERNELS
-
-
-def _plan(spec: WindowBlockSpec, n: int, head_dim: int, device: torch.device):
-    """The (cached) block pattern of the block's chunks, with token coordinates for the bias, and its config."""
-    _, patterns, default_config, *_ = _kernels()
-    cfg = default_config(head_dim, device, patterns.MASK_INTERVAL)
-    return patterns.hilbert_window_pattern(n, spec.window, spec.shift, cfg.block_m, cfg.block_n, device,
-                                           hw=spec.hw), cfg
-
-
-def forward_math(x, spec: WindowBlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None,
-                 copy_input=False):
-    """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors and ``aux`` the rest
-    that :func:`backward_math` needs. ``out`` (optional): the ``(B, N, C)`` buffer to write the result into;
-    ``copy_input``: save a copy of x where the backward keeps x itself (x is a reused buffer)."""
-    n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b = params
-    norm, _, _, fwd, _, split = _kernels()
-    low = qkv_w.dtype
-    b, n, c = x.shape
-    m, heads = b * n, spec.num_heads
-    save_xhat = low.itemsize < x.dtype.itemsize
-    y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x.view(m, c), n1_w, n1_b, spec.eps1, low, save_xhat)
-    qkv = F.linear(y1, qkv_w, qkv_b).view(b, n, 3 * c)
-    p, cfg = _plan(spec, n, c // heads, x.device)
-    scale = (c // heads) ** -0.5
-    o, lse = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, rpb, p.rows, scale, p.mask_mode,
-                 p.n_groups, cfg, None, heads_last=True)
-    a = o.transpose(1, 2).reshape(m, c)                                   # heads merged: a view of o's buffer
-    y = F.linear(a, proj_w, proj_b).view(b, n, c)
-    x2 = residual(x, y, s1, spec.value1)
-    y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
-    u = F.linear(y2, fc1_w, fc1_b)
-    mlp = F.linear(F.gelu(u), fc2_w, fc2_b).view(b, n, c)
-    out = residual(x2, mlp, s2, spec.value2, out)
-
-    x_kept = x.view(m, c).clone() if copy_input else x.view(m, c)
-    ln1 = (xhat1, None) if save_xhat else (x_kept, mean1)
-    ln2 = (xhat2, None) if save_xhat else (x2.view(m, c), mean2)
-    # the norms' outputs y1, y2 are not kept: the backward recomputes them from xhat (or x, mean, rstd)
-    saved = (*ln1, rstd1, qkv, o, lse, y if need_s1 else None, *ln2, rstd2, u, mlp if need_s2 else None, s1, s2,
-             n1_w, n1_b, qkv_w, rpb, proj_w, n2_w, n2_b, fc1_w, fc2_w)
-    biases = (n1_b, qkv_b, proj_b, n2_b, fc1_b, fc2_b)
-    bias_dtypes = {at: t.dtype for at, t in zip((5, 7, 10, 12, 14, 16), biases) if t is not None}  # by grad index
-    return out, saved, (p, cfg, scale, save_xhat, bias_dtypes)
-
-
-def backward_math(spec: WindowBlockSpec, need, saved, aux, dout, dx_out=None) -> list:
-    """The block's backward on the kernels from :func:`forward_math`'s ``saved`` / ``aux``: the ``N_GRADS``
-    gradients of ``FusedWindowBlock.apply``'s tensor arguments (None where ``need`` is False). ``dx_out``
-    (optional): the buffer to write the input gradient into."""
-    (ln1_x, mean1, rstd1, qkv, o, lse, y, ln2_x, mean2, rstd2, u, mlp, s1, s2,
-     n1_w, n1_b, qkv_w, rpb, proj_w, n2_w, n2_b, fc1_w, fc2_w) = saved
-    p, cfg, scale, save_xhat, bias_dt = aux
-    norm, _, _, _, bwd, split = _kernels()
-    low = qkv_w.dtype
-    b, n, c3 = qkv.shape
-    c, m, heads = c3 // 3, b * n, spec.num_heads
-    dout = dout.contiguous()
-    sink = GradSink(need, bias_dt, save_xhat)
-    # MLP branch: out = x2 + s2 * mlp
-    ln2_out = norm_out(ln2_x, mean2, rstd2, n2_w, n2_b, low, save_xhat)
-    dy2 = mlp_backward(sink, dout, mlp, s2, spec.value2, u, fc1_w, fc2_w, ln2_out, 13, 15)
-    dx2 = sink.norm(norm, dy2, ln2_x, n2_w, mean2, rstd2, 11, dout)          # (B, N, C) like x
-    # attention branch: x2 = x + s1 * proj(attn(qkv))
-    if s1 is not None and need[2]:
-        sink.grads[2] = factor_grad(dx2, y, s1, spec.value1)
-    dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
-    da = sink.linear(dy, o.transpose(1, 2).reshape(m, c), proj_w, 9, 10)
-    dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
-    do = da.view(b, n, heads, c // heads).transpose(1, 2)
-    *_, drpb = bwd(do, *split(qkv, heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
-                   rpb, p.rows, scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, heads))
-    if need[8]:
-        sink.grads[8] = drpb
-    ln1_out = norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat)
-    dy1 = sink.linear(dqkv.view(m, c3), ln1_out, qkv_w, 6, 7)
-    dx = sink.norm(norm, dy1, ln1_x, n1_w, mean1, rstd1, 4, dx2, out=dx_out)
-    if need[0]:
-        sink.grads[0] = dx
-    return sink.grads
+    def plan(self, n: int, head_dim: int, device: torch.device):
+        """The (cached) Hilbert-window pattern of the block's chunks, with token coordinates for the bias, and its
+        kernel config."""
+        _, patterns, default_config, *_ = kernels()
+        cfg = default_config(head_dim, device, patterns.MASK_INTERVAL)
+        return patterns.hilbert_window_pattern(n, self.window, self.shift, cfg.block_m, cfg.block_n, device,
+                                               hw=self.hw), cfg
 
 
 class FusedWindowBlock(torch.autograd.Function):

@@ -12,7 +12,8 @@ at the end of every stage but the last. This module adds what is specific to it:
   ``(B, N, C)`` already in Hilbert order.
 - ``NATBlock``: ``x + drop_path(gamma1 * attn(norm1(x)))``, ``x + drop_path(gamma2 * mlp(norm2(x)))``; ``gamma*``
   (layer scale) only when ``layer_scale`` is given. Works on any ``(..., C)`` layout; extra positional arguments go
-  to the attention module.
+  to the attention module. Around 2D neighbourhood attention on the Triton path it runs as one autograd node
+  (``nat_fused``), replayed as CUDA graphs when the backbone gave it ``graphs``.
 - ``NATStage``: ``blocks`` (ModuleList) + optional ``downsample``; the backbone drives the loop.
 - ``init_nat_weights``: the official initialisation (trunc-normal 0.02 linears and position biases, unit LayerNorms).
 
@@ -32,8 +33,10 @@ from torch import nn
 import sparse_ops
 
 from .drop_path import ResidualDropPath
+from .fused_block import fused_path_applies
 from .linear import Linear
 from .mlp import Mlp
+from .nat_fused import fused_neighborhood_block
 from .norm import PreNorm
 
 __all__ = ['clip_dilation', 'NeighborhoodAttention2d', 'HilbertNeighborhoodAttention1d', 'NATBlock', 'NATStage',
@@ -204,7 +207,28 @@ class NATBlock(nn.Module):
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
             self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
+    graphs = None
+    """The block's :class:`~.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
+
+    def _fused(self, x: torch.Tensor, attn_args: tuple) -> bool:
+        """Whether this call runs as one :class:`~.nat_fused.FusedNeighborhoodBlock` node: 2D neighbourhood
+        attention on a ``(B, H, W, C)`` map and ``layers.fused_block.fused_path_applies`` (the Triton path, CUDA
+        unless ``sparse_ops.use_backend`` says otherwise, with the Linear weights in the matmuls' dtype)."""
+        if attn_args or not isinstance(self.attn, NeighborhoodAttention2d) or x.dim() != 4:
+            return False
+        hw = (x.shape[1], x.shape[2])
+        return fused_path_applies(self, x, self.attn.qkv, None, 'na2d', hw, self._triton_runs, hw)
+
+    def _triton_runs(self, x: torch.Tensor, low: torch.dtype, backend: str | None, hw: tuple[int, int]) -> bool:
+        attn = self.attn
+        b, c = x.shape[0], x.shape[-1]
+        q_like = torch.empty((), dtype=low, device=x.device).expand(b, attn.num_heads, *hw, c // attn.num_heads)
+        return sparse_ops.choose_backend(backend, q_like, 'na2d', kernel_size=attn.kernel_size,
+                                         dilation=attn.effective_dilation(*hw), rpb=attn.rpb) == 'triton'
+
     def forward(self, x: torch.Tensor, *attn_args) -> torch.Tensor:
+        if self._fused(x, attn_args):
+            return fused_neighborhood_block(self, x)
         y = self.attn(self.norm1(x), *attn_args)
         x = self.drop_path(x, y, self.gamma1)
         return self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)

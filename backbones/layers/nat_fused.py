@@ -1,0 +1,94 @@
+"""A whole NAT / DiNAT block as one autograd node on the Triton path (``fused_neighborhood_block``).
+
+The block ``x -> x + g1 * attn(ln1(x)) -> x + g2 * mlp(ln2(x))`` (``g*``: the layer scale, or none) with exact 2D
+(dilated) neighbourhood attention and its relative position bias, run by ``attn_block_fused``'s forward and
+backward math (why, and how it matches the module composition in ``layers/nat_blocks.py``, is said there). The
+attention reads the row-major map through the na2d pattern's ``rows`` (sub-grid-major Hilbert order), as
+``sparse_ops.neighborhood_attention_2d`` does. With ``layers.block_graphs`` (the ``graphs`` argument) the kernels
+of a block whose input signature repeats are replayed as CUDA graphs.
+
+Shapes: x ``(B, H, W, C)`` channels-last map, seen as ``(B, H * W, C)`` tokens inside; weights as the modules hold
+them (Linear weights and biases pre-cast by ``layers.linear.cast_linear_weights``), ``rpb (heads, 2k-1, 2k-1)``
+(or None) in fp32, the layer scales ``(C,)``; returns ``(B, H, W, C)`` like x.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .attn_block_fused import N_GRADS, backward_math, forward_math, kernels
+from .fused_block import fused_backward, fused_forward, low_pair
+
+__all__ = ['FusedNeighborhoodBlock', 'NeighborhoodBlockSpec', 'fused_neighborhood_block']
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborhoodBlockSpec:
+    """The non-tensor arguments of :class:`FusedNeighborhoodBlock`."""
+    num_heads: int
+    kernel_size: int        # neighbourhood side k
+    dilation: int           # the dilation used on this map (``NeighborhoodAttention2d.effective_dilation``)
+    hw: tuple               # (H, W) of the map
+    eps1: float             # norm1 / norm2 eps
+    eps2: float
+    value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
+    value2: float
+
+    def plan(self, n: int, head_dim: int, device: torch.device):
+        """The (cached) na2d pattern of the map, with sub-grid coordinates for the bias, and its kernel config."""
+        _, patterns, default_config, *_ = kernels()
+        cfg = default_config(head_dim, device, patterns.MASK_GRID2D)
+        return patterns.na2d_pattern(*self.hw, self.kernel_size, self.dilation, cfg.block_m, cfg.block_n,
+                                     device), cfg
+
+
+class FusedNeighborhoodBlock(torch.autograd.Function):
+    """``apply(x, spec, s1, s2, n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
+    fc2_b, graphs, grad) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block (module docstring).
+
+    ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None, the layer scale ``(C,)``
+    or the stochastic-depth mask ``(B, 1, 1)`` times it), applied with ``spec.value1`` / ``value2``. ``graphs``:
+    the block's :class:`~.block_graphs.BlockGraphs` or None; ``grad``: whether autograd records the call
+    (``torch.is_grad_enabled()`` outside the Function)."""
+
+    @staticmethod
+    def forward(ctx, x, spec, s1, s2, *rest):
+        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 2, forward_math, backward_math)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return fused_backward(ctx, dout)
+
+
+def _spec(block, hw: tuple, v1: float, v2: float) -> NeighborhoodBlockSpec:
+    """The block's :class:`NeighborhoodBlockSpec` for the map size hw and branch values v1, v2 (cached on the
+    block)."""
+    cache = block.__dict__.setdefault('_fused_specs', {})
+    spec = cache.get((hw, v1, v2))
+    if spec is None:
+        attn = block.attn
+        spec = cache[(hw, v1, v2)] = NeighborhoodBlockSpec(attn.num_heads, attn.kernel_size,
+                                                           attn.effective_dilation(*hw), hw, block.norm1.eps,
+                                                           block.norm2.eps, v1, v2)
+    return spec
+
+
+def _params(block) -> list:
+    """The 13 weight / bias tensors in ``FusedNeighborhoodBlock``'s order: the pre-cast low-precision pairs of the
+    Linear layers where ``cast_linear_weights`` set them, else the parameters."""
+    attn, mlp = block.attn, block.mlp
+    return [block.norm1.weight, block.norm1.bias, *low_pair(attn.qkv), attn.rpb, *low_pair(attn.proj),
+            block.norm2.weight, block.norm2.bias, *low_pair(mlp.fc1), *low_pair(mlp.fc2)]
+
+
+def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
+    """``block`` (a ``NATBlock`` around ``NeighborhoodAttention2d``) on the map x ``(B, H, W, C)`` through
+    :class:`FusedNeighborhoodBlock`; the caller has checked that it applies (``NATBlock._fused``)."""
+    b, h, w, c = x.shape
+    tokens = x.reshape(b, h * w, c)
+    s1, v1 = block.drop_path.factor(tokens, block.gamma1)
+    s2, v2 = block.drop_path.factor(tokens, block.gamma2)
+    out = FusedNeighborhoodBlock.apply(tokens, _spec(block, (h, w), v1, v2), s1, s2, *_params(block), block.graphs,
+                                       torch.is_grad_enabled())
+    return out.view(b, h, w, c)
