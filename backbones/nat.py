@@ -4,7 +4,9 @@ Skeleton (``NATSkeleton``, shared with DiNAT and HNT): ``ConvTokenizer`` (two 3x
 four stages of ``NATBlock`` s, a ``ConvDownsampler`` (3x3/s2 conv + LayerNorm) closing every stage but the last,
 a LayerNorm ``norm{i}`` on the output of each stage in ``out_indices`` (as the official detection / segmentation
 backbones). NAT's attention is 2D neighbourhood attention, kernel 7, relative position bias ``(heads, 13, 13)`` per
-block, through ``sparse_ops.neighborhood_attention_2d``.
+block, through ``sparse_ops.neighborhood_attention_2d``. On the Triton path (CUDA) each block runs as one autograd
+node with a hand-written backward (``layers/nat_fused.py``), and with ``cuda_graphs`` its kernels are replayed as
+CUDA graphs once the input size repeats; the twin path (CPU) is the module composition.
 
 Layouts: ``forward(x: (B, in_channels, H, W))`` -> tuple of ``(B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))`` for
 ``i in out_indices`` (``C_i = embed_dims * 2^i``, strides 4/8/16/32); any ``H, W >= 1``. Inside, stages exchange

@@ -1,4 +1,4 @@
-"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``): whether a call takes the fused node
+"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``, ``nat_fused``): whether a call takes the fused node
 (``fused_path_applies``), the weights it reads (``low_pair``), the autograd Function's body around a block's
 ``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
 
