@@ -1,6 +1,6 @@
-"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``, ``nat_fused``): whether a call takes the fused node
-(``fused_path_applies``), the weights it reads (``low_pair``), the autograd Function's body around a block's
-``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
+"""What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``, ``nat_fused``): whether a call takes
+the fused node (``fused_path_applies``), the weights it reads (``low_pair``), the autograd Function's body around a
+block's ``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
 
 A fused block is a ``torch.autograd.Function`` whose ``apply`` takes ``(x, spec, s1, s2, *weights, graphs, grad)``:
 x the block's input, ``spec`` a frozen dataclass of its non-tensor arguments, ``s1`` / ``s2`` the residual
