@@ -31,9 +31,10 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
-from .fused_block import GradSink, branch_grad, factor_grad, mlp_backward, norm_out, residual
+from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, mlp_backward, norm_out, \
+    residual
 
-__all__ = ['forward_math', 'backward_math', 'kernels', 'N_GRADS']
+__all__ = ['AttentionBlockFunction', 'forward_math', 'backward_math', 'kernels', 'N_GRADS']
 
 N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of the block Function's apply
 
@@ -124,3 +125,23 @@ def backward_math(spec, need, saved, aux, dout, dx_out=None) -> list:
     if need[0]:
         sink.grads[0] = dx
     return sink.grads
+
+
+class AttentionBlockFunction(torch.autograd.Function):
+    """``apply(x, spec, s1, s2, n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
+    fc2_b, graphs, grad) -> (B, N, C)``: the block on :func:`forward_math` / :func:`backward_math`, with the
+    graph replay of ``fused_block.fused_forward``. Each backbone subclasses it (``FusedWindowBlock``,
+    ``FusedNeighborhoodBlock``), so its autograd node carries the block's name.
+
+    ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None, a layer scale ``(C,)``
+    or the stochastic-depth mask ``(B, 1, 1)``, times the layer scale if any), applied with ``spec.value1`` /
+    ``value2``. ``graphs``: the block's :class:`~.block_graphs.BlockGraphs` or None; ``grad``: whether autograd
+    records the call (``torch.is_grad_enabled()`` outside the Function)."""
+
+    @staticmethod
+    def forward(ctx, x, spec, s1, s2, *rest):
+        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 2, forward_math, backward_math)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return fused_backward(ctx, dout)

@@ -16,8 +16,8 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import N_GRADS, backward_math, forward_math, kernels
-from .fused_block import fused_backward, fused_forward, low_pair
+from .attn_block_fused import N_GRADS, AttentionBlockFunction, kernels
+from .fused_block import low_pair
 
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
 
@@ -43,22 +43,9 @@ class WindowBlockSpec:
                                                hw=self.hw), cfg
 
 
-class FusedWindowBlock(torch.autograd.Function):
-    """``apply(x, spec, s1, s2, n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
-    fc2_b, graphs, grad) -> (B, N, C)``: an HWT block (module docstring).
-
-    ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None or the stochastic-depth
-    mask ``(B, 1, 1)``), applied with ``spec.value1`` / ``value2``. ``graphs``: the block's
-    :class:`~.block_graphs.BlockGraphs` or None; ``grad``: whether autograd records the call
-    (``torch.is_grad_enabled()`` outside the Function)."""
-
-    @staticmethod
-    def forward(ctx, x, spec, s1, s2, *rest):
-        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 2, forward_math, backward_math)
-
-    @staticmethod
-    def backward(ctx, dout):
-        return fused_backward(ctx, dout)
+class FusedWindowBlock(AttentionBlockFunction):
+    """``apply(x, spec, s1, s2, *13 weights, graphs, grad) -> (B, N, C)``: an HWT block (module docstring;
+    arguments as :class:`~.attn_block_fused.AttentionBlockFunction`, ``spec`` a :class:`WindowBlockSpec`)."""
 
 
 def _spec(block, hw: tuple, v1: float, v2: float) -> WindowBlockSpec:

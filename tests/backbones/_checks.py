@@ -26,3 +26,12 @@ def assert_within_twin_error(got, twin, ref, floor: float) -> None:
     for name, g, t, r in pairs:
         err, err_twin = rel_err(g, r), rel_err(t, r)
         assert err <= 2 * err_twin + floor, f'{name}: fused {err:.2e} vs twin {err_twin:.2e}'
+
+
+def assert_equals_twin(got, want, names, tol: float) -> None:
+    """``got``, ``want``: ``(out, dx, {name: grad}, ...)`` of the fused path and the twin. Output, dx and the
+    gradient of every parameter in ``names`` (all of them, no other) within ``tol`` of the twin's (``rel_err``)."""
+    assert rel_err(got[0], want[0]) < tol and rel_err(got[1], want[1]) < tol
+    assert set(got[2]) == set(want[2]) == set(names)
+    for name in got[2]:
+        assert rel_err(got[2][name], want[2][name]) < tol, name

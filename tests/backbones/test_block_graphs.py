@@ -287,18 +287,24 @@ def test_biformer_graphs_equal_eager(dtype):
     assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
 
 
-def _hwt(graphs: bool, emulate: bool):
-    torch.manual_seed(0)
-    arch = dict(embed_dims=16, depths=(2, 3), num_heads=(1, 2), window_size=3, mlp_ratio=2.0)
-    model = HWT(arch=arch, out_indices=(0, 1), drop_path_rate=0.3, cuda_graphs=False)
+def _perturbed(model, blocks, graphs: bool, emulate: bool):
+    """``model`` with its weights drawn away from the init (so every term matters) and, with ``graphs``, block
+    graphs on a fresh pool that capture at the first repeated call (``blocks``: those the backbone gives graphs);
+    on ``DEV``, in training mode."""
     for p in model.parameters():
         nn.init.normal_(p, std=0.2)
     if graphs:
         model._attach_graphs(GraphPool(emulate=emulate))
-        for stage in model.layers:
-            for blk in stage.blocks:
-                blk.graphs.warmup = 1
+        for blk in blocks:
+            blk.graphs.warmup = 1
     return model.to(DEV).train()
+
+
+def _hwt(graphs: bool, emulate: bool):
+    torch.manual_seed(0)
+    arch = dict(embed_dims=16, depths=(2, 3), num_heads=(1, 2), window_size=3, mlp_ratio=2.0)
+    model = HWT(arch=arch, out_indices=(0, 1), drop_path_rate=0.3, cuda_graphs=False)
+    return _perturbed(model, [blk for stage in model.layers for blk in stage.blocks], graphs, emulate)
 
 
 @pytest.mark.parametrize('dtype', [None, torch.float16])
@@ -318,14 +324,7 @@ def _dinat(graphs: bool, emulate: bool):
                 layer_scale=0.5)
     model = DiNAT(arch=arch, dilations=((1, 2), (1, 2, 1), (1,), (1,)), out_indices=(0, 1), drop_path_rate=0.3,
                   cuda_graphs=False)
-    for p in model.parameters():
-        nn.init.normal_(p, std=0.2)
-    if graphs:
-        model._attach_graphs(GraphPool(emulate=emulate))
-        for stage in model.levels:
-            for blk in stage.blocks:
-                blk.graphs.warmup = 1
-    return model.to(DEV).train()
+    return _perturbed(model, [blk for stage in model.levels for blk in stage.blocks], graphs, emulate)
 
 
 @pytest.mark.parametrize('dtype', [None, torch.float16])

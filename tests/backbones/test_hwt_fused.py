@@ -16,7 +16,7 @@ import sparse_ops
 from backbones import HWT
 from backbones.hwt import HWTBlock
 from backbones.layers.linear import cast_linear_weights
-from _checks import assert_within_twin_error, rel_err
+from _checks import assert_equals_twin, assert_within_twin_error, rel_err
 
 FUSED = 'FusedWindowBlockBackward'
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -58,10 +58,7 @@ def test_fused_block_equals_composition_fp32(shift, drop_path, train, hw):
     out, dx, grads, node = _run(blk, x, hw, 'triton')
     ref_out, ref_dx, ref_grads, ref_node = _run(copy.deepcopy(blk), x, hw, 'torch')
     assert FUSED in node and FUSED not in ref_node, (node, ref_node)
-    assert rel_err(out, ref_out) < FP32_TOL and rel_err(dx, ref_dx) < FP32_TOL
-    assert set(grads) == set(ref_grads) == {n for n, _ in blk.named_parameters()}
-    for name in grads:
-        assert rel_err(grads[name], ref_grads[name]) < FP32_TOL, name
+    assert_equals_twin((out, dx, grads), (ref_out, ref_dx, ref_grads), dict(blk.named_parameters()), FP32_TOL)
 
 
 def test_fused_block_fp16_within_twin_error():
