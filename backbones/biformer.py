@@ -33,7 +33,7 @@ from torch import nn
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers.biformer_blocks import (GLOBAL, BiFormerBlock, BiLevelRoutingAttention, LayerNorm2d, biformer_downsample,
                                      biformer_stem)
-from .layers.block_graphs import BlockGraphs, GraphPool
+from .layers.block_graphs import GraphPool, attach_graphs
 
 __all__ = ['BiFormer']
 
@@ -145,10 +145,8 @@ class BiFormer(SparseBackbone):
 
     def _attach_graphs(self, pool: GraphPool) -> None:
         """Give every routing block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        for i, stage in enumerate(self.stages):
-            routed = [blk for blk in stage if isinstance(blk.attn, BiLevelRoutingAttention)]
-            for j, blk in enumerate(routed):
-                blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(routed) - 1)
+        attach_graphs(pool, [[blk for blk in stage if isinstance(blk.attn, BiLevelRoutingAttention)]
+                             for stage in self.stages])
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.downsample_layers[0]]

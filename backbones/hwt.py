@@ -37,7 +37,7 @@ import sparse_ops
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, from_hilbert, nhwc_to_nchw,
                      to_hilbert)
-from .layers.block_graphs import BlockGraphs, GraphPool
+from .layers.block_graphs import GraphPool, attach_graphs
 from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
 
@@ -208,9 +208,7 @@ class HWT(SparseBackbone):
 
     def _attach_graphs(self, pool: GraphPool) -> None:
         """Give every block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        for i, stage in enumerate(self.layers):
-            for j, blk in enumerate(stage.blocks):
-                blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(stage.blocks) - 1)
+        attach_graphs(pool, [stage.blocks for stage in self.layers])
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.patch_embed]

@@ -37,7 +37,7 @@ from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import ConvDownsampler, ConvTokenizer
-from .layers.block_graphs import BlockGraphs, GraphPool
+from .layers.block_graphs import GraphPool, attach_graphs
 from .layers.nat_blocks import NATBlock, NATStage, NeighborhoodAttention2d, init_nat_weights
 
 __all__ = ['NAT', 'NATSkeleton', 'NAT_ARCHS', 'resolve_nat_arch']
@@ -146,10 +146,8 @@ class NATSkeleton(SparseBackbone):
     def _attach_graphs(self, pool: GraphPool) -> None:
         """Give every block around 2D neighbourhood attention (those that take the fused node) a
         :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        for i, stage in enumerate(self.levels):
-            blocks = [blk for blk in stage.blocks if isinstance(blk.attn, NeighborhoodAttention2d)]
-            for j, blk in enumerate(blocks):
-                blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(blocks) - 1)
+        attach_graphs(pool, [[blk for blk in stage.blocks if isinstance(blk.attn, NeighborhoodAttention2d)]
+                             for stage in self.levels])
 
     # -- structure -------------------------------------------------------------------------------------------------
     def _make_attention(self, stage: int, block: int, dim: int, num_heads: int) -> nn.Module:

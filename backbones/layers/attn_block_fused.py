@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
-from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, mlp_backward, norm_out, \
-    residual
+from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, low_pair, mlp_backward, \
+    norm_out, residual
 
-__all__ = ['AttentionBlockFunction', 'forward_math', 'backward_math', 'kernels', 'N_GRADS']
+__all__ = ['AttentionBlockFunction', 'block_params', 'forward_math', 'backward_math', 'kernels', 'N_GRADS']
 
 N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of the block Function's apply
 
@@ -53,6 +53,16 @@ def kernels():
                     load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
                     load_triton_module('sparse_ops.block_sparse').split_heads)
     return _LOADED
+
+
+def block_params(block, rpb) -> list:
+    """The 13 weight / bias tensors of a pre-norm block (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
+    ``mlp.fc1``, ``mlp.fc2``) with its position-bias table ``rpb`` (or None), in ``forward_math``'s ``params``
+    order: the pre-cast low-precision pairs of the Linear layers where ``cast_linear_weights`` set them, else the
+    parameters."""
+    attn, mlp = block.attn, block.mlp
+    return [*low_pair(block.norm1), *low_pair(attn.qkv), rpb, *low_pair(attn.proj), *low_pair(block.norm2),
+            *low_pair(mlp.fc1), *low_pair(mlp.fc2)]
 
 
 def forward_math(x, spec, s1, s2, params, need_s1: bool, need_s2: bool, out=None, copy_input=False):

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from sparse_ops.backend import load_triton_module
 
-from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, low_pair, mlp_backward, \
-    norm_out, residual
+from .fused_block import GradSink, branch_grad, cached_spec, factor_grad, fused_backward, fused_forward, low_pair, \
+    mlp_backward, norm_out, residual
 
 __all__ = ['FusedRoutingBlock', 'BlockSpec', 'fused_block', 'N_GRADS']
 
@@ -176,13 +176,9 @@ class FusedRoutingBlock(torch.autograd.Function):
 
 def _spec(block, v1: float, v2: float) -> BlockSpec:
     """The block's :class:`BlockSpec` for branch values v1, v2 (cached on the block: two cases per block)."""
-    cache = block.__dict__.setdefault('_fused_specs', {})
-    spec = cache.get((v1, v2))
-    if spec is None:
-        attn = block.attn
-        spec = cache[(v1, v2)] = BlockSpec(attn.num_heads, attn.n_win, attn.routed_topk, attn.scale,
-                                           block.norm1.eps, block.norm2.eps, v1, v2)
-    return spec
+    attn = block.attn
+    return cached_spec(block, (v1, v2), lambda: BlockSpec(attn.num_heads, attn.n_win, attn.routed_topk, attn.scale,
+                                                          block.norm1.eps, block.norm2.eps, v1, v2))
 
 
 def _params(block) -> list:

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ['GraphPool', 'BlockGraphs']
+__all__ = ['GraphPool', 'BlockGraphs', 'attach_graphs']
 
 
 class _Ring:
@@ -306,3 +306,11 @@ class BlockGraphs:
                 return entry.bwd(entry.saved, entry.aux, dout, None)
         entry.bwd_graph.replay()
         return entry.grads
+
+
+def attach_graphs(pool: GraphPool, stages) -> None:
+    """Give every block of ``stages`` (one sequence of the graphed blocks per stage) a :class:`BlockGraphs` on
+    ``pool``: tagged by its stage (blocks of one stage share ring buffers), indexed among its stage's blocks."""
+    for i, blocks in enumerate(stages):
+        for j, blk in enumerate(blocks):
+            blk.graphs = BlockGraphs(pool, tag=i, index=j, last=j == len(blocks) - 1)

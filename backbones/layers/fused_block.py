@@ -17,14 +17,14 @@ Function. Its ``forward`` / ``backward`` are :func:`fused_forward` / :func:`fuse
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from sparse_ops.backend import requested_backend
 
-__all__ = ['fused_path_applies', 'low_pair', 'fused_forward', 'fused_backward', 'GradSink', 'residual',
+__all__ = ['fused_path_applies', 'low_pair', 'cached_spec', 'fused_forward', 'fused_backward', 'GradSink', 'residual',
            'branch_grad', 'factor_grad', 'norm_out', 'mlp_backward']
 
 
@@ -57,6 +57,16 @@ def low_pair(module) -> tuple:
     ``cast_linear_weights`` set one, else the parameters."""
     low = getattr(module, '_low', None)
     return low if low is not None else (module.weight, module.bias)
+
+
+def cached_spec(block, key: tuple, build: Callable[[], Any]):
+    """The block's spec for ``key`` (its non-tensor arguments that vary per call: map size, branch values), built
+    by ``build()`` the first time and cached on the block."""
+    cache = block.__dict__.setdefault('_fused_specs', {})
+    spec = cache.get(key)
+    if spec is None:
+        spec = cache[key] = build()
+    return spec
 
 
 def fused_forward(ctx, x: torch.Tensor, spec, s1, s2, rest: tuple, n_grads: int, low_at: int,

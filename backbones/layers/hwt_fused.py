@@ -16,8 +16,8 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import N_GRADS, AttentionBlockFunction, kernels
-from .fused_block import low_pair
+from .attn_block_fused import N_GRADS, AttentionBlockFunction, block_params, kernels
+from .fused_block import cached_spec
 
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
 
@@ -50,21 +50,9 @@ class FusedWindowBlock(AttentionBlockFunction):
 
 def _spec(block, hw: tuple, v1: float, v2: float) -> WindowBlockSpec:
     """The block's :class:`WindowBlockSpec` for the map size hw and branch values v1, v2 (cached on the block)."""
-    cache = block.__dict__.setdefault('_fused_specs', {})
-    spec = cache.get((hw, v1, v2))
-    if spec is None:
-        attn = block.attn
-        spec = cache[(hw, v1, v2)] = WindowBlockSpec(attn.num_heads, attn.window_size ** 2, attn.shift, hw,
-                                                     block.norm1.eps, block.norm2.eps, v1, v2)
-    return spec
-
-
-def _params(block) -> list:
-    """The 13 weight / bias tensors in ``FusedWindowBlock``'s order: the pre-cast low-precision pairs of the
-    Linear layers where ``cast_linear_weights`` set them, else the parameters."""
-    attn, mlp = block.attn, block.mlp
-    return [block.norm1.weight, block.norm1.bias, *low_pair(attn.qkv), attn.relative_position_bias_table,
-            *low_pair(attn.proj), block.norm2.weight, block.norm2.bias, *low_pair(mlp.fc1), *low_pair(mlp.fc2)]
+    attn = block.attn
+    return cached_spec(block, (hw, v1, v2), lambda: WindowBlockSpec(
+        attn.num_heads, attn.window_size ** 2, attn.shift, hw, block.norm1.eps, block.norm2.eps, v1, v2))
 
 
 def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:
@@ -72,5 +60,5 @@ def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:
     :class:`FusedWindowBlock`; the caller has checked that it applies (``HWTBlock._fused``)."""
     s1, v1 = block.drop_path.factor(x)
     s2, v2 = block.drop_path.factor(x)
-    return FusedWindowBlock.apply(x, _spec(block, hw, v1, v2), s1, s2, *_params(block), block.graphs,
-                                  torch.is_grad_enabled())
+    params = block_params(block, block.attn.relative_position_bias_table)
+    return FusedWindowBlock.apply(x, _spec(block, hw, v1, v2), s1, s2, *params, block.graphs, torch.is_grad_enabled())

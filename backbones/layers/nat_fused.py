@@ -17,8 +17,8 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import AttentionBlockFunction, kernels
-from .fused_block import low_pair
+from .attn_block_fused import AttentionBlockFunction, block_params, kernels
+from .fused_block import cached_spec
 
 __all__ = ['FusedNeighborhoodBlock', 'NeighborhoodBlockSpec', 'fused_neighborhood_block']
 
@@ -52,22 +52,10 @@ class FusedNeighborhoodBlock(AttentionBlockFunction):
 def _spec(block, hw: tuple, v1: float, v2: float) -> NeighborhoodBlockSpec:
     """The block's :class:`NeighborhoodBlockSpec` for the map size hw and branch values v1, v2 (cached on the
     block)."""
-    cache = block.__dict__.setdefault('_fused_specs', {})
-    spec = cache.get((hw, v1, v2))
-    if spec is None:
-        attn = block.attn
-        spec = cache[(hw, v1, v2)] = NeighborhoodBlockSpec(attn.num_heads, attn.kernel_size,
-                                                           attn.effective_dilation(*hw), hw, block.norm1.eps,
-                                                           block.norm2.eps, v1, v2)
-    return spec
-
-
-def _params(block) -> list:
-    """The 13 weight / bias tensors in ``FusedNeighborhoodBlock``'s order: the pre-cast low-precision pairs of the
-    Linear layers where ``cast_linear_weights`` set them, else the parameters."""
-    attn, mlp = block.attn, block.mlp
-    return [block.norm1.weight, block.norm1.bias, *low_pair(attn.qkv), attn.rpb, *low_pair(attn.proj),
-            block.norm2.weight, block.norm2.bias, *low_pair(mlp.fc1), *low_pair(mlp.fc2)]
+    attn = block.attn
+    return cached_spec(block, (hw, v1, v2), lambda: NeighborhoodBlockSpec(
+        attn.num_heads, attn.kernel_size, attn.effective_dilation(*hw), hw, block.norm1.eps, block.norm2.eps, v1,
+        v2))
 
 
 def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +65,6 @@ def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
     tokens = x.reshape(b, h * w, c)
     s1, v1 = block.drop_path.factor(tokens, block.gamma1)
     s2, v2 = block.drop_path.factor(tokens, block.gamma2)
-    out = FusedNeighborhoodBlock.apply(tokens, _spec(block, (h, w), v1, v2), s1, s2, *_params(block), block.graphs,
-                                       torch.is_grad_enabled())
+    out = FusedNeighborhoodBlock.apply(tokens, _spec(block, (h, w), v1, v2), s1, s2,
+                                       *block_params(block, block.attn.rpb), block.graphs, torch.is_grad_enabled())
     return out.view(b, h, w, c)
