@@ -31,8 +31,7 @@ import torch
 from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
-from .layers.biformer_blocks import (GLOBAL, BiFormerBlock, BiLevelRoutingAttention, LayerNorm2d, biformer_downsample,
-                                     biformer_stem)
+from .layers.biformer_blocks import GLOBAL, BiFormerBlock, LayerNorm2d, biformer_downsample, biformer_stem
 from .layers.block_graphs import GraphPool, attach_graphs
 
 __all__ = ['BiFormer']
@@ -96,7 +95,7 @@ class BiFormer(SparseBackbone):
             official: Mask R-CNN / RetinaNet B 0.3, UperNet S 0.3 / B 0.4, Semantic FPN S 0.15).
         norm_cfg: norm of the stem and downsamplers (official: BN; the official mmseg wrapper uses SyncBN).
         attn_backend: ``sparse_ops`` backend for the routing attention (``None`` = auto).
-        cuda_graphs: on the fused Triton path, replay each routing block's kernels as CUDA graphs once its input
+        cuda_graphs: on the fused Triton path, replay each block's kernels as CUDA graphs once its input
             signature repeats (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes
             run eagerly). Off with ``with_cp``.
         in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``
@@ -144,9 +143,8 @@ class BiFormer(SparseBackbone):
         self._freeze_stages()
 
     def _attach_graphs(self, pool: GraphPool) -> None:
-        """Give every routing block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        attach_graphs(pool, [[blk for blk in stage if isinstance(blk.attn, BiLevelRoutingAttention)]
-                             for stage in self.stages])
+        """Give every block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
+        attach_graphs(pool, [list(stage) for stage in self.stages])
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.downsample_layers[0]]

@@ -16,6 +16,15 @@ anyway, and stores it for the dK/dV pass: one launch less per backward, which at
 2. dK/dV: program ``(pid_n, pid_zh)`` owns key block ``pid_n``; it walks the *transposed* table (``q_num``,
    ``q_idx``: the query blocks that visit this key block, built by ``patterns.py``), recomputes
    ``P = exp2(S - lse)`` and accumulates ``dV += P^T dO`` and ``dK += dS^T Q`` in registers; no atomics.
+3. Split dK/dV (when a key block's list can be much longer than the average: routing, whose ``q_idx`` rows may
+   list every query block). Routing concentrates: at BiFormer-S's initialisation every query region of a map routes
+   to the same top-k key regions, so one program per key block leaves the few hot key blocks looping over all
+   query blocks (1024 iterations against an average of 4 at stage 1, 1024²) while the GPU idles. Here each key
+   block's list is cut into chunks of at most ``chunk`` entries, one program per chunk (``_split_tables``: the
+   chunk -> key block table from a cumsum and a ``searchsorted`` on the device, no host sync, a fixed grid
+   ``n_kb + ceil(entries / chunk)``). A key block of one chunk stores its result as before; the chunks of a longer
+   one store fp32 partial sums into a scratch buffer, which a third launch adds up in chunk order and stores:
+   bitwise deterministic, as the one-program pass.
 
 ``dS = P * (dP - delta)`` is the gradient of the natural-log logits ``scale * q.k + bias``: ``dQ = scale * dS K``,
 ``dK = scale * dS^T Q``, ``dbias = sum dS`` per bias cell. The logits, masks and bias lookup are the forward's
@@ -32,12 +41,12 @@ import triton.language as tl
 from ._host import cdiv
 from .block_sparse_fwd import Config, _k_meta, _q_meta, _rows, _rpb_index, _scores, _table_strides
 
-__all__ = ['block_sparse_bwd']
+__all__ = ['block_sparse_bwd', 'split_chunk', 'MIN_CHUNK']
 
 
 @triton.jit
 def _block_sparse_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, Q_NUM, Q_IDX, QWIN, TOK, ROUTE, RPB, PERM,
+    Q, K, V, DO, DK, DV, LSE, DELTA, Q_NUM, Q_IDX, QWIN, TOK, ROUTE, RPB, PERM, CK, CUM, SLOT, SCR,
     stride_qz, stride_qh, stride_qm, stride_qk,
     stride_kz, stride_kh, stride_kn, stride_kk,
     stride_vz, stride_vh, stride_vn, stride_vk,
@@ -45,12 +54,11 @@ def _block_sparse_bwd_dkdv_kernel(
     stride_dkz, stride_dkh, stride_dkn, stride_dkk,
     stride_dvz, stride_dvh, stride_dvn, stride_dvk,
     stride_numz, stride_idxz, stride_idxn,
-    stride_rz, stride_rpbh,
-    H, N, n_groups, rpb_r, qk_scale, sm_scale,
+    stride_rz, stride_rpbh, stride_ckz, stride_cumz, scr_half,
+    H, N, n_groups, rpb_r, qk_scale, sm_scale, n_kb, n_slots, chunk,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr,
+    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
     pid_zh = tl.program_id(1)
     z = pid_zh // H
     h = pid_zh % H
@@ -63,6 +71,20 @@ def _block_sparse_bwd_dkdv_kernel(
     row_base = (z64 * H + h64) * N          # lse / delta are contiguous (B, H, N), sequence order
     route_z = ROUTE + z64 * stride_rz
     rpb_h = RPB + h64 * stride_rpbh
+    if SPLIT:       # program = one chunk of a key block's list (module docstring, 3)
+        c = tl.program_id(0)
+        pid_n = tl.load(CK + z64 * stride_ckz + c)
+        valid = pid_n < n_kb                # chunks past the last one (the grid is a bound) do nothing
+        pid_n = tl.minimum(pid_n, n_kb - 1)
+        num_all = tl.load(Q_NUM + z64 * stride_numz + pid_n)
+        n_chunks = tl.maximum((num_all + chunk - 1) // chunk, 1)
+        j = c - (tl.load(CUM + z64 * stride_cumz + pid_n) - n_chunks)
+        it0 = j * chunk
+        it1 = tl.where(valid, tl.minimum(it0 + chunk, num_all), it0)
+    else:
+        pid_n = tl.program_id(0)
+        it0 = 0
+        it1 = tl.load(Q_NUM + z64 * stride_numz + pid_n)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -76,9 +98,8 @@ def _block_sparse_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
 
-    num = tl.load(Q_NUM + z64 * stride_numz + pid_n)
     row = Q_IDX + z64 * stride_idxz + pid_n.to(tl.int64) * stride_idxn
-    for it in range(0, num):
+    for it in range(it0, it1):
         ent = tl.load(row + it)
         start_m = (ent // 2) * BLOCK_M
         partial = (ent % 2) == 1
@@ -102,10 +123,53 @@ def _block_sparse_bwd_dkdv_kernel(
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
 
-    dk = dk * sm_scale
     mask = offs_n[:, None] < N
+    if SPLIT:
+        # a chunk of a longer list: its fp32 partial sums into scratch slot SLOT[kb] + j (summed by the reduce)
+        # scalar conditions as 0/1 ints broadcast by arithmetic (the interpreter rejects tile & scalar-bool masks)
+        part = valid.to(tl.int32) * (n_chunks > 1).to(tl.int32)
+        slot = (pid_zh.to(tl.int64) * n_slots + tl.load(SLOT + z64 * stride_cumz + pid_n) + j) * (BLOCK_N * HEAD_DIM)
+        tile = tl.arange(0, BLOCK_N)[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(SCR + slot + tile, dk, mask=tile * 0 + part > 0)
+        tl.store(SCR + scr_half + slot + tile, dv, mask=tile * 0 + part > 0)
+        mask = mask & (offs_d[None, :] * 0 + valid.to(tl.int32) * (n_chunks == 1).to(tl.int32) > 0)
+    dk = dk * sm_scale
     tl.store(DK + z64 * stride_dkz + h64 * stride_dkh + rows_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkk,
              dk.to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + z64 * stride_dvz + h64 * stride_dvh + rows_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvk,
+             dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _block_sparse_bwd_dkdv_reduce_kernel(
+    DK, DV, Q_NUM, SLOT, SCR, PERM,
+    stride_dkz, stride_dkh, stride_dkn, stride_dkk,
+    stride_dvz, stride_dvh, stride_dvn, stride_dvk,
+    stride_numz, stride_cumz, scr_half, H, N, sm_scale, n_slots, chunk,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HAS_PERM: tl.constexpr,
+):
+    """Program ``(key block, pid_zh)``: the sum of its chunks' partials (chunk order), stored as dK / dV; nothing
+    for a key block of one chunk (its chunk stored it)."""
+    pid_n = tl.program_id(0)
+    pid_zh = tl.program_id(1)
+    z64 = (pid_zh // H).to(tl.int64)
+    h64 = (pid_zh % H).to(tl.int64)
+    n_chunks = (tl.load(Q_NUM + z64 * stride_numz + pid_n) + chunk - 1) // chunk
+    n_chunks = tl.where(n_chunks > 1, n_chunks, 0)
+    slot = pid_zh.to(tl.int64) * n_slots + tl.load(SLOT + z64 * stride_cumz + pid_n)
+    offs_d = tl.arange(0, HEAD_DIM)
+    tile = tl.arange(0, BLOCK_N)[:, None] * HEAD_DIM + offs_d[None, :]
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for j in range(0, n_chunks):
+        at = SCR + (slot + j) * (BLOCK_N * HEAD_DIM) + tile
+        dk += tl.load(at)
+        dv += tl.load(at + scr_half)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_n = _rows(PERM, offs_n, N, HAS_PERM)
+    mask = (offs_n[:, None] < N) & (offs_d[None, :] * 0 + n_chunks > 1)
+    tl.store(DK + z64 * stride_dkz + h64 * stride_dkh + rows_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkk,
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=mask)
     tl.store(DV + z64 * stride_dvz + h64 * stride_dvh + rows_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvk,
              dv.to(DV.dtype.element_ty), mask=mask)
 
@@ -187,10 +251,37 @@ def _block_sparse_bwd_dq_kernel(
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
 
 
+MIN_CHUNK = 8
+"""Shortest chunk of a key block's list in the split dK/dV pass (module docstring, 3)."""
+
+
+def split_chunk(n_qb: int, kv_width: int, n_kb: int, q_width: int, chunk: int | None = None) -> int:
+    """Chunk length of the split dK/dV pass, or 0 for the one-program-per-key-block pass: twice the average list
+    length (``n_qb * kv_width / n_kb`` entries bound the tables' total), at least ``MIN_CHUNK``; 0 when no list can
+    be longer (``q_width``, the transposed table's width, bounds them). ``chunk`` forces a length (0: no split)."""
+    if chunk is None:
+        chunk = max(MIN_CHUNK, 2 * cdiv(n_qb * kv_width, n_kb))
+    return chunk if 0 < chunk < q_width else 0
+
+
+def _split_tables(q_num: torch.Tensor, chunk: int, n_chunks_max: int):
+    """Device tables of the split pass from ``q_num (Bt, n_kb)``: ``ck (Bt, n_chunks_max)`` the key block of each
+    chunk (``n_kb`` past the last chunk), ``cum (Bt, n_kb)`` the inclusive running count of chunks per key block,
+    ``slot (Bt, n_kb)`` the first scratch slot of each key block of more than one chunk. No host sync."""
+    n_chunks = torch.clamp_min(torch.div(q_num + (chunk - 1), chunk, rounding_mode='floor'), 1)
+    cum = torch.cumsum(n_chunks, 1, dtype=torch.int32)
+    split = torch.where(n_chunks > 1, n_chunks, 0)
+    slot = torch.cumsum(split, 1, dtype=torch.int32) - split
+    ids = torch.arange(n_chunks_max, device=q_num.device, dtype=torch.int32).expand(q_num.shape[0], -1)
+    ck = torch.searchsorted(cum, ids.contiguous(), right=True, out_int32=True)
+    return ck, cum, slot.to(torch.int32)
+
+
 def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale: float,
-                     mask_mode: int, n_groups: int, config: Config, out=None):
+                     mask_mode: int, n_groups: int, config: Config, out=None, chunk: int | None = None):
     """Launch dQ (with delta) and then dK/dV. Shapes as ``block_sparse_fwd`` (memory order, ``rows`` as there); lse
-    (B, H, N) fp32 from the forward.
+    (B, H, N) fp32 from the forward. ``chunk``: the split dK/dV pass's chunk length (:func:`split_chunk`; None:
+    its default, 0: no split).
 
     Returns dq, dk, dv (q/k/v's shapes and dtypes, memory order; written into ``out=(dq, dk, dv)`` when given,
     any strides, else new contiguous tensors) and drpb (like rpb, fp32 summed over the atomic replicas, cast to
@@ -223,10 +314,28 @@ def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, to
         *_table_strides(kv_num, kv_idx), s_route, s_rpb,
         drpb_buf.stride(0) if rpb is not None else 0,
         h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, copies, **common)
-    _block_sparse_bwd_dkdv_kernel[(n_kb, b * h)](
-        q, k, v, do, dk, dv, lse, delta, q_num, q_idx, *meta,
+    chunk = split_chunk(n_qb, kv_idx.shape[-1], n_kb, q_idx.shape[-1], chunk)
+    s_numz = _table_strides(q_num, q_idx)[0]
+    if chunk:
+        entries = cdiv(n_qb * kv_idx.shape[-1], chunk)
+        n_chunks_max, n_slots = n_kb + entries, 2 * entries      # bounds (module docstring, 3)
+        ck, cum, slot = _split_tables(q_num, chunk, n_chunks_max)
+        scr = torch.empty((2, b * h, n_slots, bn, d), device=q.device, dtype=torch.float32)
+        split = (ck, cum, slot, scr)
+        shared = q_num.shape[0] == 1
+        s_ck, s_cum, scr_half = (0 if shared else ck.stride(0)), (0 if shared else cum.stride(0)), scr.stride(0)
+    else:
+        n_chunks_max, n_slots, split, s_ck, s_cum, scr_half = n_kb, 0, (dummy,) * 4, 0, 0, 0
+    _block_sparse_bwd_dkdv_kernel[(n_chunks_max, b * h)](
+        q, k, v, do, dk, dv, lse, delta, q_num, q_idx, *meta, *split,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        *_table_strides(q_num, q_idx), s_route, s_rpb,
-        h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, **common)
+        *_table_strides(q_num, q_idx), s_route, s_rpb, s_ck, s_cum, scr_half,
+        h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, n_kb, n_slots, max(chunk, 1), SPLIT=bool(chunk),
+        **common)
+    if chunk:
+        _block_sparse_bwd_dkdv_reduce_kernel[(n_kb, b * h)](
+            dk, dv, q_num, slot, scr, perm, *dk.stride(), *dv.stride(), s_numz, s_cum, scr_half, h, n, scale, n_slots,
+            chunk,
+            HEAD_DIM=d, BLOCK_N=bn, HAS_PERM=has_perm, num_warps=config.num_warps)
     drpb = drpb_buf.sum(0).to(rpb.dtype) if rpb is not None else None
     return dq, dk, dv, drpb

@@ -99,6 +99,9 @@ class BiLevelRoutingAttention(nn.Module):
         backend: forwarded to ``sparse_ops`` (``None`` = auto, ``'torch'``, ``'triton'``).
     """
 
+    lce_on_input = False
+    """The LCE convolves V (``biformer_fused.BlockSpec``)."""
+
     def __init__(self, dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int = 5,
                  qk_scale: float | None = None, backend: str | None = None) -> None:
         super().__init__()
@@ -143,7 +146,15 @@ class GlobalAttentionLePE(nn.Module):
     ``q, k, v = qkv(x)`` (bias-free, ``[q | k | v]``, head-major heads), ``softmax(q k^T * (C/heads) ** -0.5) v``
     over all H*W tokens, plus ``lepe(x)`` (depthwise conv on the attention input, as the official
     ``AttentionLePE``), then ``proj``. The official model builds it with the default 8 heads at every size.
+
+    On the fused Triton path (``BiFormerBlock._fused``) the block runs as routing with one region
+    (``n_win = routed_topk = 1``: the same dense attention) through ``sparse_ops``' block-sparse kernels; this
+    module's own forward (the twin path, ``with_cp``) runs ``scaled_dot_product_attention``.
     """
+
+    n_win = 1
+    routed_topk = 1
+    lce_on_input = True
 
     def __init__(self, dim: int, num_heads: int = 8, side_dwconv: int = 5) -> None:
         super().__init__()
@@ -218,16 +229,18 @@ class BiFormerBlock(nn.Module):
     """The block's :class:`~.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
 
     def _fused(self, x: torch.Tensor) -> bool:
-        """Whether this call runs as one :class:`~.biformer_fused.FusedRoutingBlock` node: a routing block on the
-        Triton path with the Linear / conv weights in the matmuls' dtype (``fused_block.fused_path_applies``)."""
-        if not isinstance(self.attn, BiLevelRoutingAttention):
-            return False
+        """Whether this call runs as one :class:`~.biformer_fused.FusedRoutingBlock` node: the Triton path (for
+        the global block: routing with one region) with the Linear / conv weights in the matmuls' dtype
+        (``fused_block.fused_path_applies``)."""
         return fused_path_applies(self, x, self.attn.qkv, self.backend, 'routing', (), self._triton_runs)
 
     def _triton_runs(self, x: torch.Tensor, low: torch.dtype, backend: str | None) -> bool:
         b, h, w, c = x.shape
         heads = self.attn.num_heads
         q_like = torch.empty((), dtype=low, device=x.device).expand(b, heads, h, w, c // heads)
+        if isinstance(self.attn, GlobalAttentionLePE) and backend == 'triton':
+            # the global block runs without sparse_ops unfused: a forced 'triton' fuses it only where it can run
+            return sparse_ops.can_run_triton(q_like, pattern='routing', n_win=1, topk=1)
         return sparse_ops.choose_backend(backend, q_like, 'routing', n_win=self.attn.n_win,
                                          topk=self.attn.routed_topk) == 'triton'
 

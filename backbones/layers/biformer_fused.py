@@ -1,4 +1,6 @@
-"""A whole BiFormer routing block as one autograd node on the Triton path (``fused_block``).
+"""A whole BiFormer block as one autograd node on the Triton path (``fused_block``): routing blocks, and the last
+stage's global-attention blocks as routing with one region (``n_win = topk = 1``: every query attends to every
+key, through the same block-sparse kernels), their LCE on the attention input instead of V (``lce_on_input``).
 
 Why: BiFormer-S's training step at feature-map sizes is bound by host work, not by the GPU. On an H200 at 1024²
 (batch 2) the module composition issues ~76 ms of host work per step (every op's Python wrapper, autograd node
@@ -49,6 +51,7 @@ class BlockSpec:
     eps2: float
     value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
     value2: float
+    lce_on_input: bool = False      # LCE on norm1's output (the global block's AttentionLePE), not on V
 
 
 _KERNELS: tuple = ()
@@ -87,9 +90,9 @@ def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: boo
     p = pattern
     o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
                  spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if o_fp32 else None, heads_last=True)
-    v = qkv[..., 2 * c:]
-    # attn + lce(v), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
-    a = dw.dwconv_fwd(v, lepe_w, lepe_b, o.transpose(1, 2).view(b, h, w, c), low)
+    lce_in = y1.view(b, h, w, c) if spec.lce_on_input else qkv[..., 2 * c:]
+    # attn + lce(v or y1), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
+    a = dw.dwconv_fwd(lce_in, lepe_w, lepe_b, o.transpose(1, 2).view(b, h, w, c), low)
     y = F.linear(a.view(m, c), proj_w, proj_b).view(b, h, w, c)
     x2 = residual(x1, y, s1, spec.value1)
     y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), n2_w, n2_b, spec.eps2, low, save_xhat)
@@ -143,10 +146,15 @@ def backward_math(spec: BlockSpec, need, saved, aux, dout, dx_out=None) -> list:
     do = da.view(b, h * w, spec.num_heads, c // spec.num_heads).transpose(1, 2)
     bwd(do, *split(qkv, spec.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
         None, p.rows, spec.scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, spec.num_heads))
-    dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
-    conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
     ln1_out = norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat)
-    dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
+    if spec.lce_on_input:       # a = attn + lce(y1): y1's gradient is qkv's plus the conv's (added in its kernel)
+        conv_weight_grads(da, ln1_out.view(b, h, w, c), lepe_w, 10)
+        dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
+        dy1 = dw.dwconv_fwd(da, lepe_w, None, dy1.view(b, h, w, c), low, flip=True).view(m, c)
+    else:                       # a = attn + lce(v): v's gradient gets the conv's
+        dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
+        conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
+        dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
     dx1 = sink.norm(norm, dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
     # pos embed: x1 = x + pos(x)
     conv_weight_grads(dx1, xl, pos_w, 4)
@@ -178,7 +186,8 @@ def _spec(block, v1: float, v2: float) -> BlockSpec:
     """The block's :class:`BlockSpec` for branch values v1, v2 (cached on the block: two cases per block)."""
     attn = block.attn
     return cached_spec(block, (v1, v2), lambda: BlockSpec(attn.num_heads, attn.n_win, attn.routed_topk, attn.scale,
-                                                          block.norm1.eps, block.norm2.eps, v1, v2))
+                                                          block.norm1.eps, block.norm2.eps, v1, v2,
+                                                          attn.lce_on_input))
 
 
 def _params(block) -> list:
@@ -190,7 +199,7 @@ def _params(block) -> list:
 
 
 def fused_block(block, x: torch.Tensor) -> torch.Tensor:
-    """``block`` (a ``BiFormerBlock`` with routing attention) on the channels-last map x ``(B, H, W, C)`` through
+    """``block`` (a ``BiFormerBlock``) on the channels-last map x ``(B, H, W, C)`` through
     :class:`FusedRoutingBlock`; the caller has checked that it applies (``BiFormerBlock._fused``)."""
     s1, v1 = block.drop_path.factor(x, block.gamma1)
     s2, v2 = block.drop_path.factor(x, block.gamma2)

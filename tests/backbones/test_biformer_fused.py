@@ -1,4 +1,5 @@
-"""The fused BiFormer routing block (``layers/biformer_fused.py``) against the module composition it replaces.
+"""The fused BiFormer block (``layers/biformer_fused.py``; routing, and global attention as routing with one region)
+against the module composition it replaces.
 
 Small shapes on ``DEV`` (CPU: the Triton kernels under ``TRITON_INTERPRET=1``, set by the root conftest; the GPU
 box: compiled, where fp32 ``tl.dot`` runs in tf32): fp32 and fp16 against the twin composition. GPU only: bf16 at a
@@ -20,9 +21,10 @@ DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
 FP32_TOL = 2e-3 if DEV == 'cuda' else 1e-5      # tf32 attention dots on the GPU, exact in the interpreter
 
 
-def _block(dim=64, heads=2, n_win=3, topk=2, layer_scale=None, drop_path=0.0, train=True, seed=0):
+def _block(dim=64, heads=2, n_win=3, topk=2, layer_scale=None, drop_path=0.0, train=True, seed=0, global_heads=4):
     torch.manual_seed(seed)
-    blk = BiFormerBlock(dim, heads, n_win, topk, drop_path=drop_path, layer_scale_init_value=layer_scale)
+    blk = BiFormerBlock(dim, heads, n_win, topk, drop_path=drop_path, layer_scale_init_value=layer_scale,
+                        global_heads=global_heads)
     for p in blk.parameters():           # away from the init's zeros / ones, so every term matters
         torch.nn.init.normal_(p, std=0.2)
     return blk.train(train).to(DEV)
@@ -49,11 +51,14 @@ def _node(out):
     return type(out.grad_fn.next_functions[0][0]).__name__
 
 
-@pytest.mark.parametrize('layer_scale, drop_path, train', [(None, 0.0, True), (0.5, 0.3, True), (0.5, 0.3, False)])
-def test_fused_block_equals_composition_fp32(layer_scale, drop_path, train):
+@pytest.mark.parametrize('layer_scale, drop_path, train, topk', [
+    (None, 0.0, True, 2), (0.5, 0.3, True, 2), (0.5, 0.3, False, 2), (None, 0.0, True, GLOBAL),
+    (0.5, 0.3, True, GLOBAL)])
+def test_fused_block_equals_composition_fp32(layer_scale, drop_path, train, topk):
     """fp32: the fused node (interpreted kernels) equals the twin composition: output, dx and every parameter
-    gradient (layer scale and stochastic depth included) to fp32 rounding."""
-    blk = _block(layer_scale=layer_scale, drop_path=drop_path, train=train)
+    gradient (layer scale and stochastic depth included) to fp32 rounding; routing, and the global block (its
+    composition: ``scaled_dot_product_attention`` and the LCE on the attention input)."""
+    blk = _block(layer_scale=layer_scale, drop_path=drop_path, train=train, topk=topk)
     x = torch.randn(2, 64, 9, 11, device=DEV)
     out, dx, grads, node = _run(blk, x, 'triton')
     ref_out, ref_dx, ref_grads, ref_node = _run(copy.deepcopy(blk), x, 'torch')
@@ -61,10 +66,11 @@ def test_fused_block_equals_composition_fp32(layer_scale, drop_path, train):
     assert_equals_twin((out, dx, grads), (ref_out, ref_dx, ref_grads), dict(blk.named_parameters()), FP32_TOL)
 
 
-def test_fused_block_fp16_within_twin_error():
+@pytest.mark.parametrize('topk', [2, GLOBAL])
+def test_fused_block_fp16_within_twin_error(topk):
     """fp16 autocast with the pre-cast weights: against an fp64 reference, every output / gradient error of the
     fused node is at most twice the fp16 twin composition's (+ a floor of 2e-4, fp16's half ulp is 2.4e-4)."""
-    blk = _block(layer_scale=0.5, drop_path=0.3)
+    blk = _block(layer_scale=0.5, drop_path=0.3, topk=topk)
     x = torch.randn(2, 64, 9, 11, device=DEV)
     out, dx, grads, node = _run(blk, x, 'triton', torch.float16)
     assert FUSED in node
@@ -90,8 +96,9 @@ def test_fused_block_channels_last_input_and_frozen_weights():
 
 
 def test_fused_path_only_where_it_applies():
-    """Fused: a routing block on the Triton path with weights in the matmul dtype. Not: the twin backend, the
-    global-attention block, autocast without the pre-cast weights (``with_cp`` turns the cast off)."""
+    """Fused: a routing or global block on the Triton path with weights in the matmul dtype. Not: the twin
+    backend, autocast without the pre-cast weights (``with_cp`` turns the cast off), a global block whose head
+    dim the kernels lack (64 channels / 8 heads)."""
     x = torch.randn(1, 64, 8, 8, device=DEV)
 
     def node(blk, backend, dtype=None, cast=True):
@@ -107,6 +114,8 @@ def test_fused_path_only_where_it_applies():
     assert FUSED not in node(_block(), 'triton', torch.float16, cast=False)
     assert FUSED not in node(_block(), 'torch')
     assert (FUSED in node(_block(), None)) == (DEV == 'cuda')     # CPU without a forced backend: the twin
+    assert FUSED in node(_block(topk=GLOBAL), 'triton')
+    assert FUSED not in node(_block(topk=GLOBAL), 'torch')
     assert FUSED not in node(BiFormerBlock(64, 2, 3, GLOBAL).to(DEV), 'triton')
 
 
@@ -117,6 +126,20 @@ def test_fused_block_bf16_at_biformer_s_stage3_gpu():
     dev = torch.device('cuda')
     blk = _block(256, 8, 16, 16, drop_path=0.1)
     x = torch.randn(2, 256, 64, 64, device=dev)
+    out, dx, grads, node = _run(blk, x, None, torch.bfloat16)
+    assert FUSED in node
+    twin = _run(copy.deepcopy(blk), x, 'torch', torch.bfloat16)
+    ref = _run(copy.deepcopy(blk), x, 'torch')
+    assert_within_twin_error((out, dx, grads), twin, ref, floor=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_fused_global_block_bf16_at_biformer_s_stage4_gpu():
+    """H200: bf16 fused global block at BiFormer-S's stage-4 shape (32 x 32, C 512, 8 heads) against the fp32
+    twin (``scaled_dot_product_attention``), within twice the bf16 twin's error (+1e-3)."""
+    dev = torch.device('cuda')
+    blk = _block(512, 16, 16, GLOBAL, drop_path=0.1, global_heads=8)
+    x = torch.randn(2, 512, 32, 32, device=dev)
     out, dx, grads, node = _run(blk, x, None, torch.bfloat16)
     assert FUSED in node
     twin = _run(copy.deepcopy(blk), x, 'torch', torch.bfloat16)

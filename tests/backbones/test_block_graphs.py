@@ -208,7 +208,7 @@ def test_block_graphs_args_and_copies():
 
 # -- the real block ---------------------------------------------------------------------------------------------
 
-_ARCH = dict(depths=(2, 3, 1, 1), embed_dims=(32, 32, 32, 32), head_dim=16)
+_ARCH = dict(depths=(2, 3, 1, 1), embed_dims=(32, 32, 32, 32), head_dim=16, global_heads=2)
 
 
 def _biformer(graphs: bool, emulate: bool):
@@ -280,11 +280,11 @@ def test_biformer_graphs_equal_eager(dtype):
     """A small BiFormer on the fused Triton path with block graphs (emulated on CPU, real on the GPU) against
     the same model without: three SGD steps (capture, then replays), stochastic depth on, fp32 and fp16 autocast
     (weights pre-cast, copied into the graphs); outputs and all gradients equal (bitwise on CPU; on the GPU the
-    kernels are the same, so equal up to atomics' order)."""
+    kernels are the same, so equal up to atomics' order). Every block is graphed: 5 routing, 2 global."""
     ref, gr = _biformer(False, emulate=False), _biformer(True, emulate=DEV == 'cpu')
     _assert_steps_equal(ref, gr, dtype, backend=None)
-    entries = [blk.graphs._entries[True] for stage in gr.stages for blk in stage if blk.graphs is not None]
-    assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
+    entries = [blk.graphs._entries[True] for stage in gr.stages for blk in stage]
+    assert len(entries) == 7 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
 
 
 def _perturbed(model, blocks, graphs: bool, emulate: bool):

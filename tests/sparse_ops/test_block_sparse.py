@@ -46,10 +46,15 @@ def nan_poisoned_empty(monkeypatch):
 # ------------------------------------------------------------------------------------------------------------
 # one case = (name of the public function, args); run kernel, twin in dtype, twin in fp64
 # ------------------------------------------------------------------------------------------------------------
-def _inputs(shape, dtype, rpb_side, heads, seed):
+def _inputs(shape, dtype, rpb_side, heads, seed, hot=None):
     g = torch.Generator().manual_seed(seed)
     qkv = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
     rpb = torch.randn(heads, rpb_side, rpb_side, generator=g, dtype=torch.float64) if rpb_side else None
+    if hot:     # routing with n_win = hot: the keys of region (0, 0) along the mean query, so every region routes there
+        q, k = qkv[:2]
+        rh, rw = -(-shape[2] // hot), -(-shape[3] // hot)
+        mean = q.mean((2, 3), keepdim=True)
+        k[:, :, :rh, :rw] += 3 * mean / mean.norm(dim=-1, keepdim=True)
     return qkv, rpb
 
 
@@ -66,9 +71,10 @@ def _run(fn, qkv, rpb, dtype, kwargs, grad_out, device):
     return [t.detach().double().cpu() for t in (out, *grads)]
 
 
-def check_case(name, shape, kwargs, dtype=torch.float32, config=None, rpb_side=0, seed=0):
-    """Compare the Triton function ``name`` with its twin on one input; returns the worst error ratio."""
-    qkv, rpb = _inputs(shape, dtype, rpb_side, shape[1], seed)
+def check_case(name, shape, kwargs, dtype=torch.float32, config=None, rpb_side=0, seed=0, hot=False):
+    """Compare the Triton function ``name`` with its twin on one input; returns the worst error ratio. ``hot``
+    (routing): every query region routes to region (0, 0), as at BiFormer's initialisation."""
+    qkv, rpb = _inputs(shape, dtype, rpb_side, shape[1], seed, kwargs['n_win'] if hot else None)
     g = torch.Generator().manual_seed(seed + 1)
     grad_out = torch.randn(shape, generator=g, dtype=torch.float64)
     twin = getattr(reference, name)
@@ -186,6 +192,38 @@ def test_route_topk_matches_twin(hw, n_win, topk):
     assert torch.equal(ours.sort(-1).values[..., :], ref.sort(-1).values) or hw == (3, 5)
     assert torch.equal(packed.sort(-1).values, ref.sort(-1).values) or hw == (3, 5)
     assert torch.equal(counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
+
+
+@pytest.mark.parametrize('chunk', [None, 1, 3], ids=lambda c: f'chunk{c}')
+def test_routing_hot_regions_split_dkdv(monkeypatch, chunk):
+    # every query region routes to region (0, 0): its key blocks are visited by every query block, so the dK/dV
+    # pass splits their lists into chunks (block_sparse_bwd, design note 3) and adds the partial sums up
+    import sparse_ops.block_sparse_bwd as bsb
+    default, chunks = bsb.split_chunk, []
+    monkeypatch.setattr(bsb, 'split_chunk', lambda *a: chunks.append(default(*a[:4], chunk=chunk)) or chunks[-1])
+    shape = (2, 2, 16, 16, 16) if chunk is None else (2, 2, 16, 15, 16)     # 15: a ragged last region column
+    for dtype in (torch.float32, torch.float16):
+        check_case('bilevel_routing_attention', shape, dict(n_win=4, topk=2), dtype=dtype,
+                   config=Config(16, 16, 1, 1), hot=True)
+    assert chunks and all(chunks), f'the split pass was not taken: chunk lengths {chunks}'
+    if chunk is None:
+        assert chunks[0] == bsb.MIN_CHUNK     # the default; region (0, 0)'s 2 key blocks are visited 16 times each
+
+
+def test_split_dkdv_is_deterministic_and_matches_one_pass(monkeypatch):
+    import sparse_ops.block_sparse_bwd as bsb
+    default = bsb.split_chunk
+    qkv, _ = _inputs((1, 2, 16, 16, 16), torch.float32, 0, 2, 3, hot=4)
+    results = []
+    for chunk in (0, 2, 2, 5):
+        monkeypatch.setattr(bsb, 'split_chunk', lambda *a, c=chunk: default(*a[:4], chunk=c))
+        leaves = [t.float().to(DEVICE).requires_grad_() for t in qkv]
+        out = triton_api.bilevel_routing_attention(*leaves, n_win=4, topk=3, config=Config(16, 16, 1, 1))
+        results.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+    for got in results[1:]:
+        for g, ref in zip(got, results[0]):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(results[1], results[2]))
 
 
 def test_window_larger_than_sequence_and_scale():
