@@ -226,6 +226,20 @@ def test_split_dkdv_is_deterministic_and_matches_one_pass(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(results[1], results[2]))
 
 
+@pytest.mark.parametrize('bt,n_kb,chunk', [(1, 5, 3), (2, 37, 4), (3, 2500, 8), (2, 1, 1)])
+def test_split_tables_kernel_matches_twin(bt, n_kb, chunk):
+    # the one-launch tables of the split dK/dV pass against their PyTorch twin: sparse, long and empty lists,
+    # more key blocks than one 1024-wide step, a grid bound past the last chunk
+    import sparse_ops.block_sparse_bwd as bsb
+    g = torch.Generator().manual_seed(n_kb)
+    q_num = (torch.randint(0, 6, (bt, n_kb), generator=g) * (torch.rand(bt, n_kb, generator=g) < 0.3) * 20)
+    q_num = q_num.int().to(DEVICE)
+    n_chunks_max = n_kb + -(-int(q_num.sum(1).max()) // chunk) + 3
+    got, want = bsb._split_tables(q_num, chunk, n_chunks_max), bsb.split_tables_torch(q_num, chunk, n_chunks_max)
+    for name, a, b in zip(('ck', 'cum', 'slot'), got, want):
+        assert a.dtype == b.dtype == torch.int32 and torch.equal(a, b), name
+
+
 def test_window_larger_than_sequence_and_scale():
     check_case('hilbert_window_attention', (1, 2, 10, 16), dict(window=64, scale=0.3))
 
