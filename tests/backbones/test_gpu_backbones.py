@@ -59,7 +59,11 @@ class _PinnedRoutes:
 
         monkeypatch.setattr(routing, 'route_regions', twin_routes)
         monkeypatch.setattr(triton_api, 'route_topk', lambda q, k, n_win, topk, counts: self._next())
+        orig_triton = triton_api.route_topk_triton
+
         def triton_routes(qkv, n_win, topk):          # (topk_idx, route matrix) as route_topk_triton returns
+            if n_win == 1:      # the fused global block (one region: nothing to pin; its twin has no routing call)
+                return orig_triton(qkv, n_win, topk)
             idx = self._next()
             r = idx.shape[1]
             return idx, torch.zeros(idx.shape[0], r, r, device=idx.device).scatter_(2, idx, 1.0)
