@@ -201,13 +201,14 @@ def test_routing_hot_regions_split_dkdv(monkeypatch, chunk):
     import sparse_ops.block_sparse_bwd as bsb
     default, chunks = bsb.split_chunk, []
     monkeypatch.setattr(bsb, 'split_chunk', lambda *a: chunks.append(default(*a[:4], chunk=chunk)) or chunks[-1])
-    shape = (2, 2, 16, 16, 16) if chunk is None else (2, 2, 16, 15, 16)     # 15: a ragged last region column
+    # the default chunk (MIN_CHUNK) needs more query blocks than that: 64 regions of 16 tokens, 64 query blocks
+    shape, n_win = ((1, 2, 32, 32, 16), 8) if chunk is None else ((2, 2, 16, 15, 16), 4)  # 15: ragged regions
     for dtype in (torch.float32, torch.float16):
-        check_case('bilevel_routing_attention', shape, dict(n_win=4, topk=2), dtype=dtype,
+        check_case('bilevel_routing_attention', shape, dict(n_win=n_win, topk=2), dtype=dtype,
                    config=Config(16, 16, 1, 1), hot=True)
     assert chunks and all(chunks), f'the split pass was not taken: chunk lengths {chunks}'
     if chunk is None:
-        assert chunks[0] == bsb.MIN_CHUNK     # the default; region (0, 0)'s 2 key blocks are visited 16 times each
+        assert chunks[0] == bsb.MIN_CHUNK     # the default; region (0, 0)'s key block is visited 64 times
 
 
 def test_split_dkdv_is_deterministic_and_matches_one_pass(monkeypatch):
