@@ -251,7 +251,7 @@ def _block_sparse_bwd_dq_kernel(
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
 
 
-MIN_CHUNK = 16
+MIN_CHUNK = 32
 """Shortest chunk of a key block's list in the split dK/dV pass (module docstring, 3)."""
 
 
@@ -259,9 +259,10 @@ def split_chunk(n_qb: int, kv_width: int, n_kb: int, q_width: int, chunk: int | 
     """Chunk length of the split dK/dV pass, or 0 for the one-program-per-key-block pass: the average list length
     bound ``n_qb * kv_width / n_kb`` (the tables' widths bound their total), at least ``MIN_CHUNK``; 0 when no list
     can be longer (``q_width``, the transposed table's width, bounds them). ``chunk`` forces a length (0: no
-    split). Kernel time of the routing backward on an H200 at BiFormer-S's shapes (bf16, batch 2, 1024²,
-    docs/benchmarks.md) with every query region routed to the same key regions: stage 1 729 -> 284 us, stage 3
-    122 -> 73 us; chunks of 8 or 64 were slower."""
+    split). dK/dV kernel time on an H200 at BiFormer-S's shapes (bf16, batch 2, 1024², docs/benchmarks.md) with
+    every query region routed to the same key regions: stage 1 729 -> 270 us, stage 2 225 -> 139, stage 3
+    122 -> 73 (chunks of 16 within 5 %, of 8 or 64 slower); the scratch buffer (2 x the bound's chunks of fp32
+    ``(block_n, D)`` tiles per batch and head for dK and dV) is 32 MiB at stage 1."""
     if chunk is None:
         chunk = max(MIN_CHUNK, cdiv(n_qb * kv_width, n_kb))
     return chunk if 0 < chunk < q_width else 0
