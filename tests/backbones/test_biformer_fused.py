@@ -145,3 +145,15 @@ def test_fused_global_block_bf16_at_biformer_s_stage4_gpu():
     twin = _run(copy.deepcopy(blk), x, 'torch', torch.bfloat16)
     ref = _run(copy.deepcopy(blk), x, 'torch')
     assert_within_twin_error((out, dx, grads), twin, ref, floor=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('m,n', [(131072, 192), (16384, 64), (16383, 96)])
+def test_bias_gradient_column_sums_gpu(m, n):
+    """The fused blocks' bias gradients (``fused_block.column_sums``: a matmul with ones from
+    ``BIAS_MATMUL_ROWS`` rows, else ``sum(0)``) against the fp64 sum: within bf16's rounding of the result."""
+    from backbones.layers.fused_block import column_sums
+    dy = torch.randn(m, n, device='cuda', dtype=torch.bfloat16)
+    got, ref = column_sums(dy), dy.double().sum(0)
+    assert got.dtype == torch.bfloat16 and got.shape == (n,)
+    assert ((got.double() - ref).abs() <= 2 ** -8 * ref.abs() + 1e-3 * m ** 0.5).all()
