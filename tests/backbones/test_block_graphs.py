@@ -20,7 +20,7 @@ from backbones import HWT, BiFormer, DiNAT
 from backbones.layers.block_graphs import BlockGraphs, GraphPool
 
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
-GPU_TOL = {None: 1e-5, torch.float16: 4e-3}      # see _assert_steps_equal
+GPU_TOL = {None: 1e-4, torch.float16: 1e-3}      # see _assert_steps_equal
 
 
 class _ToyFn(torch.autograd.Function):
@@ -246,10 +246,11 @@ def _assert_steps_equal(ref, gr, dtype, backend):
     ``sparse_ops.use_backend(backend)``: outputs, input gradients and every parameter gradient equal at each step.
     Bitwise on CPU. On the GPU the kernels are the same but the order of atomic adds is not (nor, at times, the
     GEMM algorithm cuBLAS picks inside a capture), and the SGD steps carry that rounding into later steps: each
-    tensor within ``GPU_TOL`` of its largest value (1e-5 in fp32; in fp16 4 last-bit flips, an fp16 ulp being
-    ~1e-3 of a value) + 1e-6 for tensors whose values are all small. Measured on an H200 (session 13, 3 fresh
-    processes): at most 0.01 of the fp16 bound of 1e-3 for BiFormer, HWT and DiNAT; once 1.4x it, for one BiFormer
-    weight gradient at step 2, in a process that had run other fused-block test files first."""
+    tensor within ``GPU_TOL`` of its largest value (1e-4 in fp32; in fp16 a last-bit flip of an fp16 activation
+    is ~1e-3 of itself) + 1e-6 for tensors whose values are all small. Measured on an H200 (session 13): in
+    fresh processes at most 1e-7 (fp32) and 1e-5 (fp16) of the largest value for BiFormer, HWT and DiNAT; in fp32
+    1.4e-5 for one BiFormer weight gradient at step 2, the same value on two runs, in processes that had run other
+    graph tests first (a stale buffer would be off by the SGD step, ~1e-3)."""
     gr.load_state_dict(ref.state_dict())
     opts = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (ref, gr)]
 
