@@ -120,26 +120,13 @@ def test_fused_path_only_where_it_applies():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_fused_block_bf16_at_biformer_s_stage3_gpu():
-    """H200: bf16 fused block at BiFormer-S's stage-3 shape (64 x 64, C 256, 8 heads, n_win 16, top-16) against
-    the fp32 twin, within twice the bf16 twin's error (+1e-3) for output, dx and every parameter gradient."""
-    dev = torch.device('cuda')
-    blk = _block(256, 8, 16, 16, drop_path=0.1)
-    x = torch.randn(2, 256, 64, 64, device=dev)
-    out, dx, grads, node = _run(blk, x, None, torch.bfloat16)
-    assert FUSED in node
-    twin = _run(copy.deepcopy(blk), x, 'torch', torch.bfloat16)
-    ref = _run(copy.deepcopy(blk), x, 'torch')
-    assert_within_twin_error((out, dx, grads), twin, ref, floor=1e-3)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_fused_global_block_bf16_at_biformer_s_stage4_gpu():
-    """H200: bf16 fused global block at BiFormer-S's stage-4 shape (32 x 32, C 512, 8 heads) against the fp32
-    twin (``scaled_dot_product_attention``), within twice the bf16 twin's error (+1e-3)."""
-    dev = torch.device('cuda')
-    blk = _block(512, 16, 16, GLOBAL, drop_path=0.1, global_heads=8)
-    x = torch.randn(2, 512, 32, 32, device=dev)
+@pytest.mark.parametrize('dim, topk, side', [(256, 16, 64), (512, GLOBAL, 32)], ids=['stage3', 'stage4-global'])
+def test_fused_block_bf16_at_biformer_s_shapes_gpu(dim, topk, side):
+    """H200: bf16 fused block at BiFormer-S's stage-3 shape (64 x 64, C 256, 8 heads, n_win 16, top-16) and its
+    global stage-4 shape (32 x 32, C 512, 8 heads; the twin runs ``scaled_dot_product_attention``) against the
+    fp32 twin, within twice the bf16 twin's error (+1e-3) for output, dx and every parameter gradient."""
+    blk = _block(dim, dim // 32, 16, topk, drop_path=0.1, global_heads=8)
+    x = torch.randn(2, dim, side, side, device='cuda')
     out, dx, grads, node = _run(blk, x, None, torch.bfloat16)
     assert FUSED in node
     twin = _run(copy.deepcopy(blk), x, 'torch', torch.bfloat16)
