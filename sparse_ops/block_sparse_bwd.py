@@ -21,10 +21,10 @@ anyway, and stores it for the dK/dV pass: one launch less per backward, which at
    to the same top-k key regions, so one program per key block leaves the few hot key blocks looping over all
    query blocks (1024 iterations against an average of 4 at stage 1, 1024²) while the GPU idles. Here each key
    block's list is cut into chunks of at most ``chunk`` entries, one program per chunk (``_split_tables``: the
-   chunk -> key block table from a cumsum and a ``searchsorted`` on the device, no host sync, a fixed grid
-   ``n_kb + ceil(entries / chunk)``). A key block of one chunk stores its result as before; the chunks of a longer
-   one store fp32 partial sums into a scratch buffer, which a third launch adds up in chunk order and stores:
-   bitwise deterministic, as the one-program pass.
+   chunk -> key block table in one launch, running counts and a binary search on the device, no host sync, a
+   fixed grid ``n_kb + ceil(entries / chunk)``). A key block of one chunk stores its result as before; the chunks
+   of a longer one store fp32 partial sums into a scratch buffer, which a third launch adds up in chunk order and
+   stores: bitwise deterministic, as the one-program pass.
 
 ``dS = P * (dP - delta)`` is the gradient of the natural-log logits ``scale * q.k + bias``: ``dQ = scale * dS K``,
 ``dK = scale * dS^T Q``, ``dbias = sum dS`` per bias cell. The logits, masks and bias lookup are the forward's
@@ -42,6 +42,13 @@ from ._host import cdiv
 from .block_sparse_fwd import Config, _k_meta, _q_meta, _rows, _rpb_index, _scores, _table_strides
 
 __all__ = ['block_sparse_bwd', 'split_chunk', 'split_tables_torch', 'MIN_CHUNK']
+
+
+@triton.jit
+def _n_chunks(num, chunk):
+    """Chunks of a key block's list of ``num`` entries in the split pass (at least 1: an empty list still stores
+    its zeros)."""
+    return tl.maximum((num + chunk - 1) // chunk, 1)
 
 
 @triton.jit
@@ -77,7 +84,7 @@ def _block_sparse_bwd_dkdv_kernel(
         valid = pid_n < n_kb                # chunks past the last one (the grid is a bound) do nothing
         pid_n = tl.minimum(pid_n, n_kb - 1)
         num_all = tl.load(Q_NUM + z64 * stride_numz + pid_n)
-        n_chunks = tl.maximum((num_all + chunk - 1) // chunk, 1)
+        n_chunks = _n_chunks(num_all, chunk)
         j = c - (tl.load(CUM + z64 * stride_cumz + pid_n) - n_chunks)
         it0 = j * chunk
         it1 = tl.where(valid, tl.minimum(it0 + chunk, num_all), it0)
@@ -154,7 +161,7 @@ def _block_sparse_bwd_dkdv_reduce_kernel(
     pid_zh = tl.program_id(1)
     z64 = (pid_zh // H).to(tl.int64)
     h64 = (pid_zh % H).to(tl.int64)
-    n_chunks = (tl.load(Q_NUM + z64 * stride_numz + pid_n) + chunk - 1) // chunk
+    n_chunks = _n_chunks(tl.load(Q_NUM + z64 * stride_numz + pid_n), chunk)
     n_chunks = tl.where(n_chunks > 1, n_chunks, 0)
     slot = pid_zh.to(tl.int64) * n_slots + tl.load(SLOT + z64 * stride_cumz + pid_n)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -280,7 +287,7 @@ def _split_tables_kernel(Q_NUM, CK, CUM, SLOT, s_num, s_ck, s_cum, n_kb, n_chunk
         kb = k0 + tl.arange(0, BLOCK)
         ok = kb < n_kb
         num = tl.load(Q_NUM + z * s_num + kb, mask=ok, other=0)
-        n_chunks = tl.where(ok, tl.maximum((num + chunk - 1) // chunk, 1), 0)
+        n_chunks = tl.where(ok, _n_chunks(num, chunk), 0)
         split = tl.where(n_chunks > 1, n_chunks, 0)
         tl.store(CUM + z * s_cum + kb, carry + tl.cumsum(n_chunks, 0), mask=ok)
         tl.store(SLOT + z * s_cum + kb, carry_slot + tl.cumsum(split, 0) - split, mask=ok)
@@ -320,7 +327,7 @@ def split_tables_torch(q_num: torch.Tensor, chunk: int, n_chunks_max: int):
     slot = torch.cumsum(split, 1, dtype=torch.int32) - split
     ids = torch.arange(n_chunks_max, device=q_num.device, dtype=torch.int32).expand(q_num.shape[0], -1)
     ck = torch.searchsorted(cum, ids.contiguous(), right=True, out_int32=True)
-    return ck, cum, slot.to(torch.int32)
+    return ck, cum, slot
 
 
 def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, tok, route, rpb, rows, scale: float,
@@ -361,27 +368,25 @@ def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, to
         drpb_buf.stride(0) if rpb is not None else 0,
         h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, copies, **common)
     chunk = split_chunk(n_qb, kv_idx.shape[-1], n_kb, q_idx.shape[-1], chunk)
-    s_numz = _table_strides(q_num, q_idx)[0]
+    q_strides = _table_strides(q_num, q_idx)     # batch stride 0 when the tables are shared
     if chunk:
         entries = cdiv(n_qb * kv_idx.shape[-1], chunk)
         n_chunks_max, n_slots = n_kb + entries, 2 * entries      # bounds (module docstring, 3)
         ck, cum, slot = _split_tables(q_num, chunk, n_chunks_max)
         scr = torch.empty((2, b * h, n_slots, bn, d), device=q.device, dtype=torch.float32)
         split = (ck, cum, slot, scr)
-        shared = q_num.shape[0] == 1
-        s_ck, s_cum, scr_half = (0 if shared else ck.stride(0)), (0 if shared else cum.stride(0)), scr.stride(0)
+        s_ck, s_cum, scr_half = (ck.stride(0), cum.stride(0), scr.stride(0)) if q_strides[0] else (0, 0, scr.stride(0))
     else:
         n_chunks_max, n_slots, split, s_ck, s_cum, scr_half = n_kb, 0, (dummy,) * 4, 0, 0, 0
     _block_sparse_bwd_dkdv_kernel[(n_chunks_max, b * h)](
         q, k, v, do, dk, dv, lse, delta, q_num, q_idx, *meta, *split,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        *_table_strides(q_num, q_idx), s_route, s_rpb, s_ck, s_cum, scr_half,
+        *q_strides, s_route, s_rpb, s_ck, s_cum, scr_half,
         h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, n_kb, n_slots, max(chunk, 1), SPLIT=bool(chunk),
         **common)
     if chunk:
         _block_sparse_bwd_dkdv_reduce_kernel[(n_kb, b * h)](
-            dk, dv, q_num, slot, scr, perm, *dk.stride(), *dv.stride(), s_numz, s_cum, scr_half, h, n, scale, n_slots,
-            chunk,
-            HEAD_DIM=d, BLOCK_N=bn, HAS_PERM=has_perm, num_warps=config.num_warps)
+            dk, dv, q_num, slot, scr, perm, *dk.stride(), *dv.stride(), q_strides[0], s_cum, scr_half, h, n, scale,
+            n_slots, chunk, HEAD_DIM=d, BLOCK_N=bn, HAS_PERM=has_perm, num_warps=config.num_warps)
     drpb = drpb_buf.sum(0).to(rpb.dtype) if rpb is not None else None
     return dq, dk, dv, drpb

@@ -147,14 +147,13 @@ def backward_math(spec: BlockSpec, need, saved, aux, dout, dx_out=None) -> list:
     bwd(do, *split(qkv, spec.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route,
         None, p.rows, spec.scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, spec.num_heads))
     ln1_out = norm_out(ln1_x, mean1, rstd1, n1_w, n1_b, low, save_xhat)
-    if spec.lce_on_input:       # a = attn + lce(y1): y1's gradient is qkv's plus the conv's (added in its kernel)
-        conv_weight_grads(da, ln1_out.view(b, h, w, c), lepe_w, 10)
-        dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
-        dy1 = dw.dwconv_fwd(da, lepe_w, None, dy1.view(b, h, w, c), low, flip=True).view(m, c)
-    else:                       # a = attn + lce(v): v's gradient gets the conv's
+    if not spec.lce_on_input:   # a = attn + lce(v): v's gradient gets the conv's
         dqkv[..., 2 * c:] += dw.dwconv_fwd(da, lepe_w, out_dtype=low, flip=True)
         conv_weight_grads(da, qkv[..., 2 * c:], lepe_w, 10)
-        dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
+    dy1 = sink.linear(dqkv.view(m, 3 * c), ln1_out, qkv_w, 8, 9)
+    if spec.lce_on_input:       # a = attn + lce(y1): y1's gradient is qkv's plus the conv's (added in its kernel)
+        conv_weight_grads(da, ln1_out.view(b, h, w, c), lepe_w, 10)
+        dy1 = dw.dwconv_fwd(da, lepe_w, None, dy1.view(b, h, w, c), low, flip=True).view(m, c)
     dx1 = sink.norm(norm, dy1, ln1_x, n1_w, mean1, rstd1, 6, dx2)
     # pos embed: x1 = x + pos(x)
     conv_weight_grads(dx1, xl, pos_w, 4)

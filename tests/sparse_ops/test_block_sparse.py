@@ -194,13 +194,21 @@ def test_route_topk_matches_twin(hw, n_win, topk):
     assert torch.equal(counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
 
 
+def force_chunk(monkeypatch, chunk=None) -> list:
+    """Make the split dK/dV pass take ``chunk`` (None: its default, 0: no split); returns the list the chunk
+    length of every backward is appended to (0 where the pass did not split)."""
+    import sparse_ops.block_sparse_bwd as bsb
+    default, chunks = bsb.split_chunk, []
+    monkeypatch.setattr(bsb, 'split_chunk', lambda *a: chunks.append(default(*a[:4], chunk=chunk)) or chunks[-1])
+    return chunks
+
+
 @pytest.mark.parametrize('chunk', [None, 1, 3], ids=lambda c: f'chunk{c}')
 def test_routing_hot_regions_split_dkdv(monkeypatch, chunk):
     # every query region routes to region (0, 0): its key blocks are visited by every query block, so the dK/dV
     # pass splits their lists into chunks (block_sparse_bwd, design note 3) and adds the partial sums up
     import sparse_ops.block_sparse_bwd as bsb
-    default, chunks = bsb.split_chunk, []
-    monkeypatch.setattr(bsb, 'split_chunk', lambda *a: chunks.append(default(*a[:4], chunk=chunk)) or chunks[-1])
+    chunks = force_chunk(monkeypatch, chunk)
     # the default chunk (MIN_CHUNK) needs more query blocks than that: 64 regions of 16 tokens, 64 query blocks
     shape, n_win = ((1, 2, 32, 32, 16), 8) if chunk is None else ((2, 2, 16, 15, 16), 4)  # 15: ragged regions
     for dtype in (torch.float32, torch.float16):
@@ -212,15 +220,14 @@ def test_routing_hot_regions_split_dkdv(monkeypatch, chunk):
 
 
 def test_split_dkdv_is_deterministic_and_matches_one_pass(monkeypatch):
-    import sparse_ops.block_sparse_bwd as bsb
-    default = bsb.split_chunk
     qkv, _ = _inputs((1, 2, 16, 16, 16), torch.float32, 0, 2, 3, hot=4)
     results = []
     for chunk in (0, 2, 2, 5):
-        monkeypatch.setattr(bsb, 'split_chunk', lambda *a, c=chunk: default(*a[:4], chunk=c))
-        leaves = [t.float().to(DEVICE).requires_grad_() for t in qkv]
-        out = triton_api.bilevel_routing_attention(*leaves, n_win=4, topk=3, config=Config(16, 16, 1, 1))
-        results.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+        with monkeypatch.context() as mp:
+            force_chunk(mp, chunk)
+            leaves = [t.float().to(DEVICE).requires_grad_() for t in qkv]
+            out = triton_api.bilevel_routing_attention(*leaves, n_win=4, topk=3, config=Config(16, 16, 1, 1))
+            results.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
     for got in results[1:]:
         for g, ref in zip(got, results[0]):
             torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)

@@ -98,29 +98,23 @@ HOT = [((2, 2, 256, 256, 32), dict(n_win=16, topk=1)), ((2, 8, 64, 64, 32), dict
 
 
 @pytest.mark.parametrize('shape,kwargs', HOT, ids=['stage1-1024', 'stage3-1024'])
-def test_routing_hot_regions_real_shapes(shape, kwargs):
+def test_routing_hot_regions_real_shapes(monkeypatch, shape, kwargs):
     """Every query region routes to region (0, 0), as at BiFormer-S's initialisation: the split dK/dV pass
     (block_sparse_bwd, design note 3) at its stage-1 and stage-3 shapes (1024²) against the twin, bitwise equal
     reruns, and a backward without host sync."""
-    import sparse_ops.block_sparse_bwd as bsb
-    from test_block_sparse import _inputs
+    from test_block_sparse import _inputs, force_chunk
     check_case('bilevel_routing_attention', shape, kwargs, dtype=BF16, hot=True)
     qkv, _ = _inputs(shape, BF16, 0, shape[1], 0, hot=kwargs['n_win'])
-    chunks = []
-    default = bsb.split_chunk
-    bsb.split_chunk = lambda *a: chunks.append(default(*a)) or chunks[-1]
-    try:
-        runs = []
-        for i in range(2):
-            leaves = [t.to('cuda', BF16).requires_grad_() for t in qkv]
-            out = triton_api.bilevel_routing_attention(*leaves, **kwargs)
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode('error' if i else 'default')
-            try:
-                runs.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
-            finally:
-                torch.cuda.set_sync_debug_mode('default')
-    finally:
-        bsb.split_chunk = default
+    chunks = force_chunk(monkeypatch)
+    runs = []
+    for i in range(2):
+        leaves = [t.to('cuda', BF16).requires_grad_() for t in qkv]
+        out = triton_api.bilevel_routing_attention(*leaves, **kwargs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error' if i else 'default')
+        try:
+            runs.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
     assert chunks and all(chunks), f'the split pass was not taken: chunk lengths {chunks}'
     assert all(torch.equal(a, b) for a, b in zip(*runs)), 'the split dK/dV pass is not deterministic'
