@@ -26,6 +26,8 @@ as the modules hold them (``Linear`` ``(out, in)``; Linear weights and biases in
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -39,20 +41,15 @@ __all__ = ['AttentionBlockFunction', 'block_params', 'forward_math', 'backward_m
 N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of the block Function's apply
 
 
-_LOADED: tuple = ()
-
-
+@functools.cache
 def kernels():
     """(norm, patterns, default_config, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
     loaded where a fused block runs)."""
-    global _LOADED
-    if not _LOADED:
-        fwd = load_triton_module('sparse_ops.block_sparse_fwd')
-        _LOADED = (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.patterns'),
-                    fwd.default_config, fwd.block_sparse_fwd,
-                    load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
-                    load_triton_module('sparse_ops.block_sparse').split_heads)
-    return _LOADED
+    fwd = load_triton_module('sparse_ops.block_sparse_fwd')
+    return (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.patterns'),
+            fwd.default_config, fwd.block_sparse_fwd,
+            load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
+            load_triton_module('sparse_ops.block_sparse').split_heads)
 
 
 def block_params(block, rpb) -> list:

@@ -25,6 +25,8 @@ in the low dtype ``L`` (``layers.linear.cast_linear_weights``), the norms' in fp
 """
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 
 import torch
@@ -54,20 +56,15 @@ class BlockSpec:
     lce_on_input: bool = False      # LCE on norm1's output (the global block's AttentionLePE), not on V
 
 
-_KERNELS: tuple = ()
-
-
+@functools.cache
 def _kernels():
     """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
     loaded where the fused block runs)."""
-    global _KERNELS
-    if not _KERNELS:
-        bs = load_triton_module('sparse_ops.block_sparse')
-        _KERNELS = (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.dwconv_triton'),
-                    load_triton_module('sparse_ops.triton_api'),
-                    load_triton_module('sparse_ops.block_sparse_fwd').block_sparse_fwd,
-                    load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd, bs.split_heads)
-    return _KERNELS
+    return (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.dwconv_triton'),
+            load_triton_module('sparse_ops.triton_api'),
+            load_triton_module('sparse_ops.block_sparse_fwd').block_sparse_fwd,
+            load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
+            load_triton_module('sparse_ops.block_sparse').split_heads)
 
 
 def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None, copy_input=False):

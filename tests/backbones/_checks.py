@@ -1,6 +1,26 @@
 """Checks shared by the backbone tests (imported as a sibling module: tests/ has no packages)."""
 import torch
 
+import sparse_ops
+from backbones.layers.linear import cast_linear_weights
+
+
+def run_block(block, x, backend, dtype, device_type, *args):
+    """``block(x, *args)`` under ``sparse_ops.use_backend(backend)`` and autocast to ``dtype`` (None: fp32) with the
+    pre-cast weights, then ``sum(out * g)`` backpropagated for a fixed random g: ``(out detached, dx, {name: grad},
+    out)``. The RNG is seeded before the forward (same stochastic-depth masks on both paths); g has its own
+    generator."""
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(5)
+    with sparse_ops.use_backend(backend), \
+            torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None), \
+            cast_linear_weights(block):
+        out = block(x, *args)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(out.device)
+    (out.float() * g).sum().backward()
+    grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
+    return out.detach(), x.grad, grads, out
+
 
 def assert_checkpointed_equals_plain(plain, cp, x):
     """``cp`` (with_cp=True, plain's weights loaded) gives the same outputs and parameter gradients as ``plain``."""

@@ -16,7 +16,7 @@ import sparse_ops
 from backbones import HWT
 from backbones.hwt import HWTBlock
 from backbones.layers.linear import cast_linear_weights
-from _checks import assert_equals_twin, assert_within_twin_error, rel_err
+from _checks import assert_equals_twin, assert_within_twin_error, rel_err, run_block
 
 FUSED = 'FusedWindowBlockBackward'
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -34,18 +34,9 @@ def _block(dim=32, heads=2, window=3, shift=True, drop_path=0.0, train=True, see
 
 
 def _run(block, x, hw, backend, dtype=None, device_type=DEV):
-    """Output, input gradient, parameter gradients and output node of ``sum(out * g)`` for a fixed random g. The
-    RNG is seeded before the forward (same stochastic-depth masks on both paths); g has its own generator."""
-    x = x.clone().requires_grad_(True)
-    torch.manual_seed(5)
-    with sparse_ops.use_backend(backend), \
-            torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None), \
-            cast_linear_weights(block):
-        out = block(x, hw)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(out.device)
-    (out.float() * g).sum().backward()
-    grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
-    return out.detach(), x.grad, grads, type(out.grad_fn).__name__
+    """Output, input gradient, parameter gradients and output node of ``sum(out * g)`` (``_checks.run_block``)."""
+    out, dx, grads, node_of = run_block(block, x, backend, dtype, device_type, hw)
+    return out, dx, grads, type(node_of.grad_fn).__name__
 
 
 @pytest.mark.parametrize('shift, drop_path, train, hw', [(False, 0.0, True, (5, 7)), (True, 0.3, True, (5, 7)),

@@ -16,7 +16,7 @@ import sparse_ops
 from backbones import DiNAT, NAT
 from backbones.layers.linear import cast_linear_weights
 from backbones.layers.nat_blocks import HilbertNeighborhoodAttention1d, NATBlock, NeighborhoodAttention2d
-from _checks import assert_equals_twin, assert_within_twin_error, rel_err
+from _checks import assert_equals_twin, assert_within_twin_error, rel_err, run_block
 
 FUSED = 'FusedNeighborhoodBlockBackward'
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -33,18 +33,9 @@ def _block(dim=32, heads=2, kernel=3, dilation=1, drop_path=0.0, layer_scale=Non
 
 
 def _run(block, x, backend, dtype=None, device_type=DEV):
-    """Output, input gradient, parameter gradients and output node of ``sum(out * g)`` for a fixed random g. The
-    RNG is seeded before the forward (same stochastic-depth masks on both paths); g has its own generator."""
-    x = x.clone().requires_grad_(True)
-    torch.manual_seed(5)
-    with sparse_ops.use_backend(backend), \
-            torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None), \
-            cast_linear_weights(block):
-        out = block(x)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(out.device)
-    (out.float() * g).sum().backward()
-    grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
-    return out.detach(), x.grad, grads, _node_names(out)
+    """Output, input gradient, parameter gradients and output node of ``sum(out * g)`` (``_checks.run_block``)."""
+    out, dx, grads, node_of = run_block(block, x, backend, dtype, device_type)
+    return out, dx, grads, _node_names(node_of)
 
 
 def _node_names(out) -> str:
