@@ -14,8 +14,10 @@ Layout legend (one layout everywhere):
   residual add (BiFormer's pos-embed and LCE convs).
 - ``backend``: ``'triton' | 'torch' | None``; None takes the Triton core on CUDA when ``can_run_triton`` says so,
   else the PyTorch twin (:mod:`sparse_ops.reference`); forcing ``'triton'`` where it cannot run raises ValueError.
+- ``clear_caches()``: frees the process-wide pattern / Hilbert-order caches (device memory shared by all models).
 """
 from .backend import can_run_triton, choose_backend, use_backend
+from .caches import clear_caches
 from .dwconv import depthwise_conv2d
 from .functional import (bilevel_routing_attention, hilbert_neighborhood_attention_1d, hilbert_slide_attention,
                          hilbert_window_attention, neighborhood_attention_2d)
@@ -27,5 +29,5 @@ __all__ = [
     'hilbert_order', 'hilbert_inverse', 'hilbert_coords',
     'hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
     'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention',
-    'can_run_triton', 'choose_backend', 'use_backend', 'layer_norm', 'depthwise_conv2d',
+    'can_run_triton', 'choose_backend', 'use_backend', 'layer_norm', 'depthwise_conv2d', 'clear_caches',
 ]

@@ -87,6 +87,11 @@ def _row_major_order(h: int, w: int) -> torch.Tensor:
     return _walk({}, w, 0, h, w, 0)
 
 
+_CACHE_SIZES = 512
+"""Grid sizes each cache keeps (least recently used out): multi-scale training meets many sizes, and an unbounded
+cache would grow with every new one."""
+
+
 def _check_size(h, w) -> None:
     for name, v in (('h', h), ('w', w)):
         if isinstance(v, bool) or not isinstance(v, int):
@@ -95,12 +100,12 @@ def _check_size(h, w) -> None:
             raise ValueError(f'hilbert grid size must be >= 1, got {name}={v}')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=_CACHE_SIZES)
 def _order_cpu(h: int, w: int) -> torch.Tensor:
     return _row_major_order(h, w)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=_CACHE_SIZES)
 def _inverse_cpu(h: int, w: int) -> torch.Tensor:
     order = _order_cpu(h, w)
     inv = torch.empty_like(order)
@@ -108,7 +113,7 @@ def _inverse_cpu(h: int, w: int) -> torch.Tensor:
     return inv
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=_CACHE_SIZES)
 def _coords_cpu(h: int, w: int) -> torch.Tensor:
     order = _order_cpu(h, w)
     return torch.stack([order // w, order % w], dim=1)
@@ -117,7 +122,7 @@ def _coords_cpu(h: int, w: int) -> torch.Tensor:
 _BUILDERS = {'order': _order_cpu, 'inverse': _inverse_cpu, 'coords': _coords_cpu}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=3 * _CACHE_SIZES)
 def _cached_on(kind: str, h: int, w: int, device: torch.device) -> torch.Tensor:
     return _BUILDERS[kind](h, w).to(device)
 

@@ -1,17 +1,22 @@
 """CUDA graphs for a chain of blocks: a block's forward and backward kernels replayed as two captured graphs.
 
-Why: at feature-map sizes a BiFormer training step waits for the host, not the GPU. Even as one autograd node
-(``biformer_fused``) a routing block issues ~15 kernel launches and ~25 other PyTorch calls per direction, each
-8-65 us of host time on the H200 box, against ~1.4 ms of GPU work per block and step (docs/benchmarks.md). A
-replayed graph issues all of them for about the host cost of one launch.
+Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU: even as one autograd
+node a block issues a few dozen kernel launches and other PyTorch calls per direction, each costing more host time
+than its kernel takes on the GPU (``docs/benchmarks.md``, "Fast path and graph replay", has the measurement against
+``torch.cuda.make_graphed_callables`` and ``torch.compile(mode="reduce-overhead")``). A replayed graph issues all of
+them for about the host cost of one launch.
 
 How (``BlockGraphs``: one per block; ``GraphPool``: one per backbone):
 
 - A block captures its forward graph at the ``warmup``-th consecutive call with the same signature (input shape,
   dtype and device, the block's non-tensor arguments, which gradients are needed, the addresses of the parameters
   read in place, the shapes of the other tensors) and its backward graph at the first backward after that. Before
-  that, and whenever the signature changes, it runs eagerly: training on varying input sizes never captures. Eval
-  (no autograd) and training calls have a graph each. No graphs under ``torch.inference_mode``.
+  that it runs eagerly: training on sizes that never repeat never captures. Eval (no autograd) and training calls
+  are separate signatures. No graphs under ``torch.inference_mode``.
+- Memory cap: a block keeps the graphs of at most ``GraphPool.max_signatures`` signatures (default 3), least
+  recently used first out; a captured signature holds the block's output, what its backward saves and its
+  gradients at that size for as long as it is kept. Multi-scale training (mmdet's keep-ratio resize gives a few
+  recurring batch shapes) keeps the most recent sizes captured and runs the others eagerly until they repeat.
 - Weights are read in place (their addresses are part of the signature: ``cast_linear_weights`` keeps its
   low-precision buffer from step to step); per-call tensors (stochastic-depth masks) are copied into the graph's
   own buffers before each replay (one ``_foreach_copy_``).
@@ -30,12 +35,18 @@ How (``BlockGraphs``: one per block; ``GraphPool``: one per backbone):
 - The forward returns an alias of the graph's output buffer; the backward returns the graph's own gradient tensors,
   the same objects every time (autograd never steals a tensor that something else still references).
 
+- A memory pool handle is live only while some graph captured into it exists (PyTorch's allocator asserts when a
+  capture joins a pool whose graphs are all gone): the pool starts a fresh handle whenever its last graph was
+  evicted. Deleting the backbone deletes its graphs; the pools' memory goes back to PyTorch's cache
+  (``torch.cuda.empty_cache()`` returns it to the device).
+
 Limits: CUDA only (``GraphPool(emulate=True)`` reruns the captured functions instead, for tests on CPU); not
 under activation checkpointing (the backbone turns graphs off with ``with_cp``); a capture that fails (an op that
 syncs with the host) warns once and turns the pool's graphs off.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import warnings
 import weakref
@@ -84,19 +95,25 @@ class GraphPool:
 
     Args:
         emulate: rerun the captured functions instead of CUDA graphs (any device; for tests).
+        max_signatures: captured signatures each block keeps (least recently used out; module docstring).
     """
 
-    def __init__(self, emulate: bool = False) -> None:
+    def __init__(self, emulate: bool = False, max_signatures: int = 3) -> None:
+        if isinstance(max_signatures, bool) or not isinstance(max_signatures, int) or max_signatures < 1:
+            raise ValueError(f'max_signatures must be an int >= 1, got {max_signatures!r}')
         self.emulate = emulate
+        self.max_signatures = max_signatures
         self.enabled = True
         self._handle = None
+        self._live: weakref.WeakSet = weakref.WeakSet()      # graphs captured into self._handle, still alive
+        self.captures = 0                                    # graphs captured so far (forward and backward)
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._seq = 0
         self._pending: list[tuple[int, weakref.ref]] = []
         self._rings: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def __reduce__(self):                   # deepcopy / pickle: a fresh pool (graphs are not copied)
-        return GraphPool, (self.emulate,)
+        return GraphPool, (self.emulate, self.max_signatures)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -120,10 +137,13 @@ class GraphPool:
         """``(graph, result)``: ``fn()`` captured into this pool; the captured kernels have not run yet
         (``graph.replay()``). No warm-up run: the caller ran ``fn``'s kernels eagerly before (Triton compiled), and
         the library state a capture sets up lazily (cuBLAS workspaces) comes from the pool."""
+        self.captures += 1
         if self.emulate:
             result = fn()
-            return _FakeGraph(fn, result), result
-        if self._handle is None:
+            graph = _FakeGraph(fn, result)
+            self._live.add(graph)
+            return graph, result
+        if self._handle is None or not self._live:     # a handle whose graphs are all gone cannot be joined
             self._handle = torch.cuda.graph_pool_handle()
         stream = self._streams.get(device)
         if stream is None:
@@ -146,6 +166,7 @@ class GraphPool:
                 raise
             graph.capture_end()
         current.wait_stream(stream)
+        self._live.add(graph)
         return graph, result
 
     def disable(self, error: BaseException) -> None:
@@ -211,8 +232,16 @@ class BlockGraphs:
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f'warmup must be an int >= 1, got {warmup!r}')
         self.pool, self.tag, self.index, self.last, self.warmup = pool, tag, index, last, warmup
-        self._entries: dict[bool, _Entry] = {}
+        self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()   # LRU, newest last
         self._seen: dict[bool, tuple[Any, int]] = {}
+
+    def signatures(self) -> list[tuple]:
+        """The captured signatures ``(train, key)``, least recently used first."""
+        return list(self._entries)
+
+    def latest(self, train: bool) -> _Entry | None:
+        """The most recently used captured signature of training (``train``) or no-grad calls, or None."""
+        return next((e for (t, _), e in reversed(self._entries.items()) if t == train), None)
 
     def __reduce__(self):
         return BlockGraphs, (self.pool, self.tag, self.index, self.last, self.warmup)
@@ -232,14 +261,11 @@ class BlockGraphs:
             return None
         key = (static_key, x.shape, x.dtype, x.device, tuple(None if t is None else t.data_ptr() for t in inputs),
                tuple(None if t is None else (t.shape, t.dtype) for t in copied))
-        entry = self._entries.get(train)
-        if entry is None or entry.key != key:
+        entry = self._entries.get((train, key))
+        if entry is None:
             seen_key, count = self._seen.get(train, (None, 0))
             count = count + 1 if seen_key == key else 1
             self._seen[train] = (key, count)
-            if entry is not None:
-                entry.dropped = True
-                del self._entries[train]
             if count < self.warmup:
                 return None
             entry = self._capture(key, x, inputs, copied, train, out_dtype, fwd, bwd)
@@ -248,6 +274,7 @@ class BlockGraphs:
         elif pool.busy(entry.seq):
             return None
         else:
+            self._entries.move_to_end((train, key))
             entry.load(x, copied)
             entry.graph.replay()
         entry.gen += 1
@@ -282,7 +309,10 @@ class BlockGraphs:
             pool.disable(error)
             return None
         entry.graph.replay()
-        self._entries[train] = entry
+        while len(self._entries) >= pool.max_signatures:
+            _, old = self._entries.popitem(last=False)
+            old.dropped = True              # a pending backward of it runs eagerly on its saved tensors
+        self._entries[(train, key)] = entry
         return entry
 
     def backward(self, run: _Run, dout: torch.Tensor) -> list:

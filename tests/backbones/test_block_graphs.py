@@ -116,7 +116,7 @@ def test_toy_chain_replays_and_equals_eager():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         eager = gr.calls['fwd'] - before['fwd'], gr.calls['bwd'] - before['bwd']
         assert eager == ((3, 3) if step == 0 else (0, 0)), (step, eager)
-    assert all(g._entries[True].gen == 4 for g in gr.graphs)      # captured at step 1, replayed at 2..4
+    assert all(g.latest(True).gen == 4 for g in gr.graphs)      # captured at step 1, replayed at 2..4
 
 
 def test_toy_two_forwards_then_backward_falls_back():
@@ -179,22 +179,63 @@ def test_toy_retain_graph_and_unused_forward():
     assert gr.calls['fwd'] == before['fwd']                       # released: replays
 
 
-def test_toy_signature_change_recaptures():
-    """A new input shape runs eagerly until it repeats ``warmup`` times, then is captured; results stay equal."""
-    ref, _, gr = _toy_pair()
-    _sync(gr, ref)
+def _toy_schedule(gr, ref, shapes):
+    """Steps of ``gr`` and ``ref`` over ``shapes``, equal outputs and input gradients at each; the number of
+    eager forwards of ``gr`` at each step."""
     masks = [torch.rand(2, 1, 1, 1) for _ in range(3)]
-    for shape in [(2, 3, 5, 4)] * 3 + [(2, 6, 2, 4)] * 3 + [(2, 3, 5, 4)]:
+    eager = []
+    for shape in shapes:
         x = torch.randn(shape)
-        before = dict(gr.calls)
+        before = gr.calls['fwd']
         want = _toy_step(ref, x, masks)
         got = _toy_step(gr, x, masks)
         ref.zero_grad(set_to_none=True)
         gr.zero_grad(set_to_none=True)
         for a, b in zip(got[:2], want[:2]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-        assert gr.calls['fwd'] - before['fwd'] in (0, 3)
-    assert True not in gr.graphs[0]._entries and gr.graphs[0]._seen[True][1] == 1   # the shape came back: eager
+        eager.append(gr.calls['fwd'] - before)
+    return eager
+
+
+A, B, C = (2, 3, 5, 4), (2, 6, 2, 4), (2, 1, 7, 4)
+
+
+def test_toy_signature_change_keeps_recent_sizes():
+    """A new input shape runs eagerly until it repeats ``warmup`` times, then is captured beside the earlier one;
+    a shape that comes back replays its graphs (multi-scale training); results stay equal."""
+    ref, _, gr = _toy_pair()
+    _sync(gr, ref)
+    eager = _toy_schedule(gr, ref, [A] * 3 + [B] * 3 + [A, B, A])
+    assert eager == [3, 0, 0, 3, 0, 0, 0, 0, 0]
+    assert [key[1] for _, key in gr.graphs[0].signatures()] == [torch.Size(B), torch.Size(A)]
+
+
+def test_toy_graph_cache_is_bounded_lru():
+    """``GraphPool.max_signatures`` caps the captured signatures per block, least recently used out: with a cap of
+    2 and three shapes in turn, the evicted shape runs eagerly again until it repeats; every evicted graph is
+    freed (no references left), and so are all graphs when the model is deleted."""
+    import gc
+    import weakref
+    ref, _, gr = _toy_pair()
+    _sync(gr, ref)
+    pool = GraphPool(emulate=True, max_signatures=2)
+    gr.graphs = [BlockGraphs(pool, 0, j, j == 2, 2) for j in range(3)]
+    eager = _toy_schedule(gr, ref, [A, A, B, B, C, C, A, A, C, B])
+    assert eager == [3, 0, 3, 0, 3, 0, 3, 0, 0, 3]
+    assert all(len(g.signatures()) == 2 for g in gr.graphs)
+    assert pool.captures == 4 * 3 * 2                  # A, B, C, A again: forward and backward graph per block
+    gc.collect()
+    assert len(pool._live) == 2 * 3 * 2                # only the kept signatures' graphs are alive
+    live = [weakref.ref(g) for g in pool._live]
+    del gr
+    gc.collect()
+    assert all(r() is None for r in live)
+
+
+def test_graph_pool_args():
+    with pytest.raises(ValueError, match='max_signatures'):
+        GraphPool(max_signatures=0)
+    assert copy.deepcopy(GraphPool(emulate=True, max_signatures=5)).max_signatures == 5
 
 
 def test_block_graphs_args_and_copies():
@@ -293,7 +334,7 @@ def test_biformer_graphs_equal_eager(dtype):
     kernels are the same, so equal up to atomics' order). Every block is graphed: 5 routing, 2 global."""
     ref, gr = _biformer(False, emulate=False), _biformer(True, emulate=DEV == 'cpu')
     _assert_steps_equal(ref, gr, dtype, backend=None)
-    entries = [blk.graphs._entries[True] for stage in gr.stages for blk in stage]
+    entries = [blk.graphs.latest(True) for stage in gr.stages for blk in stage]
     assert len(entries) == 7 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
 
 
@@ -324,7 +365,7 @@ def test_hwt_graphs_equal_eager(dtype):
     (bitwise on CPU; on the GPU up to the order of the position-bias gradient's atomics)."""
     ref, gr = _hwt(False, emulate=False), _hwt(True, emulate=DEV == 'cpu')
     _assert_steps_equal(ref, gr, dtype, backend='triton')
-    entries = [blk.graphs._entries[True] for stage in gr.layers for blk in stage.blocks]
+    entries = [blk.graphs.latest(True) for stage in gr.layers for blk in stage.blocks]
     assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
 
 
@@ -345,5 +386,5 @@ def test_dinat_graphs_equal_eager(dtype):
     atomics). Stages 0 and 1 are graphed (out_indices stops the forward after stage 1)."""
     ref, gr = _dinat(False, emulate=False), _dinat(True, emulate=DEV == 'cpu')
     _assert_steps_equal(ref, gr, dtype, backend='triton')
-    entries = [blk.graphs._entries[True] for stage in gr.levels[:2] for blk in stage.blocks]
+    entries = [blk.graphs.latest(True) for stage in gr.levels[:2] for blk in stage.blocks]
     assert len(entries) == 5 and all(e.gen == 3 and e.bwd_graph is not None for e in entries)
