@@ -148,8 +148,13 @@ def main() -> None:
         sys.exit('benchmark_graphs.py needs a CUDA device')
     w, h = (int(v) for v in args.size.lower().split('x'))
     x = torch.randn(args.batch, 3, h, w, device='cuda')
-    rows = [run_mode(m, mode, x, args) for m in args.models for mode in args.modes
-            if not (mode == 'make_graphed' and m != 'HWT-T')]
+    rows = []
+    for m in args.models:
+        for mode in args.modes:
+            if mode == 'make_graphed' and m != 'HWT-T':
+                continue
+            rows.append(run_mode(m, mode, x, args))
+            print(rows[-1], flush=True)       # the table comes last; a row as soon as it is measured
     print(f'\n# {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.size} batch {args.batch}, bf16 '
           f'fwd+bwd, median of {args.iters}')
     print('| model | mode | wall ms | GPU ms | peak MiB | vs block_graphs (wall) | note |')
