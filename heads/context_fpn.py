@@ -1,7 +1,7 @@
 """SparseContextFPN: mmdet's FPN plus sparse-attention context on its high-resolution outputs (EXPERIMENTAL).
 
 Measured (docs/benchmarks.md, "Heads"): on the embedded dataset its mAP is within seed noise of the stock FPN,
-for +9-22 % training and +21-36 % inference time at 1024². It is kept for trials on real high-resolution data;
+for more training and inference time at 1024². It is kept for trials on real high-resolution data;
 no default config uses it. ``SparseContextUPerHead`` (the same context block in UperNet) does earn its place.
 
 A stock FPN mixes information only through 3x3 convs and the top-down path, so a stride-4 / stride-8 feature sees a

@@ -1,7 +1,8 @@
 """Integer helpers for the kernel launchers, in plain Python.
 
 Triton's ``triton.cdiv`` / ``triton.next_power_of_2`` are ``ConstexprFunction`` objects (usable inside kernels)
-whose host-side call costs ~2 us; the launchers of a BiFormer-S training step call them ~1000 times.
+whose host-side call is a slow Python object call; the launchers of a BiFormer-S training step call them ~1000
+times.
 """
 from __future__ import annotations
 

@@ -100,8 +100,8 @@ torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backw
 
 
 class BlockSparseAttention(torch.autograd.Function):
-    """Eager autograd path: calls the launchers directly (the registered op's Python dispatch costs several hundred
-    microseconds per forward+backward, comparable to the kernels at feature-map sizes). Same math as the op; the
+    """Eager autograd path: calls the launchers directly (the registered op's Python dispatch costs host time per
+    forward+backward comparable to the kernels at feature-map sizes). Same math as the op; the
     output is a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``, so the models' merge of heads is a view, not a
     copy (the registered op returns contiguous outputs, and Inductor fuses that copy itself)."""
 

@@ -11,8 +11,8 @@ anyway, and stores it for the dK/dV pass: one launch less per backward, which at
    position bias is present this pass also scatters ``dS`` into ``drpb`` with fp32 atomics; to cut contention the
    buffer has ``copies`` replicas (picked by ``pid_m % copies``) that the launcher sums. The atomics are
    ``relaxed`` (Triton's default ``acq_rel`` fences every one of them; nothing reads the sums before the kernel
-   ends): dQ+bias 1.2-1.6x faster on an H200. dRPB is therefore deterministic only up to fp32 summation order;
-   dQ, dK, dV are bitwise deterministic.
+   ends): dQ+bias faster (docs/benchmarks.md at 167f716, session 3). dRPB is therefore deterministic only up to
+   fp32 summation order; dQ, dK, dV are bitwise deterministic.
 2. dK/dV: program ``(pid_n, pid_zh)`` owns key block ``pid_n``; it walks the *transposed* table (``q_num``,
    ``q_idx``: the query blocks that visit this key block, built by ``patterns.py``), recomputes
    ``P = exp2(S - lse)`` and accumulates ``dV += P^T dO`` and ``dK += dS^T Q`` in registers; no atomics.
@@ -266,9 +266,9 @@ def split_chunk(n_qb: int, kv_width: int, n_kb: int, q_width: int, chunk: int | 
     """Chunk length of the split dK/dV pass, or 0 for the one-program-per-key-block pass: the average list length
     bound ``n_qb * kv_width / n_kb`` (the tables' widths bound their total), at least ``MIN_CHUNK``; 0 when no list
     can be longer (``q_width``, the transposed table's width, bounds them). ``chunk`` forces a length (0: no
-    split). dK/dV kernel time on an H200 at BiFormer-S's shapes (bf16, batch 2, 1024², docs/benchmarks.md) with
-    every query region routed to the same key regions: stage 1 729 -> 270 us, stage 2 225 -> 139, stage 3
-    122 -> 73 (chunks of 16 within 5 %, of 8 or 64 slower); the scratch buffer (2 x the bound's chunks of fp32
+    split). The split cut the dK/dV kernel time at BiFormer-S's stage shapes with every query region routed to the
+    same key regions, and chunks of 32 were the best of 8 / 16 / 32 / 64 (docs/benchmarks.md at 167f716,
+    session 13); the scratch buffer (2 x the bound's chunks of fp32
     ``(block_n, D)`` tiles per batch and head for dK and dV) is 32 MiB at stage 1."""
     if chunk is None:
         chunk = max(MIN_CHUNK, cdiv(n_qb * kv_width, n_kb))
@@ -307,7 +307,7 @@ def _split_tables_kernel(Q_NUM, CK, CUM, SLOT, s_num, s_ck, s_cum, n_kb, n_chunk
 
 
 def _split_tables(q_num: torch.Tensor, chunk: int, n_chunks_max: int):
-    """:func:`split_tables_torch` in one launch (its ~10 PyTorch ops cost ~0.2 ms of host time per backward)."""
+    """:func:`split_tables_torch` in one launch (its ~10 PyTorch ops cost host time on every backward)."""
     bt, n_kb = q_num.shape
     ck = torch.empty((bt, n_chunks_max), device=q_num.device, dtype=torch.int32)
     cum, slot = (torch.empty((bt, n_kb), device=q_num.device, dtype=torch.int32) for _ in range(2))

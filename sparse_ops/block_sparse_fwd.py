@@ -20,9 +20,8 @@ once per program (``_q_meta``), key metadata per key tile (``_k_meta``).
 
 Limits: D in {16, 32, 64, 128} (the tile is exactly D wide); fp16 / bf16; fp32 runs tl.dot in tf32 on GPUs
 (``input_precision`` default; ~1e-3 relative error) and exactly under ``TRITON_INTERPRET=1``. Query rows that see no
-key (only padding rows of the last block) produce 0. Grid axis 1 is ``B * H`` (<= 65535). Measured on an H200
-(docs/benchmarks.md): 60-110 TFLOP/s on computed blocks at D = 32/64, below FlexAttention's full-block rate;
-no warp specialisation / TMA.
+key (only padding rows of the last block) produce 0. Grid axis 1 is ``B * H`` (<= 65535). Its rate on computed
+blocks is below FlexAttention's full-block rate (docs/benchmarks.md, "Attention"): no warp specialisation / TMA.
 """
 from __future__ import annotations
 
@@ -96,16 +95,16 @@ def default_config(head_dim: int, device: torch.device | None = None, mask_mode:
                    region_tokens: int | None = None) -> Config:
     """Heuristic config; the interpreter gets 16 x 16 tiles.
 
-    On an H200 (bf16, docs/benchmarks.md) 64 x 32 tiles with 4 warps, 2 stages won forward+backward for 21 of 28
-    (size, pattern) cells among {64x64, 64x32, 128x64/8 warps}; aligned Hilbert windows (64 x 64) and routing at
-    256 x 256 were the exceptions, within 20%. ``mask_mode`` is accepted for pattern-specific choices.
+    64 x 32 tiles with 4 warps, 2 stages won forward+backward in most (size, pattern) cells of the attention
+    benchmark among {64x64, 64x32, 128x64/8 warps} (docs/benchmarks.md; its JSON has each cell's winner); aligned
+    Hilbert windows (64 x 64) and routing at 256 x 256 were the exceptions. ``mask_mode`` is accepted for
+    pattern-specific choices.
 
     ``region_tokens`` (routing: tokens of the largest region): regions of <= ``SMALL_REGION_TOKENS`` tokens get
     16 x 16 tiles with one warp. A query block then holds one region (or a few tiny ones) and visits only its
     routed key regions; a 64-row block of 16-token regions visits the union of four regions' top-k, most of it
-    masked. Measured on an H200 (bf16, B = 2, fwd+bwd kernel time, BiFormer-S stages at 1024²): 64 x 64 map,
-    16-token regions, top-16: 0.139 ms vs 0.908 ms with 64 x 32 tiles (2 warps: 0.211); 50 x 84 (24-token
-    regions): 0.579 vs 1.437 ms; 64- and 256-token regions: 64 x 32 stays best (0.259 vs 0.277, 0.548 vs 0.572).
+    masked. Measured (fwd+bwd kernel time at BiFormer-S's stage shapes, docs/benchmarks.md at 167f716, session 7):
+    16 x 16 tiles win for 16- and 24-token regions, 64 x 32 stays best for 64- and 256-token regions.
     """
     if (device is not None and device.type != 'cuda') or _interpret():
         return INTERPRET_CONFIGS[0]

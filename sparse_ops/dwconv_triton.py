@@ -26,21 +26,19 @@ Algorithm and grid:
   writes ``PART[p] (k*k + 1, C)``; one ``sum(0)`` on the host finishes dweight / dbias deterministically (no
   atomics). ``Config.programs_per_sm`` bounds the number of programs, hence the partial buffer.
 
-Measured on an H200 (``.scratch/dwconv_bench.py``, B = 2, bf16 maps, fp32 parameters; sum of kernel device times
-of forward + backward, autograd's own kernels included) against ``nn.Conv2d`` under autocast on the NCHW view plus
-the residual add: (256, 256, 64) k3 0.16 vs 0.33 ms, k5 on the V slice of qkv 0.35 vs 0.52 ms, (64, 64, 256) k3
-0.040 vs 0.057 ms, (32, 32, 512) k5 0.049 vs 0.067 ms; forward alone 0.024 / 0.066 ms vs 0.054 / 0.108 ms at
-256 x 256. A first version fused dx into the dweight pass (one read of dy less) with a cross-warp ``tl.sum`` per
-tap and tile and 2 persistent programs per SM: 0.69 ms at k5, slower than cuDNN.
+Measured against ``nn.Conv2d`` under autocast on the NCHW view plus the residual add (kernel time of forward +
+backward at BiFormer-S's shapes, k3 and k5, docs/benchmarks.md at 167f716, session 7): faster at every shape
+tried. A first version fused dx into the dweight pass (one read of dy less) with a cross-warp ``tl.sum`` per tap
+and tile and 2 persistent programs per SM: slower than cuDNN.
 
 Layout: x, residual, dy ``(B, H, W, C)`` with channel stride 1 and any other strides (``stride_xb, stride_xh,
 stride_xw``); y and dx are written contiguous ``(B, H, W, C)``. weight ``(C, 1, k, k)`` read through its strides.
 Batch base offsets are int64; offsets inside one image are int32 (the dispatcher requires them < 2**31).
 
-Limits: odd k (any; unrolled k*k times); fp16 / bf16 / fp32 inputs, fp32 accumulation; H, W, C >= 1. Saved for
-the backward: x as given (no copy) and weight. Both kernels are still well above the DRAM bound (3-5x for
-the forward): every tap re-reads its shifted tile from L1 / L2 and recomputes its addresses and masks; the tile
-defaults were not tuned (``Config``; the benchmark's ``--sweep`` times the alternatives).
+Limits: odd k (any; unrolled k*k times); fp16 / bf16 / fp32 inputs, fp32 accumulation; H, W, C >= 1. Saved for the
+backward: x as given (no copy) and weight. Both kernels are still well above the DRAM bound: every tap re-reads its
+shifted tile from L1 / L2 and recomputes its addresses and masks; the tile defaults were not tuned (``Config``; the
+benchmark's ``--sweep`` times the alternatives).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Why: under autocast ``F.layer_norm`` runs in fp32 and returns fp32; the ``Linear`` that reads it then casts to
 bf16 / fp16, and the backward casts the gradient back: four kernels and two extra passes over a feature map per
 norm, plus PyTorch's per-row LayerNorm kernels, which are slow for the narrow rows of a backbone (C = 64..768 over
-~10^5 rows: ~4.4 ms of HWT-T's 19.6 ms GPU time per step at 1024², measured on an H200). Here one kernel
+~10^5 rows: a large share of HWT-T's GPU time per step, docs/benchmarks.md at 167f716, session 3). Here one kernel
 normalises fp32 rows and writes ``out_dtype``; the backward is one kernel for dx plus per-program partial sums of
 dweight / dbias that one ``sum`` finishes.
 

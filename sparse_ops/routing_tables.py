@@ -7,8 +7,8 @@ sizes. Here one program per table row reads the row of region-pair counts, class
 / full), compacts the visited ones in ascending order with a running ``tl.cumsum`` and writes ``num`` and ``idx``
 (entries ``col * 2 + partial``, zero past ``num``): the same tables as ``patterns.tables_from_state``.
 
-``routed_tables(pairs, n_q, n_k, k_full, kv_width, q_width)`` builds both directions in one launch (a launch is
-~50 us of host time per attention call): ``pairs (B, n_qb, n_kb)`` float region-pair counts (any strides), ``n_q
+``routed_tables(pairs, n_q, n_k, k_full, kv_width, q_width)`` builds both directions in one launch (a launch less
+of host time per attention call): ``pairs (B, n_qb, n_kb)`` float region-pair counts (any strides), ``n_q
 (n_qb,)`` / ``n_k (n_kb,)`` float regions per block, ``k_full (n_kb,)`` int8 1 where the key block has all
 ``block_n`` tokens. Block ``(r, c)`` is visited when ``pairs > 0.5`` and full when ``pairs >= n_q[r] * n_k[c] -
 0.5`` and its key block is full. Returns ``kv_num (B, n_qb)``, ``kv_idx (B, n_qb, kv_width)`` (query-block rows)

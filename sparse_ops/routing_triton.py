@@ -2,7 +2,7 @@
 ``scatter_`` of ``patterns.routing_pattern``).
 
 The PyTorch routing is ~15 small ops (pad, region sums, division, matmul, mask, top-k, scatter), whose host time
-(~255 us per call on the GPU) exceeds their device time at backbone sizes. Here:
+exceeds their device time at backbone sizes (docs/benchmarks.md at 167f716, session 8). Here:
 
 1. ``_region_means_kernel``, grid ``(B * R, cdiv(2C, BLOCK_C))``: one program per (batch, region, channel chunk)
    walks the region's real tokens in chunks of ``BLOCK_T`` (strided loads straight from ``qkv``, no padded copy),

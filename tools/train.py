@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root: `backbones`, `heads`
-# OpenMP threads that spin while waiting make CPU training 3-10x slower whenever another process shares the cores
+# OpenMP threads that spin while waiting make CPU training much slower whenever another process shares the cores
 # (measured on the 2-core machines); must be set before torch is imported
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 

@@ -2,11 +2,11 @@
 NAT / DiNAT blocks (``hwt_fused``, ``nat_fused``): ``x -> x2 = x + s1 * proj(attn(ln1(x))) -> x2 + s2 * mlp(ln2(x2))``
 with the attention a block-sparse pattern (``sparse_ops.patterns``) with a 2D relative position bias.
 
-Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU (HWT-T on an H200 at
-batch 1: 31.9 / 31.0 / 42.6 ms at 512² / 1024² / 2048², docs/benchmarks.md, session 10: 4x the tokens cost nothing
-more). Here the kernels are called directly with a hand-written backward: no autograd node per op, no argument
-checks per op, GELU recomputed in the backward, the attention's dq, dk, dv written into one qkv-shaped gradient.
-With ``layers.block_graphs`` the kernels of a block whose input signature repeats are replayed as CUDA graphs.
+Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU (HWT-T's batch-1 step did
+not grow from 512² to 1024² before this Function: docs/benchmarks.md at 167f716, session 10). Here the kernels are
+called directly with a hand-written backward: no autograd node per op, no argument checks per op, GELU recomputed in the
+backward, the attention's dq, dk, dv written into one qkv-shaped gradient. With ``layers.block_graphs`` the kernels of a
+block whose input signature repeats are replayed as CUDA graphs.
 
 Same math as the module composition (the op it calls at each step, in the same dtypes: fp32 residual stream, the
 low-precision dtype of the pre-cast weights for the matmuls and the attention), except that both LayerNorms always

@@ -48,7 +48,7 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     a channel slice: channel stride 1, any pixel strides).
 
     On CUDA maps of >= ``DWCONV_MIN_ELEMENTS`` elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN
-    depthwise kernels and the add cost 1.5-2x the fused op's GPU time; on smaller maps the step waits for the
+    depthwise kernels and the add cost more GPU time than the fused op; on smaller maps the step waits for the
     host anyway), or with ``backend='triton'``, one ``sparse_ops.depthwise_conv2d`` call reads x in place and
     adds the residual (fp32 math; under autocast x is first cast to autocast's dtype, as the conv would be, so the
     tensor saved for the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path

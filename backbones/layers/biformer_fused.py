@@ -2,9 +2,9 @@
 stage's global-attention blocks as routing with one region (``n_win = topk = 1``: every query attends to every
 key, through the same block-sparse kernels), their LCE on the attention input instead of V (``lce_on_input``).
 
-Why: BiFormer-S's training step at feature-map sizes is bound by host work, not by the GPU. On an H200 at 1024²
-(batch 2) the module composition issues ~76 ms of host work per step (every op's Python wrapper, autograd node
-and launch; 2981 kernels) for 48 ms of GPU work (docs/benchmarks.md, sessions 6-7). This Function runs the block
+Why: BiFormer-S's training step at feature-map sizes is bound by host work, not by the GPU: the module composition
+issues more host work per step (every op's Python wrapper, autograd node and launch) than it gives the GPU
+(docs/benchmarks.md at 167f716, sessions 6-7, has the measurement). This Function runs the block
 ``x + pos(x) -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with the kernels called directly and a hand-written
 backward: no autograd node per op, no argument checks per op, no slice-backward copies, GELU recomputed in the
 backward, the LCE's dV added into the attention's dqkv in place.

@@ -112,8 +112,8 @@ def fused_backward(ctx, dout: torch.Tensor) -> tuple:
 
 
 BIAS_MATMUL_ROWS = 16384
-"""On CUDA, bias gradients of at least this many rows are a matmul with a ones vector: on an H200 (bf16) 27 us
-against ``sum(0)``'s 126 us at 131072 x 192 (BiFormer-S stage 1 at 1024²), slower below ~16K rows."""
+"""On CUDA, bias gradients of at least this many rows are a matmul with a ones vector, faster than ``sum(0)`` there
+and slower below (measured at BiFormer-S's stage-1 rows: docs/benchmarks.md at 167f716, session 13)."""
 
 
 def column_sums(dy: torch.Tensor) -> torch.Tensor:

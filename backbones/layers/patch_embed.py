@@ -3,8 +3,8 @@
 ``PatchEmbed``: Swin's non-overlapping ``p x p`` conv (pads bottom/right with zeros when H or W is not a multiple of
 ``p``), then LayerNorm. Parameter names ``proj.*`` / ``norm.*`` (official Swin / HWT). The conv is computed as what
 it is, a GEMM of the ``C_in*p*p`` patch vectors with the flattened kernel: one copy of the image into patch rows,
-and the output comes out channels-last. (cuDNN's kernel for this conv's weight gradient took 0.6 ms of an HWT-T
-step at 1024², batch 2, on an H200, plus two NCHW <-> NHWC conversions; the GEMMs take microseconds.)
+and the output comes out channels-last. (cuDNN's kernel for this conv's weight gradient, plus two NCHW <-> NHWC
+conversions, cost more than the GEMMs: docs/benchmarks.md at 167f716, session 4.)
 ``ConvTokenizer``: NAT's two overlapping ``3x3`` stride-2 convs, then LayerNorm. Parameter names ``proj.0.*``,
 ``proj.1.*``, ``norm.*`` (official NAT / DiNAT / HNT).
 """
