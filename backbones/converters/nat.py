@@ -40,7 +40,11 @@ from mmengine.logging import print_log
 
 from .common import resize_rpb, strip_prefixes
 
-__all__ = ['convert', 'convert_nat_family', 'NAT_KEY']
+__all__ = ['convert', 'convert_nat_family', 'NAT_KEY', 'EXPECTED_MISSING']
+
+# documented differences: the output norms of the stages (``norm{i}``) that an ImageNet classifier checkpoint
+# does not have (its one final norm becomes the last stage's); ``ConvertedPretrained`` logs them as info
+EXPECTED_MISSING = (r'^norm\d+\.(weight|bias)$',)
 
 # every key the NAT family's official models can have (classifier and detection variants)
 NAT_KEY = re.compile(
