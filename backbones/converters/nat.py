@@ -110,7 +110,7 @@ def convert_nat_family(state_dict: Mapping[str, torch.Tensor], fmt: str, rpb_ndi
     for line in renamed:
         print_log(f'{fmt} converter: renamed {line}', logger='current')
     for line in resized:
-        print_log(f'{fmt} converter: resized bias table {line}', logger='current', level=logging.WARNING)
+        print_log(f'{fmt} converter: resized bias table {line} (asked: kernel_size)', logger='current')
     for key in unknown:
         print_log(f'{fmt} converter: unrecognised key passed through: {key}', logger='current',
                   level=logging.WARNING)
