@@ -88,11 +88,15 @@ def test_load_converted_raises_when_nothing_matches_or_strict():
         load_converted(Tiny(), {'fc.weight': torch.ones(2, 2)}, strict=True)
 
 
-def test_load_converted_resizes_bias_tables():
+def test_load_converted_resizes_bias_tables_only_when_asked():
     model = Tiny(r=4)  # (2, 7, 7)
     table = torch.randn(2, 5, 5)
-    result = load_converted(model, {'attn.rpb': table}, logger=logging.getLogger('t'))
+    sd = {'attn.rpb': table, 'fc.weight': torch.ones(2, 2), 'fc.bias': torch.ones(2)}
+    with pytest.raises(RuntimeError, match='1 shape-mismatched'):
+        load_converted(model, sd, strict=True)
+    result = load_converted(model, sd, logger=logging.getLogger('t'), resize_tables=True, strict=True)
     assert 'attn.rpb' in result.loaded and not result.mismatched
+    assert result.resized == (('attn.rpb', (2, 5, 5), (2, 7, 7)),)
     torch.testing.assert_close(model.attn.rpb.data, resize_rpb(table, 7))
     # a head-count mismatch is not resized but reported
     assert adapt_rpb_tables({'attn.rpb': torch.zeros(3, 5, 5)}, model.state_dict())['attn.rpb'].shape == (3, 5, 5)
@@ -385,6 +389,6 @@ def test_download_failure_and_drive_links_name_the_local_path(tmp_path, monkeypa
     drive = 'https://drive.google.com/file/d/XYZ/view?usp=sharing'
     with pytest.raises(FileNotFoundError, match=f'Google Drive.*put it at {local / "hwt_tiny_224.pth"}'):
         resolve_checkpoint(drive, filename='hwt_tiny_224.pth')
-    local.mkdir(parents=True)
+    local.mkdir(parents=True, exist_ok=True)
     torch.save({'a': torch.zeros(1)}, local / 'hwt_tiny_224.pth')  # the user put it there
     assert resolve_checkpoint(drive, filename='hwt_tiny_224.pth') == str(local / 'hwt_tiny_224.pth')
