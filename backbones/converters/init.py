@@ -134,9 +134,15 @@ def load_official_checkpoint(path: str, map_location: str | torch.device = 'cpu'
         try:
             obj = torch.load(local, map_location=map_location, weights_only=True)
         except Exception as err:  # torch raises UnpicklingError / RuntimeError for disallowed globals
-            raise ValueError(f'{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: '
-                             f'{str(err).splitlines()[0] if str(err) else err}); re-save it as a plain state dict '
-                             f'from a trusted environment') from err
+            try:  # name the objects stored beside the weights (e.g. a training config or argparse.Namespace)
+                found = ', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(local)) or None
+            except Exception:  # noqa: BLE001  (older torch, or not a zip checkpoint)
+                found = None
+            what = f'it stores Python objects ({found})' if found else \
+                f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else err}'
+            raise ValueError(f'{path}: cannot be read with torch.load(weights_only=True) ({what}); re-save only its '
+                             f"weights (e.g. torch.save(torch.load(f, weights_only=False)['model'], out)) in a "
+                             f'trusted environment') from err
     return unwrap_checkpoint(obj)
 
 
