@@ -16,6 +16,7 @@ import ast
 import logging
 import os
 import sys
+import textwrap
 
 import torch
 
@@ -41,7 +42,9 @@ SOURCES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    epilog = 'formats (--from):\n' + '\n'.join(f'  {fmt:9s}{SOURCES[fmt]}' for fmt in FORMATS)
+    epilog = 'formats (--from):\n' + '\n'.join(
+        textwrap.fill(SOURCES[fmt], 100, initial_indent=f'  {fmt:9s}', subsequent_indent=' ' * 11,
+                      break_on_hyphens=False, break_long_words=False) for fmt in FORMATS)
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--from', dest='fmt', required=True, choices=FORMATS,
