@@ -167,6 +167,14 @@ class SparseBackbone(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
 
+    def init_weights(self) -> None:
+        """MMEngine's ``init_cfg`` handling, after ``converters.init.check_init_cfg`` (an official-format file
+        given to plain ``Pretrained`` stops with one line; no weights named logs "training from scratch")."""
+        if not self._is_init:
+            from .converters.init import check_init_cfg
+            check_init_cfg(self)
+        super().init_weights()
+
     # -- structure hooks ------------------------------------------------------------------------------------------
     @abstractmethod
     def _stem_modules(self) -> list[nn.Module]:

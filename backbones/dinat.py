@@ -13,9 +13,12 @@ lists. A named schedule is a per-stage pattern repeated over the stage's blocks;
 - ``'ade20k'``: UPerNet 512 x 512, ADE20K (16 / 4-8 / 2-3-4 / 2).
 
 Every dilation is clipped on the fly to ``max(1, min(d, min(H, W) // kernel_size))`` of the map it runs on
-(``layers.nat_blocks.clip_dilation``): the official checkpoints need ``kernel * dilation <= side`` (NATTEN refuses
-smaller inputs, DiNAT's detection configs fail below a 784 px side); here any ``H, W >= 1`` works and the clipped
-value equals the configured one wherever the official code ran.
+(``layers.nat_blocks.clip_dilation``). Wherever ``kernel * dilation <= min(H, W)`` (every map the official models
+ran on) the result is NATTEN's. Below that the three differ: NATTEN <= 0.15 (whose ``NeighborhoodAttention2D``
+the official models use) zero-pads the map up to ``kernel * dilation`` and attends the padded tokens too; NATTEN
+>= 0.17 refuses such inputs; here only real tokens are attended (a sub-grid side shorter than the kernel is
+covered whole) and the dilation is clipped, so any ``H, W >= 1`` works (DiNAT's detection configs fail below a
+784 px side with NATTEN >= 0.17).
 
 Presets (``DINAT_ARCHS``): as NAT (``NAT_ARCHS``) except that DiNAT-S has no layer scale (``dinat_small`` and its
 configs pass none; DiNAT-B uses 1e-5). drop_path_rate IN-1k / COCO Mask R-CNN / ADE UPerNet: mini 0.2/0.2/0.2,

@@ -9,11 +9,21 @@ Structure (parameter names follow the official Hilbert-Local-Attention ``hwt.py`
     norm{i}                LayerNorm on the output of stage i (only for i in out_indices, like mmdet's Swin)
 
 Each stage reorders its map into Hilbert order ONCE, runs all blocks on the token sequence and maps back. Block j
-attends within chunks of ``window_size**2`` consecutive tokens; odd blocks shift the chunk boundaries by half a
-chunk (``sparse_ops.hilbert_window_attention(..., shift=True)``). The ragged last chunk is masked by the op, nothing
-is truncated or padded, so any H, W >= 1 works. The relative position bias is a per-block table
-``(heads, 2*ws-1, 2*ws-1)`` looked up by the 2D offset between the tokens' pixels, clamped to ``[-(ws-1), ws-1]``:
-it does not depend on the input size (the official code's table is ``(2H-1)(2W-1)`` rows for a fixed H x W).
+attends within chunks of ``window_size**2`` consecutive tokens; odd blocks shift the chunk boundaries to
+``ceil(L/2) + m*L`` for ``L = window_size**2`` (``sparse_ops.hilbert_window_attention(..., shift=True)``; the
+official block rolls the sequence by ``+L//2``, so its first chunk holds ``ceil(L/2)`` tokens). Small maps follow
+the official (Swin) rule: when ``min(H, W) <= window_size`` no block shifts and the window becomes the whole short
+side, ``min(H, W)**2`` tokens (:meth:`HilbertWindowAttention.chunking`). The ragged last chunk is masked by the op,
+nothing is truncated or padded, so any H, W >= 1 works (the official code needs ``H*W`` divisible by the window).
+
+Relative position bias: a per-block table ``(heads, 2R+1, 2R+1)`` looked up by the 2D offset ``key - query`` of the
+tokens' pixels, with ``R = window_size**2 - 1`` (:func:`bias_radius`). Why R: consecutive cells of the curve differ
+by at most one pixel per axis (``sparse_ops.hilbert``: 4-neighbour steps and at most one diagonal one), and two
+tokens of one window (at most ``window_size**2`` consecutive tokens, also under the small-map rule) are at most
+``window_size**2 - 1`` steps apart; so every offset that can occur inside a window has its own entry, for every
+input size, and the op's clamp never acts. The official table is ``(2H-1)(2W-1)`` rows for the fixed training
+H x W of each stage (indexed by ``query - key``); ``backbones/converters/hwt.py`` takes its entries for the offsets
+both tables hold and fills the others from the nearest official entry.
 
 On the Triton path (CUDA) each block runs as one autograd node with a hand-written backward
 (``layers/hwt_fused.py``), and with ``cuda_graphs`` its kernels are replayed as CUDA graphs once the input size
@@ -41,7 +51,7 @@ from .layers.block_graphs import GraphPool, attach_graphs
 from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
 
-__all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS']
+__all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS', 'bias_radius']
 
 HWT_PRESETS = {
     'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,
@@ -55,15 +65,21 @@ _ARCH_REQUIRED = ('embed_dims', 'depths', 'num_heads', 'window_size', 'mlp_ratio
 _ARCH_DEFAULTS = dict(drop_path_rate=0.1)
 
 
+def bias_radius(window_size: int) -> int:
+    """Largest ``|dy|`` or ``|dx|`` between two tokens of one Hilbert window of ``window_size**2`` tokens, for any
+    map size: ``window_size**2 - 1`` (module docstring). The bias table is ``(heads, 2R+1, 2R+1)``."""
+    return window_size * window_size - 1
+
+
 class HilbertWindowAttention(nn.Module):
-    """Multi-head attention within chunks of ``window_size**2`` consecutive Hilbert tokens, with a clamped 2D
-    relative position bias.
+    """Multi-head attention within chunks of ``window_size**2`` consecutive Hilbert tokens, with a 2D relative
+    position bias covering every offset inside a window.
 
     ``forward(x: (B, N, C), hw=(H, W))`` with ``N == H*W`` tokens in ``sparse_ops.hilbert_order(H, W)`` order
-    returns ``(B, N, C)``.
+    returns ``(B, N, C)``; the chunks for that map size are :meth:`chunking`.
 
     Parameters: ``qkv`` (Linear C -> 3C), ``proj`` (Linear C -> C),
-    ``relative_position_bias_table`` ``(num_heads, 2*window_size-1, 2*window_size-1)``.
+    ``relative_position_bias_table`` ``(num_heads, 2R+1, 2R+1)``, ``R = bias_radius(window_size)``.
     """
 
     def __init__(self, dims: int, num_heads: int, window_size: int, shift: bool, qkv_bias: bool = True) -> None:
@@ -73,12 +89,21 @@ class HilbertWindowAttention(nn.Module):
         self.dims, self.num_heads, self.window_size, self.shift = dims, num_heads, window_size, shift
         self.qkv = Linear(dims, 3 * dims, bias=qkv_bias)
         self.proj = Linear(dims, dims)
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros(num_heads, 2 * window_size - 1, 2 * window_size - 1))
+        side = 2 * bias_radius(window_size) + 1
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_heads, side, side))
+
+    def chunking(self, hw: tuple[int, int]) -> tuple[int, bool]:
+        """``(tokens per chunk, shifted)`` on an ``hw = (H, W)`` map: ``(window_size**2, self.shift)``, or, when
+        ``min(H, W) <= window_size`` (the official rule), ``(min(H, W)**2, False)``."""
+        short = min(hw)
+        if short <= self.window_size:
+            return short * short, False
+        return self.window_size ** 2, self.shift
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        out = sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'window', self.window_size ** 2,
-                                       shift=self.shift, rpb=self.relative_position_bias_table, hw=tuple(hw))
+        window, shift = self.chunking(hw)
+        out = sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'window', window, shift=shift,
+                                       rpb=self.relative_position_bias_table, hw=tuple(hw))
         return self.proj(out)
 
     def extra_repr(self) -> str:
@@ -88,7 +113,8 @@ class HilbertWindowAttention(nn.Module):
 class HWTBlock(nn.Module):
     """Pre-norm transformer block on Hilbert tokens: ``x + DP(attn(norm1(x)))``, then ``x + DP(mlp(norm2(x)))``.
 
-    ``forward(x: (B, N, C), hw=(H, W)) -> (B, N, C)``. ``shift`` (odd blocks) moves chunk boundaries by half a chunk.
+    ``forward(x: (B, N, C), hw=(H, W)) -> (B, N, C)``. ``shift`` (odd blocks) moves the chunk boundaries by
+    ``ceil(L/2)`` tokens, except on small maps (:meth:`HilbertWindowAttention.chunking`).
     """
 
     def __init__(self, dims: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float,
@@ -113,7 +139,8 @@ class HWTBlock(nn.Module):
         attn = self.attn
         b, n, c = x.shape
         q_like = torch.empty((), dtype=low, device=x.device).expand(b, attn.num_heads, n, c // attn.num_heads)
-        return sparse_ops.choose_backend(backend, q_like, 'window', window=attn.window_size ** 2, shift=attn.shift,
+        window, shift = attn.chunking(hw)
+        return sparse_ops.choose_backend(backend, q_like, 'window', window=window, shift=shift,
                                          rpb=attn.relative_position_bias_table, hw=hw) == 'triton'
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

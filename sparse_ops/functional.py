@@ -66,10 +66,11 @@ def _resolve_routing(q, k, v, n_win, topk, scale=None, *, backend=None):
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
     """Attention inside chunks of ``window`` consecutive Hilbert-ordered tokens.
 
-    q, k, v ``(B, heads, N, D)``. ``shift=True`` puts the chunk boundaries at ``window//2 + m*window``; a ragged
-    last chunk attends within itself. ``rpb (heads, 2r-1, 2r-1)`` (optional) is added at the clamped 2D offset
-    (key - query) of the tokens' pixels; it needs ``hw=(H, W)`` with ``H*W == N`` (token i is pixel
-    ``hilbert_order(H, W)[i]``). Returns ``(B, heads, N, D)`` in q's dtype.
+    q, k, v ``(B, heads, N, D)``. ``shift=True`` puts the chunk boundaries at ``window - window//2 + m*window``
+    (first chunk ``ceil(window/2)`` tokens, as the official HWT); a ragged last chunk attends within itself.
+    ``rpb (heads, 2r-1, 2r-1)`` (optional) is added at the clamped 2D offset (key - query) of the tokens'
+    pixels; it needs ``hw=(H, W)`` with ``H*W == N`` (token i is pixel ``hilbert_order(H, W)[i]``).
+    Returns ``(B, heads, N, D)`` in q's dtype.
     """
     chosen, args, kwargs = _resolve_window(q, k, v, window, shift, scale, rpb=rpb, hw=hw, backend=backend)
     impl = load_triton_api() if chosen == 'triton' else reference

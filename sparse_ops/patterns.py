@@ -161,9 +161,10 @@ def _interval_state(lo: torch.Tensor, hi: torch.Tensor, n: int, bm: int, bn: int
 # 1D patterns on the Hilbert sequence
 # ----------------------------------------------------------------------------------------------------------------
 def window_intervals(n: int, window: int, shift: bool, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunks of ``window`` tokens; with ``shift`` boundaries at ``window//2 + m*window``. -> lo, hi (N,) int64."""
+    """Chunks of ``window`` tokens; with ``shift`` boundaries at ``window - window//2 + m*window`` (first chunk
+    ``ceil(window/2)`` tokens, as the official HWT's roll by ``+window//2``). -> lo, hi (N,) int64."""
     i = torch.arange(n, device=device)
-    off = (window - window // 2) % window if shift else 0
+    off = window // 2 if shift else 0
     c = (i + off) // window
     lo = (c * window - off).clamp(min=0)
     hi = ((c + 1) * window - off).clamp(max=n) - 1

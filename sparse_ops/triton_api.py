@@ -124,7 +124,8 @@ _PLANS = {'window': _window_plan, 'slide': _slide_plan, 'na1d': _na1d_plan, 'na2
 
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None,
                              config: Optional[Config] = None):
-    """Hilbert window attention (chunks of ``window`` tokens, optional shift by ``window//2``).
+    """Hilbert window attention (chunks of ``window`` tokens; ``shift``: boundaries at
+    ``window - window//2 + m*window``).
 
     q, k, v ``(B, heads, N, D)``; ``rpb (heads, 2r-1, 2r-1)`` needs ``hw=(H, W)``, ``H*W == N``.
     """

@@ -37,7 +37,11 @@ from mmengine.logging import print_log
 
 from .common import strip_prefixes, unwrap_checkpoint
 
-__all__ = ['convert', 'convert_key']
+__all__ = ['convert', 'convert_key', 'EXPECTED_MISSING']
+
+# documented differences: the output norms of the stages (``norm{i}``) that an ImageNet classifier checkpoint
+# does not have (its one final norm becomes the last stage's); ``ConvertedPretrained`` logs them as info
+EXPECTED_MISSING = (r'^norm\d+\.(weight|bias)$',)
 
 _DROPPED = re.compile(r'^(head|norm|pre_logits)\.')
 _RENAMES = (

@@ -7,12 +7,14 @@
 - ``resize_rpb(table, size)``: bicubic resize of a relative-position-bias table ``(heads, Sh, Sw)`` on its
   ``(2r-1) x (2r-1)`` offset grid, per head (linear for 1D tables ``(heads, 2r-1)``).
 - ``adapt_rpb_tables(state_dict, reference)``: resize every bias table whose grid differs from the module's.
-- ``load_converted(module, state_dict, strict=False, logger=None)``: load and log EVERY missing, unexpected and
-  shape-mismatched key; raise if nothing matched (or, with ``strict``, if anything did not).
+- ``load_converted(module, state_dict, strict=False, logger=None, expected_missing=(), resize_tables=False)``:
+  load and log EVERY missing, unexpected, resized and shape-mismatched key; raise if nothing matched (or, with
+  ``strict``, if anything did not beyond the documented ``expected_missing`` keys).
 """
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -30,11 +32,13 @@ _CONTAINER_KEYS = ('state_dict', 'model', 'model_state', 'module', 'net')
 
 class LoadResult(NamedTuple):
     """Outcome of ``load_converted``: loaded keys, keys the module wanted but did not get, keys of the state dict
-    the module does not have, and ``(key, checkpoint shape, module shape)`` for skipped shape mismatches."""
+    the module does not have, ``(key, checkpoint shape, module shape)`` for skipped shape mismatches, and the bias
+    tables that were resized (``(key, checkpoint shape, module shape)``)."""
     loaded: list[str]
     missing: list[str]
     unexpected: list[str]
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+    resized: tuple = ()
 
 
 def unwrap_checkpoint(obj: Mapping) -> dict[str, torch.Tensor]:
@@ -117,7 +121,7 @@ def adapt_rpb_tables(state_dict: Mapping[str, torch.Tensor], reference: Mapping[
                      logger: logging.Logger | None = None) -> dict[str, torch.Tensor]:
     """Resize the bias tables (keys ending in ``relative_position_bias_table`` or ``rpb``, shape ``(heads, Sh, Sw)``
     or ``(heads, S)``) whose grid differs from the same key in ``reference`` (the module's state dict) but whose
-    head count and rank match. Other keys pass through unchanged."""
+    head count and rank match. Other keys pass through unchanged; each resize is logged (info: it was asked for)."""
     out = dict(state_dict)
     for key, value in state_dict.items():
         target = reference.get(key)
@@ -126,52 +130,63 @@ def adapt_rpb_tables(state_dict: Mapping[str, torch.Tensor], reference: Mapping[
             continue
         out[key] = resize_rpb(value, tuple(target.shape[1:]))
         if logger is not None:
-            logger.warning('resized bias table %s from %s to %s (bicubic)', key, tuple(value.shape),
-                           tuple(target.shape))
+            logger.info('resized bias table %s from %s to %s (%s)', key, tuple(value.shape), tuple(target.shape),
+                        'bicubic' if value.ndim == 3 else 'linear')
     return out
 
 
 def load_converted(module: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False,
-                   logger: logging.Logger | None = None) -> LoadResult:
-    """Load a converted state dict into ``module``, reporting every key that did not load.
+                   logger: logging.Logger | None = None, expected_missing: Sequence[str] = (),
+                   resize_tables: bool = False) -> LoadResult:
+    """Load a converted state dict into ``module``, reporting every key that did not load as it is.
 
-    Bias tables of a different grid size are resized first (``adapt_rpb_tables``). Keys whose shape still differs
-    are skipped and reported as mismatched. Every missing, unexpected and mismatched key is logged at WARNING level,
-    one line each, plus a summary.
+    With ``resize_tables`` bias tables of another grid size are resized first (``adapt_rpb_tables``, each listed);
+    without it they stay shape mismatches. Keys whose shape differs are skipped and reported as mismatched. Missing
+    keys matching one of the ``expected_missing`` regexes (the format's documented differences) are logged at INFO,
+    every other missing, unexpected and mismatched key at WARNING, one line each, plus a summary.
 
     Raises:
         RuntimeError: no key of ``state_dict`` matched the module (wrong format or wrong model), or ``strict`` and
-            some key is missing, unexpected or mismatched.
+            some key is missing (beyond ``expected_missing``), unexpected or mismatched.
     """
     logger = logger or logging.getLogger(__name__)
     own = module.state_dict()
-    adapted = adapt_rpb_tables(state_dict, own, logger=logger)
+    adapted = adapt_rpb_tables(state_dict, own, logger=logger) if resize_tables else dict(state_dict)
+    resized = tuple((k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in adapted.items()
+                    if v is not state_dict[k])
     loadable, mismatched = {}, []
     for key, value in adapted.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
             mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
         elif key in own:
             loadable[key] = value
+    patterns = [re.compile(p) for p in expected_missing]
     missing = [k for k in own if k not in loadable]
+    documented = [k for k in missing if any(p.search(k) for p in patterns)]
+    undocumented = [k for k in missing if k not in documented]
     unexpected = [k for k in adapted if k not in own]
     name = type(module).__name__
     if not loadable:
         raise RuntimeError(f'no key of the checkpoint matches {name}: {len(adapted)} checkpoint keys (e.g. '
                            f'{sorted(adapted)[:5]}), {len(own)} module keys (e.g. {list(own)[:5]}); wrong format '
                            f'or wrong converter?')
-    for key in missing:
+    for key in documented:
+        logger.info('%s: key not in this checkpoint format (kept its initial value, expected): %s', name, key)
+    for key in undocumented:
         logger.warning('%s: missing key (kept its initial value): %s', name, key)
     for key in unexpected:
         logger.warning('%s: unexpected key (ignored): %s', name, key)
     for key, got, want in mismatched:
-        logger.warning('%s: shape mismatch (ignored): %s checkpoint %s vs module %s', name, key, got, want)
-    problems = len(missing) + len(unexpected) + len(mismatched)
-    summary = (f'{name}: loaded {len(loadable)}/{len(own)} keys; {len(missing)} missing, {len(unexpected)} '
-               f'unexpected, {len(mismatched)} shape-mismatched')
+        hint = ' (a bias table of another kernel / window size: resize_bias_tables=True resizes it)' \
+            if _is_rpb_key(key) else ''
+        logger.warning('%s: shape mismatch (ignored): %s checkpoint %s vs module %s%s', name, key, got, want, hint)
+    problems = len(undocumented) + len(unexpected) + len(mismatched)
+    summary = (f'{name}: loaded {len(loadable)}/{len(own)} keys ({len(resized)} resized); {len(missing)} missing '
+               f'({len(documented)} expected), {len(unexpected)} unexpected, {len(mismatched)} shape-mismatched')
     (logger.warning if problems else logger.info)(summary)
     if strict and problems:
-        raise RuntimeError(f'strict load failed: {summary}; missing={missing[:10]} unexpected={unexpected[:10]} '
+        raise RuntimeError(f'strict load failed: {summary}; missing={undocumented[:10]} unexpected={unexpected[:10]} '
                            f'mismatched={mismatched[:10]}')
     # Non-persistent buffers never appear in state_dict(), so loading with strict=False only skips those we report.
     module.load_state_dict(loadable, strict=False)
-    return LoadResult(sorted(loadable), missing, unexpected, mismatched)
+    return LoadResult(sorted(loadable), missing, unexpected, mismatched, resized)

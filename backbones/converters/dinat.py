@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .nat import convert_nat_family
+from .nat import EXPECTED_MISSING, convert_nat_family
 
-__all__ = ['convert']
+__all__ = ['convert', 'EXPECTED_MISSING']
 
 
 def convert(state_dict: Mapping[str, torch.Tensor], kernel_size: int | None = None) -> dict[str, torch.Tensor]:

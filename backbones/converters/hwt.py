@@ -6,10 +6,12 @@ Official layout (``hwt.py`` of Yunge6666/Hilbert-Local-Attention, a Swin fork) a
   ``layers.{i}.downsample.{reduction,norm}.*``: same names and shapes here.
 - ``layers.{i}.blocks.{j}.attn.relative_position_bias_table``: official ``((2H-1)*(2W-1), heads)`` for the fixed
   stage resolution H x W (square: the official models take an ``img_size`` int), indexed by ``query - key``
-  offsets. Ours: ``(heads, 2ws-1, 2ws-1)`` indexed by clamped ``key - query`` offsets. The converter keeps the
-  official values of the offsets ``|dy|, |dx| <= ws-1`` (centre crop, axes flipped for the sign convention); when
-  the official grid is smaller than ours (stage smaller than the window) it extends it by repeating the border,
-  which is what clamping does for the offsets that never occurred.
+  offsets. Ours: ``(heads, 2R+1, 2R+1)`` indexed by ``key - query`` offsets, ``R = backbones.hwt.bias_radius(ws)``
+  (every offset that can occur inside a window). The converter copies the official entry of every offset both
+  tables hold (``|dy|, |dx| <= min(R, H-1)``; axes flipped for the sign convention) and fills the offsets the
+  official table lacks (``|dy|`` or ``|dx| > H-1``: they cannot occur at the training resolution, e.g. beyond
+  +-6 at the 7 x 7 last stage of a 224 px model) from the nearest official entry, and logs which tables it
+  filled (info: an expected difference).
 - ``norm.*`` (final norm after the last stage) -> ``norm{last}.*`` (output norm of the last stage).
 - dropped: ``head.*`` (classifier), ``layers.{i}.blocks.{j}.attn_mask`` and ``relative_position_index`` (buffers
   that depend on the training resolution).
@@ -21,9 +23,15 @@ import math
 import re
 
 import torch
-import torch.nn.functional as F
+from mmengine.logging import print_log
 
-__all__ = ['convert', 'convert_rpb_table']
+from ..hwt import bias_radius
+
+__all__ = ['convert', 'convert_rpb_table', 'EXPECTED_MISSING']
+
+# documented differences: the output norms of the stages (``norm{i}``) that an ImageNet classifier checkpoint
+# does not have (its one final norm becomes the last stage's); ``ConvertedPretrained`` logs them as info
+EXPECTED_MISSING = (r'^norm\d+\.(weight|bias)$',)
 
 _DROP = re.compile(r'^(head\.|.*\.attn_mask$|.*relative_position_index$)')
 _RPB = re.compile(r'^layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$')
@@ -31,10 +39,12 @@ _LAYER = re.compile(r'^layers\.(\d+)\.')
 
 
 def convert_rpb_table(table: torch.Tensor, window_size: int = 7) -> torch.Tensor:
-    """Official ``((2H-1)*(2W-1), heads)`` table (square grid) -> ours ``(heads, 2ws-1, 2ws-1)``.
+    """Official ``((2H-1)*(2W-1), heads)`` table (square grid) -> ours ``(heads, 2R+1, 2R+1)``,
+    ``R = bias_radius(window_size)``.
 
-    ``out[h, dy + ws-1, dx + ws-1]`` (offset ``key - query``) equals the official entry of offset
-    ``query - key = (-dy, -dx)`` for ``|dy|, |dx| <= min(ws, H) - 1``; beyond the official grid the border repeats.
+    ``out[h, dy + R, dx + R]`` (offset ``key - query``) is the official entry of offset ``query - key`` =
+    ``(-cy, -cx)`` with ``cy, cx`` = ``dy, dx`` clamped to ``[-(H-1), H-1]``: the official entry itself for every
+    offset the official table holds, the nearest one otherwise.
     """
     if table.ndim != 2:
         raise ValueError(f'official HWT bias table must be 2D ((2H-1)*(2W-1), heads), got {tuple(table.shape)}')
@@ -43,16 +53,10 @@ def convert_rpb_table(table: torch.Tensor, window_size: int = 7) -> torch.Tensor
     if side * side != rows or side % 2 == 0:
         raise ValueError(f'official HWT bias table has {rows} rows, not (2H-1)^2 for a square stage; '
                          f'non-square training resolutions are not supported')
-    grid = table.t().reshape(heads, side, side)  # [h, (q-k)_y + H-1, (q-k)_x + W-1]
-    grid = grid.flip(1, 2)  # now indexed by key - query
-    target = 2 * window_size - 1
-    if side > target:
-        start = (side - target) // 2
-        grid = grid[:, start:start + target, start:start + target]
-    elif side < target:
-        pad = (target - side) // 2
-        grid = F.pad(grid.unsqueeze(0).float(), (pad, pad, pad, pad), mode='replicate').squeeze(0).to(table.dtype)
-    return grid.contiguous()
+    grid = table.t().reshape(heads, side, side).flip(1, 2)  # [h, (k-q)_y + H-1, (k-q)_x + H-1]
+    reach, radius = (side - 1) // 2, bias_radius(window_size)
+    index = torch.arange(-radius, radius + 1).clamp(-reach, reach) + reach
+    return grid[:, index][:, :, index].contiguous()
 
 
 def convert(state_dict: dict[str, torch.Tensor], window_size: int = 7) -> dict[str, torch.Tensor]:
@@ -63,16 +67,23 @@ def convert(state_dict: dict[str, torch.Tensor], window_size: int = 7) -> dict[s
     if not isinstance(window_size, int) or window_size < 1:
         raise ValueError(f'window_size must be a positive int, got {window_size!r}')
     stages = {int(m.group(1)) for k in state_dict if (m := _LAYER.match(k))}
-    out = {}
+    out, filled = {}, {}
     for key, value in state_dict.items():
         if _DROP.match(key):
             continue
         if _RPB.match(key):
             out[key] = convert_rpb_table(value, window_size)
+            reach = (math.isqrt(value.shape[0]) - 1) // 2
+            if reach < bias_radius(window_size):
+                filled.setdefault(reach, []).append(key.rsplit('.attn.', 1)[0])
         elif key.startswith('norm.'):
             if not stages:
                 raise ValueError('official HWT checkpoint has a final norm but no layers.*; not an HWT checkpoint?')
             out[f'norm{max(stages)}.' + key[len('norm.'):]] = value
         else:
             out[key] = value
+    for reach, blocks in sorted(filled.items()):
+        print_log(f'hwt converter: the official bias tables of {", ".join(blocks)} hold offsets up to +-{reach} '
+                  f'(their training map); offsets up to +-{bias_radius(window_size)} (any map size) are filled from '
+                  f'the nearest official entry', logger='current')
     return out

@@ -40,7 +40,11 @@ from mmengine.logging import print_log
 
 from .common import resize_rpb, strip_prefixes
 
-__all__ = ['convert', 'convert_nat_family', 'NAT_KEY']
+__all__ = ['convert', 'convert_nat_family', 'NAT_KEY', 'EXPECTED_MISSING']
+
+# documented differences: the output norms of the stages (``norm{i}``) that an ImageNet classifier checkpoint
+# does not have (its one final norm becomes the last stage's); ``ConvertedPretrained`` logs them as info
+EXPECTED_MISSING = (r'^norm\d+\.(weight|bias)$',)
 
 # every key the NAT family's official models can have (classifier and detection variants)
 NAT_KEY = re.compile(
@@ -106,7 +110,7 @@ def convert_nat_family(state_dict: Mapping[str, torch.Tensor], fmt: str, rpb_ndi
     for line in renamed:
         print_log(f'{fmt} converter: renamed {line}', logger='current')
     for line in resized:
-        print_log(f'{fmt} converter: resized bias table {line}', logger='current', level=logging.WARNING)
+        print_log(f'{fmt} converter: resized bias table {line} (asked: kernel_size)', logger='current')
     for key in unknown:
         print_log(f'{fmt} converter: unrecognised key passed through: {key}', logger='current',
                   level=logging.WARNING)

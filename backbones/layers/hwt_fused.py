@@ -7,7 +7,7 @@ whose input signature repeats are replayed as CUDA graphs: a block's forward or 
 one launch.
 
 Shapes: x ``(B, N, C)`` Hilbert tokens (channel stride 1); weights as the modules hold them (Linear weights and
-biases pre-cast by ``layers.linear.cast_linear_weights``), the position-bias table ``(heads, 2w-1, 2w-1)`` in fp32;
+biases pre-cast by ``layers.linear.cast_linear_weights``), the position-bias table ``(heads, 2R+1, 2R+1)`` in fp32;
 returns ``(B, N, C)`` like x.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS
 class WindowBlockSpec:
     """The non-tensor arguments of :class:`FusedWindowBlock`."""
     num_heads: int
-    window: int             # tokens per chunk (window_size ** 2)
-    shift: bool             # chunk boundaries moved by window // 2
+    window: int             # tokens per chunk (HilbertWindowAttention.chunking: window_size ** 2 or min(H, W) ** 2)
+    shift: bool             # chunk boundaries at window - window // 2 + m * window
     hw: tuple               # (H, W) of the stage's map (the position bias's pixel offsets)
     eps1: float             # norm1 / norm2 eps
     eps2: float
@@ -52,7 +52,7 @@ def _spec(block, hw: tuple, v1: float, v2: float) -> WindowBlockSpec:
     """The block's :class:`WindowBlockSpec` for the map size hw and branch values v1, v2 (cached on the block)."""
     attn = block.attn
     return cached_spec(block, (hw, v1, v2), lambda: WindowBlockSpec(
-        attn.num_heads, attn.window_size ** 2, attn.shift, hw, block.norm1.eps, block.norm2.eps, v1, v2))
+        attn.num_heads, *attn.chunking(hw), hw, block.norm1.eps, block.norm2.eps, v1, v2))
 
 
 def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:

@@ -3,6 +3,8 @@
 # Point it at another copy of COCO by changing data_root alone.
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+# official HWT-tiny ImageNet-1k weights (Hilbert-Local-Attention README; a Google Drive page: download it by hand)
+pretrained = 'https://drive.google.com/file/d/1utPyBWCc-wKIg7GMdLuvB940Zw2_2BKx/view'
 
 data_root = 'data/coco/'
 
@@ -14,7 +16,9 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,
         with_cp=False,
-        init_cfg=None),  # dict(type='Pretrained', checkpoint=...) for ImageNet weights (backbones/converters)
+        init_cfg=dict(
+            type='ConvertedPretrained', convert_from='hwt',
+            checkpoint=pretrained, filename='hwt_tiny_224.pth')),
     neck=dict(in_channels=[96, 192, 384, 768]))
 
 # data_root restated where the stock config baked 'data/coco/' in

@@ -3,6 +3,8 @@
 # Point it at another copy of ADE20K by changing data_root alone.
 _base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+# official HWT-tiny ImageNet-1k weights (Hilbert-Local-Attention README; a Google Drive page: download it by hand)
+pretrained = 'https://drive.google.com/file/d/1utPyBWCc-wKIg7GMdLuvB940Zw2_2BKx/view'
 
 data_root = 'data/ade/ADEChallengeData2016'
 
@@ -15,7 +17,9 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.3,
         with_cp=False,
-        init_cfg=None),  # dict(type='Pretrained', checkpoint=...) for ImageNet weights (backbones/converters)
+        init_cfg=dict(
+            type='ConvertedPretrained', convert_from='hwt',
+            checkpoint=pretrained, filename='hwt_tiny_224.pth')),
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384))
 

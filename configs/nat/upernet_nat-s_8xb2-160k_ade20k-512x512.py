@@ -1,5 +1,7 @@
 _base_ = './upernet_nat-t_8xb2-160k_ade20k-512x512.py'
+# official NAT-small ImageNet-1k weights (NAT README)
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth'
 model = dict(
-    backbone=dict(arch='small', drop_path_rate=0.5),
+    backbone=dict(arch='small', drop_path_rate=0.5, init_cfg=dict(checkpoint=pretrained)),
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384))

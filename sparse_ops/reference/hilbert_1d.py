@@ -23,7 +23,8 @@ __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neigh
 
 def window_ranges(n: int, window: int, shift: bool = False, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Key range of every query for Hilbert windows: chunks of ``window`` tokens; with ``shift`` the chunk
-    boundaries sit at ``window//2 + m*window``. Returns ``(lo, hi)``, LongTensors ``(n,)``, inclusive."""
+    boundaries sit at ``window - window//2 + m*window`` (the first chunk holds ``ceil(window/2)`` tokens).
+    Returns ``(lo, hi)``, LongTensors ``(n,)``, inclusive."""
     i = torch.arange(n, device=device)
     front = _shift_front(window, shift)
     start = torch.div(i + front, window, rounding_mode='floor') * window - front
@@ -47,10 +48,10 @@ def neighborhood_1d_ranges(n: int, kernel: int, device=None) -> tuple[torch.Tens
 
 
 def _shift_front(window: int, shift: bool) -> int:
-    """Number of virtual tokens before token 0 so that (shifted) chunk boundaries are multiples of window."""
-    if not shift or window // 2 == 0:
-        return 0
-    return window - window // 2
+    """Number of virtual tokens before token 0 so that (shifted) chunk boundaries are multiples of window: the
+    official HWT rolls the sequence by ``+window//2`` before chunking, so ``window//2`` tokens of the last chunk
+    sit in front of token 0."""
+    return window // 2 if shift else 0
 
 
 def range_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -101,7 +102,7 @@ def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=No
     """Attention inside chunks of ``window`` consecutive tokens (ragged last chunk attends within itself).
 
     q, k, v ``(B, heads, N, D)`` in Hilbert order. ``shift=True`` moves the chunk boundaries to
-    ``window//2 + m*window`` (first chunk has ``window//2`` tokens). Optional ``rpb (heads, 2r-1, 2r-1)``
+    ``window - window//2 + m*window`` (first chunk has ``ceil(window/2)`` tokens). Optional ``rpb (heads, 2r-1, 2r-1)``
     looked up by the clamped 2D offset (key - query) of the tokens' pixels, needs ``hw=(H, W)``, ``H*W == N``.
     ``backend`` is accepted for signature parity and ignored (this is the torch twin). Returns q's shape/dtype.
     """

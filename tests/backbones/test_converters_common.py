@@ -88,11 +88,15 @@ def test_load_converted_raises_when_nothing_matches_or_strict():
         load_converted(Tiny(), {'fc.weight': torch.ones(2, 2)}, strict=True)
 
 
-def test_load_converted_resizes_bias_tables():
+def test_load_converted_resizes_bias_tables_only_when_asked():
     model = Tiny(r=4)  # (2, 7, 7)
     table = torch.randn(2, 5, 5)
-    result = load_converted(model, {'attn.rpb': table}, logger=logging.getLogger('t'))
+    sd = {'attn.rpb': table, 'fc.weight': torch.ones(2, 2), 'fc.bias': torch.ones(2)}
+    with pytest.raises(RuntimeError, match='1 shape-mismatched'):
+        load_converted(model, sd, strict=True)
+    result = load_converted(model, sd, logger=logging.getLogger('t'), resize_tables=True, strict=True)
     assert 'attn.rpb' in result.loaded and not result.mismatched
+    assert result.resized == (('attn.rpb', (2, 5, 5), (2, 7, 7)),)
     torch.testing.assert_close(model.attn.rpb.data, resize_rpb(table, 7))
     # a head-count mismatch is not resized but reported
     assert adapt_rpb_tables({'attn.rpb': torch.zeros(3, 5, 5)}, model.state_dict())['attn.rpb'].shape == (3, 5, 5)
@@ -152,16 +156,17 @@ def official_hwt_state_dict(embed_dims, depths, num_heads, window_size, mlp_rati
 
 
 def test_convert_rpb_table_semantics():
-    heads, side, ws = 2, 2 * 28 - 1, 7
+    heads, side, ws, r = 2, 2 * 28 - 1, 7, 48
     table = torch.randn(side * side, heads)
     ours = convert_rpb_table(table, ws)
-    assert ours.shape == (heads, 2 * ws - 1, 2 * ws - 1)
+    assert ours.shape == (heads, 2 * r + 1, 2 * r + 1)
     official = table.t().reshape(heads, side, side)  # index (q - k) + H - 1
-    for dy, dx in [(0, 0), (1, -2), (-6, 6), (6, 0)]:  # our offset is key - query
-        torch.testing.assert_close(ours[:, dy + ws - 1, dx + ws - 1], official[:, -dy + 27, -dx + 27])
-    small = convert_rpb_table(torch.randn(9, heads), ws)  # 2x2 stage: 3x3 grid, border repeats
-    assert small.shape == (heads, 13, 13)
-    torch.testing.assert_close(small[:, 0, 0], small[:, 5, 5])
+    for dy, dx in [(0, 0), (1, -2), (-6, 6), (13, -9), (27, -27)]:  # our offset is key - query
+        torch.testing.assert_close(ours[:, dy + r, dx + r], official[:, -dy + 27, -dx + 27])
+    torch.testing.assert_close(ours[:, 40 + r, -30 + r], official[:, 0, 54])  # beyond +-27: nearest entry
+    small = convert_rpb_table(torch.randn(9, heads), ws)  # 2x2 stage: 3x3 grid, the nearest entry repeats
+    assert small.shape == (heads, 97, 97)
+    torch.testing.assert_close(small[:, 0, 0], small[:, r - 1, r - 1])
     with pytest.raises(ValueError, match='square'):
         convert_rpb_table(torch.randn(3 * 5, heads), ws)
 
@@ -248,7 +253,7 @@ def test_convert_checkpoint_tool(tmp_path, capsys):
     out = capsys.readouterr().out
     converted = convert_hwt(official)
     assert f'read {len(official)} tensors, wrote {len(converted)} tensors' in out
-    assert 'missing 6, unexpected 0, mismatched 0' in out  # norm0-2: the extra output norms
+    assert 'missing 6 (documented), resized 0' in out  # norm0-2: the extra output norms
     saved = torch.load(dst, weights_only=True)
     assert set(saved) == {'state_dict'} and set(saved['state_dict']) == set(converted)
     model = HWT(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
@@ -267,3 +272,123 @@ def test_convert_checkpoint_tool_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(['--from', 'swin', str(src), str(tmp_path / 'out.pth')])
     assert 'invalid choice' in capsys.readouterr().err
+
+
+def test_convert_checkpoint_tool_refuses_mismatched_shapes(tmp_path, capsys):
+    """A checkpoint whose shapes do not fit the --arch exits 1 and writes nothing."""
+    official = official_hwt_state_dict(**dict(TINY, embed_dims=16))
+    src, dst = tmp_path / 'in.pth', tmp_path / 'out.pth'
+    torch.save({'model': official}, src)
+    assert load_tool().main(['--from', 'hwt', str(src), str(dst), '--arch', repr(TINY)]) == 1
+    assert 'does not fit' in capsys.readouterr().err
+    assert not dst.exists() and not (tmp_path / 'out.pth.tmp').exists()
+
+
+def test_convert_checkpoint_help_names_the_official_files(capsys):
+    with pytest.raises(SystemExit):
+        load_tool().parse_args(['--help'])
+    out = capsys.readouterr().out
+    for source in ('Yunge6666/Hilbert-Local-Attention', 'SHI-Labs/Neighborhood-Attention-Transformer',
+                   'rayleizhu/BiFormer', 'nat_{mini,tiny,small,base}.pth', 'biformer_{tiny,small,base}_in1k.pth'):
+        assert source in out
+
+
+# --- ConvertedPretrained: strict by default beyond the documented differences ---------------------------------------
+def test_converted_pretrained_fails_on_undocumented_differences(tmp_path):
+    official = official_hwt_state_dict(**TINY)
+    official['layers.0.blocks.0.attn.extra'] = torch.zeros(3)  # an unexpected key
+    path = tmp_path / 'odd.pth'
+    torch.save(official, path)
+    cfg = dict(type='ConvertedPretrained', checkpoint=str(path), convert_from='hwt')
+    with pytest.raises(RuntimeError, match='strict load failed.*unexpected'):
+        HWT(arch=TINY, init_cfg=cfg).init_weights()
+    HWT(arch=TINY, init_cfg=dict(cfg, strict=False)).init_weights()  # asked: logged, the rest loads
+
+
+def test_plain_pretrained_given_an_official_file_stops_with_one_line(tmp_path):
+    path = tmp_path / 'hwt_tiny_official.pth'
+    torch.save({'model': official_hwt_state_dict(**TINY)}, path)
+    with pytest.raises(ValueError, match="official hwt checkpoint.*type='ConvertedPretrained'"):
+        HWT(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
+
+
+def test_no_weights_logs_training_from_scratch(monkeypatch):
+    import backbones.converters.init as init
+    seen = []
+    monkeypatch.setattr(init, 'print_log', lambda msg, **kwargs: seen.append(msg))
+    HWT(arch=TINY).init_weights()
+    assert any('training from scratch' in m for m in seen)
+
+
+# --- downloads: a loopback HTTP server, never the internet ---------------------------------------------------------
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path/'www' on 127.0.0.1 (a free port); yields (base URL, list of requested paths)."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / 'www'
+    root.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}', requests, root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_converted_pretrained_downloads_once_into_the_hub_cache(http_server, tmp_path, monkeypatch):
+    import hashlib
+    base, requests, root = http_server
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    official = official_hwt_state_dict(**TINY)
+    torch.save({'model': official}, root / 'hwt_tiny.pth')
+    digest = hashlib.sha256((root / 'hwt_tiny.pth').read_bytes()).hexdigest()
+    cfg = dict(type='ConvertedPretrained', checkpoint=f'{base}/hwt_tiny.pth', convert_from='hwt', sha256=digest)
+    for _ in range(2):
+        model = HWT(arch=TINY, init_cfg=cfg)
+        model.init_weights()
+        torch.testing.assert_close(model.patch_embed.proj.weight, official['patch_embed.proj.weight'])
+    assert requests == ['/hwt_tiny.pth']  # the second run read the cache
+    assert (tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'hwt_tiny.pth').is_file()
+
+
+def test_download_checksum_mismatch_keeps_no_file(http_server, tmp_path, monkeypatch):
+    from backbones.converters.init import resolve_checkpoint
+    base, _, root = http_server
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    torch.save({'a': torch.zeros(1)}, root / 'x.pth')
+    with pytest.raises(ValueError, match='does not match'):
+        resolve_checkpoint(f'{base}/x.pth', sha256='0' * 64, progress=False)
+    assert not (tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'x.pth').exists()
+
+
+def test_download_failure_and_drive_links_name_the_local_path(tmp_path, monkeypatch):
+    import socket
+    from backbones.converters.init import resolve_checkpoint
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    local = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+    with socket.socket() as s:  # a port nobody listens on: connection refused, like no network
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    url = f'http://127.0.0.1:{port}/nat_tiny.pth'
+    with pytest.raises(FileNotFoundError, match=f'cannot download {url}.*put it at {local / "nat_tiny.pth"}'):
+        resolve_checkpoint(url, progress=False)
+    drive = 'https://drive.google.com/file/d/XYZ/view?usp=sharing'
+    with pytest.raises(FileNotFoundError, match=f'Google Drive.*put it at {local / "hwt_tiny_224.pth"}'):
+        resolve_checkpoint(drive, filename='hwt_tiny_224.pth')
+    local.mkdir(parents=True, exist_ok=True)
+    torch.save({'a': torch.zeros(1)}, local / 'hwt_tiny_224.pth')  # the user put it there
+    assert resolve_checkpoint(drive, filename='hwt_tiny_224.pth') == str(local / 'hwt_tiny_224.pth')

@@ -228,9 +228,29 @@ def test_load_converted_resizes_tables_to_the_model():
     # an 11x11 checkpoint (dinat_large_*_11x11interp style) into a kernel-7 model through load_converted
     official = synthetic(official_shapes(*SMALL[:5], 11))
     model = DiNAT(arch=arch_dict(SMALL), dilations=[[1], [1, 2], [1], [1]], out_indices=(3,))
-    result = load_converted(model, dinat_converter.convert(official), strict=True)
-    assert not result.mismatched
+    result = load_converted(model, dinat_converter.convert(official), strict=True, resize_tables=True)
+    assert not result.mismatched and len(result.resized) == sum(SMALL[0])
     assert model.levels[0].blocks[0].attn.rpb.shape == (1, 13, 13)
+    with pytest.raises(RuntimeError, match='shape-mismatched'):  # not asked: an error
+        load_converted(model, dinat_converter.convert(official), strict=True)
+
+
+def test_hnt_checkpoint_of_another_kernel_is_an_error_unless_asked(tmp_path):
+    """The official nat1D_tiny passes kernel 7: its (heads, 13) tables do not silently become kernel 49."""
+    import backbones.converters.init  # noqa: F401  (registers ConvertedPretrained)
+    official = synthetic(official_shapes(*SMALL[:5], 7, rpb_1d=True))
+    path = tmp_path / 'hnt_k7.pth'
+    torch.save(official, path)
+    cfg = dict(type='ConvertedPretrained', checkpoint=str(path), convert_from='hnt')
+    arch = dict(arch_dict(SMALL), kernel_size=49)
+    with pytest.raises(RuntimeError, match='shape-mismatched'):
+        HNT(arch=arch, init_cfg=cfg).init_weights()
+    model = HNT(arch=arch, init_cfg=dict(cfg, resize_bias_tables=True))
+    model.init_weights()
+    assert model.state_dict()['levels.0.blocks.0.attn.rpb'].shape == (1, 97)
+    model = HNT(arch=dict(arch_dict(SMALL), kernel_size=7), init_cfg=cfg)  # the official kernel: loads as it is
+    model.init_weights()
+    torch.testing.assert_close(model.state_dict()['levels.1.blocks.1.attn.rpb'], official['levels.1.blocks.1.attn.rpb'])
 
 
 def test_converted_pretrained_init_cfg(tmp_path):

@@ -16,7 +16,7 @@ def expected_params(embed_dims, depths, num_heads, window_size, mlp_ratio, out_i
     total = 3 * 16 * embed_dims + embed_dims + 2 * embed_dims  # patch embed conv + norm
     for i, (depth, heads) in enumerate(zip(depths, num_heads)):
         c, hidden = embed_dims * 2 ** i, int(embed_dims * 2 ** i * mlp_ratio)
-        block = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + heads * (2 * window_size - 1) ** 2 \
+        block = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + heads * (2 * window_size ** 2 - 1) ** 2 \
             + (c * hidden + hidden) + (hidden * c + c)
         total += depth * block
         if i < len(depths) - 1:
@@ -41,14 +41,15 @@ def test_presets_structure(name):
     assert [b.attn.shift for b in model.layers[2].blocks] == [j % 2 == 1 for j in range(preset['depths'][2])]
     assert model.layers[3].downsample is None and model.layers[0].downsample is not None
     table = model.layers[0].blocks[0].attn.relative_position_bias_table
-    assert table.shape == (preset['num_heads'][0], 13, 13)  # same size as Swin's (2*7-1)^2 table
+    assert table.shape == (preset['num_heads'][0], 97, 97)  # offsets up to +-(7**2 - 1): any in a 49-token window
     assert model.drop_path_rate == preset['drop_path_rate']
 
 
 def test_tiny_matches_swin_t_count():
     # Swin-T classifier (timm/official): 28,288,354 parameters; ours drops the head (768*1000+1000) and the final
-    # norm (2*768) and adds four output norms (2*(96+192+384+768)).
-    assert n_params(HWT(arch='tiny')) == 28_288_354 - 769_000 - 1_536 + 2_880
+    # norm (2*768), adds four output norms (2*(96+192+384+768)) and has 97x97 instead of 13x13 bias tables
+    # (3*2 + 6*2 + 12*6 + 24*2 = 138 head-tables).
+    assert n_params(HWT(arch='tiny')) == 28_288_354 - 769_000 - 1_536 + 2_880 + 138 * (97 ** 2 - 13 ** 2)
 
 
 def test_drop_path_rate_override():
@@ -162,7 +163,7 @@ def test_attention_uses_rpb():
     x = torch.randn(1, 36, 8)
     before = attn(x, (6, 6))
     with torch.no_grad():
-        attn.relative_position_bias_table[:, 2, 3] += 5.0  # offset (dy, dx) = (0, 1)
+        attn.relative_position_bias_table[:, 8, 9] += 5.0  # offset (dy, dx) = (0, 1): radius 3**2 - 1 = 8
     assert not torch.allclose(attn(x, (6, 6)), before)
 
 

@@ -182,6 +182,29 @@ def test_config_matches_its_name(path):
         assert scales and max(scales[0]) == 2048
 
 
+# the official ImageNet checkpoints the source works released (HWT: tiny only)
+RELEASED = {('HWT', 'tiny'), ('HNT', 'mini'), ('HNT', 'tiny'), ('BiFormer', 'tiny'), ('BiFormer', 'small'),
+            ('BiFormer', 'base')} | {(t, a) for t in ('NAT', 'DiNAT') for a in ('mini', 'tiny', 'small', 'base')}
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[_cid(p) for p in CONFIGS])
+def test_zoo_config_names_the_official_imagenet_checkpoint(path):
+    """Like mmdet's Swin configs: the backbone starts from the official ImageNet weights of its size, converted
+    (building the model does not read them: only init_weights does)."""
+    cfg, _ = load(path)
+    backbone = cfg.model.backbone
+    if path.stem.split('_')[1].endswith('-demo'):
+        return
+    init = backbone.get('init_cfg')
+    if (backbone.type, backbone.arch) not in RELEASED:
+        assert init is None
+        return
+    assert init.type == 'ConvertedPretrained' and init.convert_from == backbone.type.lower()
+    assert init.checkpoint.startswith('https://')
+    name = init.get('filename') or init.checkpoint.rsplit('/', 1)[-1]
+    assert backbone.arch in name, (name, backbone.arch)
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=[_cid(p) for p in CONFIGS])
 def test_zoo_recipe_is_amp_adamw_without_decay_on_norms_and_biases(path):
     """Configs built on our recipes use AmpOptimWrapper + AdamW with zero weight decay on norms and position bias."""

@@ -39,11 +39,11 @@ def dense_reference(m: SparseContextAttention, x: torch.Tensor, mask: torch.Tens
 
 def hilbert_chunk_mask(h: int, w: int, window: int, shift: bool) -> torch.Tensor:
     """(N, N) mask in row-major pixel order: same chunk of `window` consecutive Hilbert positions; shifted chunks
-    have boundaries at window//2 + m*window."""
+    have boundaries at window - window//2 + m*window."""
     order = sparse_ops.hilbert_order(h, w)
     pos = torch.empty_like(order)
     pos[order] = torch.arange(h * w)
-    chunk = (pos + (window - window // 2 if shift else 0)) // window
+    chunk = (pos + (window // 2 if shift else 0)) // window
     return chunk[:, None] == chunk[None, :]
 
 

@@ -24,7 +24,7 @@ BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 
 REAL = [
     ('hilbert_window_attention', (2, 4, 64 * 64, 32), dict(window=64), 0),
-    ('hilbert_window_attention', (2, 4, 56 * 60, 32), dict(window=49, shift=True, hw=(56, 60)), 13),
+    ('hilbert_window_attention', (2, 4, 56 * 60, 32), dict(window=49, shift=True, hw=(56, 60)), 97),  # HWT's table
     ('hilbert_slide_attention', (1, 3, 80 * 72, 64), dict(window=49), 0),
     ('hilbert_neighborhood_attention_1d', (1, 2, 50 * 77, 128), dict(kernel=49, hw=(50, 77)), 13),
     ('neighborhood_attention_2d', (2, 4, 64, 64, 32), dict(kernel_size=7), 13),

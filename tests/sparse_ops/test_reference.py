@@ -32,8 +32,9 @@ def naive_attention(q, k, v, mask, scale=None, bias=None):
 
 
 def window_mask(n, window, shift):
-    """Same chunk; chunk boundaries at m*window, or window//2 + m*window when shifted."""
-    first = window // 2 if shift else 0
+    """Same chunk; chunk boundaries at m*window, or at window - window//2 + m*window when shifted (the official
+    HWT's roll by +window//2: the first chunk holds ceil(window/2) tokens)."""
+    first = window - window // 2 if shift else 0
     boundaries = set(range(first, n, window))
     chunk, ids = 0, []
     for i in range(n):

@@ -46,6 +46,7 @@ def test_full_size_config_trains_a_step_on_real_coco():
     sample = next(train_set[i] for i in range(len(train_set)) if len(train_set[i]['data_samples'].gt_instances) > 0)
 
     torch.manual_seed(0)
+    cfg.model.backbone.init_cfg = None  # the config names the official ImageNet weights (a download): not here
     model = MODELS.build(cfg.model)
     model.init_weights()
     cfg.optim_wrapper.type = 'OptimWrapper'  # the config's AMP wrapper needs CUDA
