@@ -58,8 +58,8 @@ def _shrink(node):
 def _one_iteration(cfg):
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    cfg.train_dataloader.batch_size = 1
-    cfg.train_dataloader.dataset.indices = 1
+    cfg.train_dataloader.batch_size = 2  # BatchNorm after UperHead's 1x1 pooling needs two images
+    cfg.train_dataloader.dataset.indices = 2
     _shrink(cfg.train_dataloader.dataset.pipeline)
     if cfg.model.data_preprocessor.get('size'):
         cfg.model.data_preprocessor.size = (SIDE, SIDE)
