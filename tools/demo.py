@@ -41,6 +41,24 @@ def list_images(path: str) -> list[str]:
     raise FileNotFoundError(f"input '{path}' is neither an image nor a folder")
 
 
+def dataset_meta(cfg, scope: str, model, from_checkpoint: bool) -> dict:
+    """Class names and palette for drawing: the checkpoint's (``model.dataset_meta``), else the config's test
+    dataset (its class's METAINFO updated by the config's ``metainfo``); without a checkpoint mmdet would name the
+    classes after COCO's whatever the config says."""
+    model_meta = dict(getattr(model, 'dataset_meta', None) or {})
+    if from_checkpoint and model_meta.get('classes'):
+        return model_meta
+    from mmengine.registry import DATASETS, DefaultScope
+    ds = cfg.test_dataloader.dataset
+    while 'dataset' in ds:  # wrappers
+        ds = ds.dataset
+    with DefaultScope.overwrite_default_scope(scope):
+        cls = DATASETS.get(ds.type)
+    meta = dict(getattr(cls, 'METAINFO', None) or {})
+    meta.update(ds.get('metainfo') or {})
+    return meta if meta.get('classes') else model_meta
+
+
 def main(argv=None) -> int:
     from mmengine.config import DictAction
     from mmengine.utils import ProgressBar
@@ -78,8 +96,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     visualizer = _vis.build_visualizer(cfg, scope, args.out_dir, **({} if scope == 'mmdet' else
                                                                     dict(alpha=args.opacity)))
-    visualizer.dataset_meta = getattr(model, 'dataset_meta', None) or {}
-    bar = ProgressBar(len(images))
+    visualizer.dataset_meta = dataset_meta(cfg, scope, model, from_checkpoint=bool(args.checkpoint))
+    bar = ProgressBar(len(images), file=sys.stdout)
     written, skipped = 0, []
     for path in images:
         img = cv2.imread(path, cv2.IMREAD_COLOR)
