@@ -23,7 +23,9 @@ sd_dist_python() {
     echo "error: PYTHON=$PYTHON is not an executable" >&2
     exit 2
   fi
-  missing=$("$PYTHON" -c "import importlib.util as u; print(' '.join(m for m in ('torch', 'mmengine', 'mmcv', 'mmdet', 'mmseg') if u.find_spec(m) is None))" 2>/dev/null) || missing='(python failed to start)'
+  missing=$("$PYTHON" -c "import importlib.util as u
+print(' '.join(m for m in ('torch', 'mmengine', 'mmcv', 'mmdet', 'mmseg') if u.find_spec(m) is None))" 2>/dev/null) ||
+    missing='(python failed to start)'
   if [ -n "$missing" ]; then
     echo "error: $PYTHON ($source) lacks $missing: activate an environment with torch and the OpenMMLab stack, run tools/setup_env.sh, or set PYTHON=..." >&2
     exit 2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi-process training with torchrun (PyTorch DDP through mmengine), one process per GPU.
 #   bash tools/dist_train.sh CONFIG GPUS [train.py args...]
-# PYTHON: $PYTHON, else .venv/bin/python, else the active python3. Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT environment variables.
+# PYTHON: $PYTHON, else .venv/bin/python, else the active python3.
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT environment variables.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG GPUS [train.py args...]" >&2
