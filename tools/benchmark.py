@@ -5,7 +5,8 @@ after the data preprocessor, which pads: mmseg's to the config's crop in trainin
 training, random ground truth (boxes with rectangular masks for mmdet, a random label map for mmseg). Per config
 and phase (inference in ``predict`` mode; a training step = loss, backward, AdamW step): warm-up, then timed
 iterations (median and mean ms) and the phase's peak memory (``torch.cuda.max_memory_allocated`` on GPU; on CPU
-the process' peak RSS, which only grows). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a PNG bar chart.
+the process' peak RSS, which only grows). Prints one table with a machine header; ``--out`` writes JSON,
+``--chart`` a PNG bar chart.
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
         [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--out bench.json] [--chart bench.png]
