@@ -42,8 +42,7 @@ def set_out(cfg, scope: str, out: str) -> None:
     if osp.isfile(out):
         raise _runtime.ConfigCheckError(f"--out {out}: is a file; give a folder for the label-map PNGs or a .pkl")
     for e in ious:
-        e['output_dir'] = osp.abspath(out)
-        e['keep_results'] = True  # IoUMetric still computes the metrics (format_only stays False)
+        e['output_dir'] = osp.abspath(out)  # format_only stays False: the metrics are computed as well
 
 
 def has_display() -> bool:
