@@ -7,8 +7,9 @@
 - ``check_own_packages()``: our packages have generic names; a research repository's own ``backbones/`` or
   ``heads/`` folder that comes first on ``sys.path`` is imported instead of ours, and mmengine then reports
   "HWT is not in the model registry". This names the folder instead, in one line.
-- ``hidden_packages()``: the other way round (the tools put this repository first, so a config that also wants
-  the user's ``backbones`` gets ours): other packages of the same names on ``sys.path``, for the registry error.
+- ``hidden_packages()``: the other way round (the tools put this repository first on ``sys.path``, so a config
+  whose own modules import the user's ``backbones.x`` gets ours): other packages of the same names on
+  ``sys.path``, named when such an import fails or a type is missing from the registry.
 """
 from __future__ import annotations
 
@@ -62,7 +63,19 @@ def read_config(path: str, options: dict | None = None):
     from mmengine.config import Config
     if not osp.isfile(path):
         raise _runtime.ConfigCheckError(f"config file '{path}' does not exist")
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)  # imports custom_imports
+    except ImportError as e:
+        cause = e  # mmengine re-raises a bare "Failed to import X"; the import error with a module name is inside
+        while cause is not None and not getattr(cause, 'name', None):
+            cause = cause.__cause__ or cause.__context__
+        top = (getattr(cause, 'name', None) or '').split('.')[0]
+        hidden = hidden_packages((top, )) if top in OUR_PACKAGES else []
+        if hidden:
+            raise _runtime.ConfigCheckError(
+                f"importing the config's custom_imports failed ({cause}): '{top}' is sparsedense's {REPO / top}, "
+                f"which hides your {', '.join(hidden)} (two packages cannot share a name); rename yours") from e
+        raise
     check_own_packages()
     scope = _runtime.setup_scope(cfg)
     _runtime.check_cfg_options(cfg, options, scope)

@@ -130,7 +130,7 @@ def _timed(step, n_warmup: int, n_iters: int, device: str, label: str) -> dict:
     """Run ``step`` n_warmup + n_iters times with a progress bar; ms of the timed ones and the phase's peak MB."""
     from mmengine.utils import ProgressBar
     print(f'  {label}: {n_warmup} warm-up + {n_iters} timed iterations', flush=True)
-    bar = ProgressBar(n_warmup + n_iters)
+    bar = ProgressBar(n_warmup + n_iters, file=sys.stdout)
     _reset_peak(device)
     times = []
     for i in range(n_warmup + n_iters):

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     visualizer = _vis.build_visualizer(cfg, scope, args.out_dir)
     visualizer.dataset_meta = dataset.metainfo
     num = min(args.num, len(dataset))
-    bar = ProgressBar(num)
+    bar = ProgressBar(num, file=sys.stdout)
     for i in range(num):
         item = dataset[i]
         img, sample = to_drawable(item, scope)

@@ -239,6 +239,7 @@ def test_a_shadowing_backbones_folder_is_named_in_one_line(tmp_path, monkeypatch
     theirs.mkdir()
     (theirs / '__init__.py').write_text('')
     cfg_mod = load_tool('_cfg')
+    import backbones  # noqa: F401  ours, so that monkeypatch puts it back afterwards
     for name in [m for m in sys.modules if m == 'backbones' or m.startswith('backbones.')]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -248,6 +249,25 @@ def test_a_shadowing_backbones_folder_is_named_in_one_line(tmp_path, monkeypatch
                             'package of yours with the same name comes first on sys.path and shadows ours; rename it '
                             '(or take its parent folder off PYTHONPATH)')
     assert str(theirs) in cfg_mod.hidden_packages()
+
+
+def test_a_config_whose_modules_need_a_hidden_backbones_package_is_named_in_one_line(tmp_path):
+    """The other way round, through train.py: the tools put this repository first on sys.path, so a research
+    repository's `backbones/` (on PYTHONPATH) is hidden and its config's own module fails to import from it."""
+    (tmp_path / 'backbones').mkdir()
+    (tmp_path / 'backbones' / '__init__.py').write_text('')
+    (tmp_path / 'backbones' / 'my_resnet.py').write_text('')
+    (tmp_path / 'my_models.py').write_text('from backbones.my_resnet import *  # noqa\n')
+    cfg = tmp_path / 'my_config.py'
+    cfg.write_text(f"_base_ = '{DET_CFG}'\ncustom_imports = dict(imports=['backbones', 'my_models'])\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    r = subprocess.run([sys.executable, str(TOOLS / 'train.py'), str(cfg)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: importing the config's custom_imports failed (No module named 'backbones.my_resnet'): 'backbones' is "
+        f"sparsedense's {REPO / 'backbones'}, which hides your {tmp_path / 'backbones'} (two packages cannot share a "
+        'name); rename yours')
 
 
 def test_our_packages_pass_the_check():
