@@ -270,6 +270,24 @@ def test_a_config_whose_modules_need_a_hidden_backbones_package_is_named_in_one_
         'name); rename yours')
 
 
+def test_our_heads_warn_about_a_foreign_backbones_imported_before_them(tmp_path):
+    """Any launcher (mmdet's own train.py too): configs import ['backbones', 'heads'], so our heads see which
+    `backbones` came first."""
+    (tmp_path / 'backbones').mkdir()
+    (tmp_path / 'backbones' / '__init__.py').write_text('')
+    code = (f'import sys; sys.path.insert(0, {str(tmp_path)!r}); import backbones; '
+            f'sys.path.insert(1, {str(REPO)!r}); import heads')
+    r = subprocess.run([sys.executable, '-W', 'default::UserWarning', '-c', code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (f"UserWarning: 'backbones' was imported from {tmp_path / 'backbones'}, not sparsedense's "
+            f"{REPO / 'backbones'}: a package of yours with that name comes first on sys.path; rename it if your "
+            'config uses HWT / HNT / BiFormer / NAT / DiNAT') in r.stderr
+    ours = subprocess.run([sys.executable, '-W', 'error::UserWarning', '-c', 'import backbones, heads'], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+
+
 def test_our_packages_pass_the_check():
     cfg_mod = load_tool('_cfg')
     import backbones  # noqa: F401
