@@ -6,7 +6,8 @@ arguments (``loss_scale``, ``dtype``, ``use_fsdp``) are unknown to the plain ``O
 
 - ``--amp``: ``OptimWrapper`` -> ``AmpOptimWrapper`` (``loss_scale='dynamic'``); an error without an accelerator;
 - ``--no-amp``: ``AmpOptimWrapper`` -> ``OptimWrapper`` (fp32 training);
-- neither: an AMP config on a machine without an accelerator trains in fp32, with a one-line notice.
+- neither: an AMP config on a machine without an accelerator trains in fp32, with a one-line notice;
+- a plain ``OptimWrapper`` that still carries AMP-only keys (an AMP config with only its type changed) loses them.
 """
 from __future__ import annotations
 
@@ -49,7 +50,13 @@ def set_amp(cfg, amp: bool, no_amp: bool, accelerator: bool | None = None) -> st
             wrapper['type'] = 'AmpOptimWrapper'
             wrapper.setdefault('loss_scale', 'dynamic')
         return None
-    if not is_amp or (accelerator and not no_amp):
+    if not is_amp:  # e.g. --cfg-options optim_wrapper.type=OptimWrapper on an AMP config: the AMP keys must go too
+        dropped = [k for k in AMP_ONLY_KEYS if k in wrapper and wrapper.get('type', 'OptimWrapper') in PLAIN_TYPES]
+        for k in dropped:
+            wrapper.pop(k)
+        return f"note: optim_wrapper is a plain OptimWrapper: dropped its AMP-only {', '.join(dropped)}" if dropped \
+            else None
+    if accelerator and not no_amp:
         return None
     wrapper['type'] = 'OptimWrapper'
     dropped = [k for k in AMP_ONLY_KEYS if wrapper.pop(k, None) is not None]

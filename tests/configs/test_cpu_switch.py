@@ -110,6 +110,11 @@ def test_amp_switch_rules():
         _amp.set_amp(cfg, amp=True, no_amp=False, accelerator=False)
     assert _amp.set_amp(cfg, amp=True, no_amp=False, accelerator=True) is None
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
+    # only the type changed (what the docs used to say): the AMP-only keys go as well, with a notice
+    cfg = _wrapper_cfg(type='OptimWrapper', loss_scale='dynamic')
+    assert _amp.set_amp(cfg, amp=False, no_amp=False, accelerator=True) == (
+        'note: optim_wrapper is a plain OptimWrapper: dropped its AMP-only loss_scale')
+    assert cfg.optim_wrapper.to_dict() == dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4))
     # a plain config stays plain and silent
     cfg = _wrapper_cfg(type='OptimWrapper')
     assert _amp.set_amp(cfg, amp=False, no_amp=True, accelerator=False) is None
