@@ -18,9 +18,16 @@ from .context_uper_head import SparseContextUPerHead
 
 __all__ = ['SparseContext', 'SparseContextAttention', 'SparseContextFPN', 'SparseContextUPerHead']
 
+
+def _folder(module) -> _Path:
+    """The folder a package was imported from (a namespace package, without __init__.py, has no __file__)."""
+    file = getattr(module, '__file__', None)
+    return _Path(file).resolve().parent if file else _Path(next(iter(getattr(module, '__path__', [])), '?')).resolve()
+
+
 _backbones = _sys.modules.get('backbones')
 _ours = _Path(__file__).resolve().parents[1] / 'backbones'
-if _backbones is not None and _Path(getattr(_backbones, '__file__', None) or '.').resolve().parent != _ours:
-    _warnings.warn(f"'backbones' was imported from {_Path(getattr(_backbones, '__file__', None) or '?').parent}, not "
-                   f"sparsedense's {_ours}: a package of yours with that name comes first on sys.path; rename it if "
-                   'your config uses HWT / HNT / BiFormer / NAT / DiNAT', stacklevel=2)
+if _backbones is not None and _folder(_backbones) != _ours:
+    _warnings.warn(f"'backbones' was imported from {_folder(_backbones)}, not sparsedense's {_ours}: a package of "
+                   'yours with that name comes first on sys.path; rename it if your config uses HWT / HNT / BiFormer / '
+                   'NAT / DiNAT', stacklevel=2)
