@@ -8,7 +8,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import cv2
