@@ -120,6 +120,7 @@ class BiFormer(SparseBackbone):
         norm_cfg = dict(type='BN') if norm_cfg is None else dict(norm_cfg)
         dims, depths = list(self.arch['embed_dims']), list(self.arch['depths'])
         self.embed_dims = dims
+        self.num_features = tuple(dims)  # output channels per stage, as the other backbones
         dpr = drop_path_schedule(drop_path_rate, depths)
 
         self.downsample_layers = nn.ModuleList([biformer_stem(in_channels, dims[0], norm_cfg)])

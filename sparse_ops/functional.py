@@ -103,7 +103,8 @@ def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, 
 def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
     """2D neighbourhood attention, NAT / NATTEN semantics, any H, W >= 1.
 
-    q, k, v ``(B, heads, H, W, D)``. With dilation d the map splits into d x d interleaved sub-grids; inside its
+    q, k, v ``(B, heads, H, W, D)``, not NATTEN's ``(B, H, W, heads, D)``: permute first (a wrong layout is not
+    detected). With dilation d the map splits into d x d interleaved sub-grids; inside its
     sub-grid each query attends to the ``kernel_size``² window centred on it, shifted inward at borders; where a
     sub-grid side is shorter than ``kernel_size`` the window covers that side. ``rpb (heads, 2k-1, 2k-1)``
     (optional) is added at ``[h, dy + k - 1, dx + k - 1]``, offsets (key - query) in sub-grid units.

@@ -264,13 +264,8 @@ def load_config(args):
     Checks the file exists, selects the mmdet / mmseg scope, validates then applies ``--cfg-options``, sets the
     launcher, and defaults ``work_dir`` to ``./work_dirs/<config name>`` (``--work-dir`` wins).
     """
-    from mmengine.config import Config
-    if not os.path.isfile(args.config):
-        raise ConfigCheckError(f"config file '{args.config}' does not exist")
-    cfg = Config.fromfile(args.config)
-    scope = setup_scope(cfg)
-    check_cfg_options(cfg, args.cfg_options, scope)
-    apply_cfg_options(cfg, args.cfg_options)
+    import _cfg
+    cfg, scope = _cfg.read_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -281,16 +276,22 @@ def load_config(args):
 
 def build_runner(cfg):
     """Runner.from_cfg (or the config's runner_type); a config mistake the model's constructor reports (unknown
-    arch, bad channel count, unexpected keyword) becomes one ``error:`` line instead of a traceback."""
+    arch, bad channel count, unexpected keyword) or neck widths that do not fit the backbone (``_necks``) become
+    one ``error:`` line instead of a traceback."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    import _necks
+    _necks.check_neck_widths(cfg, cfg.get('default_scope'))  # one line instead of a conv shape error later
     try:
         return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     except (KeyError, ValueError, TypeError) as e:
         if os.environ.get('SPARSEDENSE_DEBUG'):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ConfigCheckError(f'building the runner failed: {type(e).__name__}: {msg} '
+        import _cfg
+        hidden = _cfg.hidden_packages() if 'registry' in str(msg) else []
+        hint = f"; note: {', '.join(hidden)} hidden by sparsedense's package of that name" if hidden else ''
+        raise ConfigCheckError(f'building the runner failed: {type(e).__name__}: {msg}{hint} '
                                '(set SPARSEDENSE_DEBUG=1 for the traceback)') from e
 
 

@@ -1,10 +1,12 @@
 """Inference FPS, training step time and peak memory of detectors / segmentors, several configs side by side.
 
-Synthetic inputs of a fixed size (no dataset needed): random images and, for training, random ground truth
-(boxes with rectangular masks for mmdet, a random label map for mmseg). Per config and phase (inference in
-``predict`` mode; a training step = loss, backward, AdamW step): warm-up, then timed iterations (median and mean ms)
-and the phase's peak memory (``torch.cuda.max_memory_allocated`` on GPU; on CPU the process' peak RSS, which only
-grows). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a PNG bar chart.
+Synthetic inputs of a fixed size (no dataset needed; the table's HxW columns give the size the model received
+after the data preprocessor, which pads: mmseg's to the config's crop in training): random images and, for
+training, random ground truth (boxes with rectangular masks for mmdet, a random label map for mmseg). Per config
+and phase (inference in ``predict`` mode; a training step = loss, backward, AdamW step): warm-up, then timed
+iterations (median and mean ms) and the phase's peak memory (``torch.cuda.max_memory_allocated`` on GPU; on CPU
+the process' peak RSS, which only grows). Prints one table with a machine header; ``--out`` writes JSON,
+``--chart`` a PNG bar chart.
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
         [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--out bench.json] [--chart bench.png]
@@ -34,20 +36,17 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo root
 
 import torch  # noqa: E402
 
+import _cfg  # noqa: E402
+import _necks  # noqa: E402
 import _runtime  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------- model + data
 def load_cfg(path: str, options: dict | None = None):
-    """Config with its scope's modules registered (and custom_imports imported); returns (cfg, scope)."""
-    from mmengine.config import Config
-    if not osp.isfile(path):
-        raise _runtime.ConfigCheckError(f"config file '{path}' does not exist")
-    cfg = Config.fromfile(path)
-    scope = _runtime.setup_scope(cfg)
-    _runtime.check_cfg_options(cfg, options, scope)
-    if options:
-        cfg.merge_from_dict(options)
+    """Config with its scope's modules registered (and custom_imports imported), ``--cfg-options`` applied
+    (``data_root=`` moves the dataset paths) and the neck widths checked; returns (cfg, scope)."""
+    cfg, scope = _cfg.read_config(path, options)
+    _necks.check_neck_widths(cfg, scope)
     return cfg, scope
 
 
@@ -131,7 +130,7 @@ def _timed(step, n_warmup: int, n_iters: int, device: str, label: str) -> dict:
     """Run ``step`` n_warmup + n_iters times with a progress bar; ms of the timed ones and the phase's peak MB."""
     from mmengine.utils import ProgressBar
     print(f'  {label}: {n_warmup} warm-up + {n_iters} timed iterations', flush=True)
-    bar = ProgressBar(n_warmup + n_iters)
+    bar = ProgressBar(n_warmup + n_iters, file=sys.stdout)
     _reset_peak(device)
     times = []
     for i in range(n_warmup + n_iters):
@@ -169,7 +168,7 @@ def benchmark_config(path: str, args, options: dict | None) -> dict:
                 model(**data, mode='predict')
 
         r = _timed(infer, args.warmup, args.iters, device, 'inference')
-        result['infer'] = dict(r, fps=args.batch_size * 1e3 / r['median_ms'])
+        result['infer'] = dict(r, fps=args.batch_size * 1e3 / r['median_ms'], input_shape=_ran_at(data, h, w))
 
     if args.mode in ('train', 'both'):
         model.train()
@@ -186,9 +185,19 @@ def benchmark_config(path: str, args, options: dict | None) -> dict:
             scaler.update()
 
         r = _timed(train_step, args.warmup, args.iters, device, 'train step')
-        result['train'] = dict(r, imgs_per_s=args.batch_size * 1e3 / r['median_ms'])
+        result['train'] = dict(r, imgs_per_s=args.batch_size * 1e3 / r['median_ms'], input_shape=_ran_at(data, h, w))
     del model
     return result
+
+
+def _ran_at(data: dict, h: int, w: int) -> list[int]:
+    """(B, 3, H, W) of the batch the model received; says so when the data preprocessor changed --shape (it pads to
+    its size divisor, and mmseg's training preprocessor to the config's crop size)."""
+    shape = list(data['inputs'].shape)
+    if shape[-2:] != [h, w]:
+        print(f'  note: the data preprocessor made the {h}x{w} input {shape[-2]}x{shape[-1]}; '
+              'measured at that size', flush=True)
+    return shape
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -201,18 +210,24 @@ def machine_header(device: str) -> str:
 
 
 def format_table(results: list[dict], device: str) -> str:
-    cols = ['config', 'params M', 'infer ms', 'FPS', 'infer peak MB', 'train ms', 'train img/s', 'train peak MB']
+    cols = ['config', 'params M', 'infer HxW', 'infer ms', 'FPS', 'infer peak MB', 'train HxW', 'train ms',
+            'train img/s', 'train peak MB']
     rows = []
+
+    def hw(phase):
+        return 'x'.join(map(str, phase['input_shape'][-2:])) if phase else '-'
+
     for r in results:
         i, t = r.get('infer', {}), r.get('train', {})
-        rows.append([osp.splitext(osp.basename(r['config']))[0], f"{r['params_m']:.1f}",
+        rows.append([osp.splitext(osp.basename(r['config']))[0], f"{r['params_m']:.1f}", hw(i),
                      f"{i['median_ms']:.1f}" if i else '-', f"{i['fps']:.2f}" if i else '-',
-                     f"{i['peak_mb']:.0f}" if i else '-', f"{t['median_ms']:.1f}" if t else '-',
+                     f"{i['peak_mb']:.0f}" if i else '-', hw(t), f"{t['median_ms']:.1f}" if t else '-',
                      f"{t['imgs_per_s']:.2f}" if t else '-', f"{t['peak_mb']:.0f}" if t else '-'])
     widths = [max(len(c), *(len(row[k]) for row in rows)) for k, c in enumerate(cols)]
     r0 = results[0]
     lines = [machine_header(device),
-             f"# input {r0['batch']} x 3 x {r0['shape'][0]} x {r0['shape'][1]}, amp {r0['amp']}, median of timed "
+             f"# batch {r0['batch']}, --shape {r0['shape'][0]} {r0['shape'][1]} (HxW: what the model received), "
+             f"amp {r0['amp']}, median of timed "
              'iterations' + ('' if device.startswith('cuda') else '; CPU peak = process peak RSS (cumulative)'),
              ' | '.join(c.ljust(wd) for c, wd in zip(cols, widths)),
              '-|-'.join('-' * wd for wd in widths)]
@@ -246,7 +261,9 @@ def parse_args(argv=None):
     from mmengine.config import DictAction
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('configs', nargs='+', help='config files, measured one after the other')
-    ap.add_argument('--shape', type=int, nargs=2, default=[1024, 1024], metavar=('H', 'W'))
+    ap.add_argument('--shape', type=int, nargs=2, default=[1024, 1024], metavar=('H', 'W'),
+                    help='synthetic image size; the table and JSON report the size the model received (the data '
+                    'preprocessor pads to its size divisor, and mmseg\'s to the crop size in training)')
     ap.add_argument('--batch-size', type=int, default=1)
     ap.add_argument('--mode', choices=['infer', 'train', 'both'], default='both')
     ap.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='autocast dtype (GPU)')

@@ -2,7 +2,8 @@
 
 Detection (mmdet): boxes, labels and instance masks with ``DetLocalVisualizer``; segmentation (mmseg): the label
 map with ``SegLocalVisualizer``; the library is chosen by the config's ``default_scope``. Augmentations of the
-training pipeline are applied, so running it twice shows different crops / flips.
+training pipeline are applied, so running it twice shows different crops / flips. Val / test pipelines load the
+annotations after resizing the image; here they are loaded first, so that the drawn ground truth fits.
 
     python tools/browse_dataset.py CONFIG [--split train|val|test] [--num 8] [--out-dir work_dirs/browse]
         [--cfg-options k=v ...]
@@ -13,33 +14,54 @@ import argparse
 import os
 import os.path as osp
 import sys
-import uuid
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import _cfg  # noqa: E402
 import _runtime  # noqa: E402
+import _vis  # noqa: E402
+
+
+LOADERS = ('LoadImageFromFile', 'mmdet.LoadImageFromFile', 'mmseg.LoadImageFromFile', 'LoadImageFromNDArray')
+ANNOTATIONS = ('LoadAnnotations', 'mmdet.LoadAnnotations', 'mmseg.LoadAnnotations')
+
+
+def annotations_first(pipeline: list) -> list:
+    """The pipeline with the annotation loading moved right after the image loading. Stock val / test pipelines
+    resize the image before loading the annotations (the metric compares at the original size), so the ground
+    truth would not fit the drawn image; loaded first, the resize scales it with the image."""
+    names = [t.get('type') if isinstance(t, dict) else None for t in pipeline]
+    ann = [i for i, n in enumerate(names) if n in ANNOTATIONS]
+    img = [i for i, n in enumerate(names) if n in LOADERS]
+    if not ann or not img or ann[0] < img[0]:
+        return list(pipeline)
+    rest = [t for i, t in enumerate(pipeline) if i != ann[0]]
+    return rest[:img[0] + 1] + [pipeline[ann[0]]] + rest[img[0] + 1:]
+
+
+def check_split_paths(cfg, split: str) -> None:
+    """The data paths of the split's datasets exist (whether or not the config runs that loop)."""
+    loader = cfg.get(f'{split}_dataloader')
+    if isinstance(loader, dict):
+        for key, ds in _runtime._walk_datasets(loader.get('dataset'), f'{split}_dataloader.dataset'):
+            _runtime._check_dataset(key, ds)
 
 
 def build_dataset(cfg, scope: str, split: str):
-    """The split's dataset object (pipeline included), built in the config's scope."""
+    """The split's dataset object (pipeline included, annotations loaded before any resize), built in the
+    config's scope."""
     from mmengine.registry import DATASETS, DefaultScope
     loader = cfg.get(f'{split}_dataloader')
     if not loader or 'dataset' not in loader:
         raise _runtime.ConfigCheckError(f'the config has no {split}_dataloader.dataset')
+    for _, ds in _runtime._walk_datasets(loader['dataset'], ''):
+        if isinstance(ds.get('pipeline'), list):
+            ds['pipeline'] = annotations_first(ds['pipeline'])
     with DefaultScope.overwrite_default_scope(scope):
         return DATASETS.build(loader['dataset'])
-
-
-def build_visualizer(cfg, scope: str, out_dir: str):
-    """The config's visualizer under a fresh instance name (visualizers are named singletons in mmengine)."""
-    from mmengine.registry import VISUALIZERS, DefaultScope
-    vis_cfg = dict(cfg.visualizer)
-    vis_cfg.update(name=f'browse_{uuid.uuid4().hex[:8]}', vis_backends=None, save_dir=out_dir)
-    with DefaultScope.overwrite_default_scope(scope):
-        return VISUALIZERS.build(vis_cfg)
 
 
 def to_drawable(item: dict, scope: str):
@@ -60,7 +82,7 @@ def to_drawable(item: dict, scope: str):
 
 
 def main(argv=None) -> int:
-    from mmengine.config import Config, DictAction
+    from mmengine.config import DictAction
     from mmengine.utils import ProgressBar
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('config')
@@ -70,23 +92,17 @@ def main(argv=None) -> int:
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     args = ap.parse_args(argv)
     try:
-        if not osp.isfile(args.config):
-            raise _runtime.ConfigCheckError(f"config file '{args.config}' does not exist")
-        cfg = Config.fromfile(args.config)
-        scope = _runtime.setup_scope(cfg)
-        _runtime.check_cfg_options(cfg, args.cfg_options, scope)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
-        _runtime.check_data_paths(cfg, [args.split] if args.split == 'train' else [])
+        cfg, scope = _cfg.read_config(args.config, args.cfg_options)
+        check_split_paths(cfg, args.split)
         dataset = build_dataset(cfg, scope, args.split)
     except _runtime.ConfigCheckError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     os.makedirs(args.out_dir, exist_ok=True)
-    visualizer = build_visualizer(cfg, scope, args.out_dir)
+    visualizer = _vis.build_visualizer(cfg, scope, args.out_dir)
     visualizer.dataset_meta = dataset.metainfo
     num = min(args.num, len(dataset))
-    bar = ProgressBar(num)
+    bar = ProgressBar(num, file=sys.stdout)
     for i in range(num):
         item = dataset[i]
         img, sample = to_drawable(item, scope)

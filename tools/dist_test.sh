@@ -11,8 +11,9 @@ CHECKPOINT=$2
 GPUS=$3
 shift 3
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-"$ROOT/.venv/bin/python"}
-[ -x "$PYTHON" ] || PYTHON=python
+# shellcheck source=tools/_dist_env.sh
+. "$ROOT/tools/_dist_env.sh"
+sd_dist_python "$ROOT" "$GPUS"  # sets PYTHON; one-line error without torch / CUDA devices
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-process training with torchrun (PyTorch DDP through mmengine), one process per GPU.
 #   bash tools/dist_train.sh CONFIG GPUS [train.py args...]
+# PYTHON: $PYTHON, else .venv/bin/python, else the active python3.
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT environment variables.
 set -euo pipefail
 if [ $# -lt 2 ]; then
@@ -11,8 +12,9 @@ CONFIG=$1
 GPUS=$2
 shift 2
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-"$ROOT/.venv/bin/python"}
-[ -x "$PYTHON" ] || PYTHON=python
+# shellcheck source=tools/_dist_env.sh
+. "$ROOT/tools/_dist_env.sh"
+sd_dist_python "$ROOT" "$GPUS"  # sets PYTHON; one-line error without torch / CUDA devices
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

@@ -11,7 +11,7 @@ its shapes). Counts are multiply-accumulates, as mmengine reports them ("FLOPs" 
 The whole network runs in mmengine's ``tensor`` mode on one synthetic image (detectors: backbone, neck, RPN and RoI
 heads; data-dependent parts such as the number of proposals after NMS follow the synthetic input).
 
-    python tools/get_flops.py CONFIG [--shape 800 1333] [--cfg-options k=v ...]
+    python tools/get_flops.py CONFIG [--shape 800 1333 | --shape 512] [--cfg-options k=v ...]
 """
 from __future__ import annotations
 
@@ -175,15 +175,20 @@ def main(argv=None) -> int:
     from mmengine.config import DictAction
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('config')
-    ap.add_argument('--shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'))
-    ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
+    ap.add_argument('--shape', type=int, nargs='+', default=[800, 1333], metavar='SIZE',
+                    help='input image size: H W, or one int for a square image (default 800 1333)')
+    ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                    help='override config keys, e.g. model.backbone.arch=small')
     args = ap.parse_args(argv)
+    if len(args.shape) > 2 or min(args.shape) < 1:
+        ap.error(f'--shape takes one or two positive ints (H W), got {args.shape}')
+    shape = (args.shape[0], args.shape[-1])
     try:
         cfg, scope = load_cfg(args.config, args.cfg_options)
     except _runtime.ConfigCheckError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    r = count(cfg, scope, tuple(args.shape))
+    r = count(cfg, scope, shape)
     print(f'config: {args.config}\ninput: {r["input_shape"]}')
     print(f'FLOPs (multiply-accumulates): {_g(r["total_macs"])} = traced {_g(r["traced_macs"])} '
           f'+ sparse attention {_g(r["sparse_attention_macs"])}')

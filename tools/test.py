@@ -1,11 +1,13 @@
 """Evaluate a checkpoint of a detector (mmdet) or segmentor (mmseg); the library comes from ``default_scope``.
 
-    python tools/test.py CONFIG CHECKPOINT [--show-dir DIR] [--out preds.pkl] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CHECKPOINT [--show-dir DIR] [--show [--wait-time 2]] [--out preds.pkl | DIR]
+        [--cfg-options k=v ...]
     bash tools/dist_test.sh CONFIG CHECKPOINT 2 [args]
 
 Prints the metrics (COCO bbox/segm mAP, mIoU) and writes them to ``<work_dir>/test_metrics.json``. ``--show-dir``
 draws the predictions on every test image and saves PNGs (mmdet: DIR/<image>.png; mmseg: DIR/vis_data/vis_image/
-<image>_<iter>.png, left ground truth, right prediction).
+<image>_<iter>.png, left ground truth, right prediction). ``--out DIR`` (segmentation) writes label-map PNGs as
+mmseg's test.py does; ``--out preds.pkl`` the raw predictions (``_outputs``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo 
 # (measured on the 2-core machines); must be set before torch is imported
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
+import _outputs  # noqa: E402
 import _runtime  # noqa: E402
 
 
@@ -30,8 +33,11 @@ def parse_args(argv=None):
     ap.add_argument('config', help='config file path')
     ap.add_argument('checkpoint', help='checkpoint file (e.g. written by tools/train.py)')
     ap.add_argument('--work-dir', help='folder for logs and test_metrics.json (default: ./work_dirs/<config name>)')
-    ap.add_argument('--out', help='dump the raw predictions to this .pkl file')
+    ap.add_argument('--out', help='preds.pkl: dump the raw predictions; DIR (segmentation): write one label-map '
+                    'PNG per test image there (mmseg\'s format)')
     ap.add_argument('--show-dir', help='draw predictions on the test images and save them as PNGs here')
+    ap.add_argument('--show', action='store_true', help='show each drawing in a window (needs a display)')
+    ap.add_argument('--wait-time', type=float, default=2, help='seconds each --show window stays open')
     ap.add_argument('--score-thr', type=float, default=0.3, help='detection score threshold for drawing')
     ap.add_argument('--tta', action='store_true', help='test-time augmentation (config needs tta_model/tta_pipeline)')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
@@ -46,25 +52,13 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from mmengine.config import ConfigDict
     cfg, scope = _runtime.load_config(args)
     if not osp.isfile(args.checkpoint):
         raise _runtime.ConfigCheckError(f"checkpoint '{args.checkpoint}' does not exist")
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
-    if args.show_dir:
-        vis = cfg.default_hooks.get('visualization')
-        if vis is None:
-            raise _runtime.ConfigCheckError('--show-dir: the config has no default_hooks.visualization')
-        show_dir = osp.abspath(args.show_dir)
-        vis.draw = True
-        if scope == 'mmdet':
-            vis.test_out_dir = show_dir  # absolute, so the hook does not nest it under work_dir/timestamp
-            vis.score_thr = args.score_thr
-        else:
-            vis.interval = 1
-            cfg.visualizer.save_dir = show_dir
+    _outputs.set_drawing(cfg, scope, args.show_dir, args.show, args.wait_time, args.score_thr)
 
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
@@ -74,12 +68,7 @@ def build_cfg(args):
         cfg.model = cfg.tta_model
 
     if args.out:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise _runtime.ConfigCheckError(f"--out: expected a .pkl file, got '{args.out}'")
-        dump = ConfigDict(type='DumpDetResults' if scope == 'mmdet' else 'mmengine.DumpResults',
-                          out_file_path=args.out)
-        ev = cfg.test_evaluator
-        cfg.test_evaluator = (list(ev) if isinstance(ev, (list, tuple)) else [ev]) + [dump]
+        _outputs.set_out(cfg, scope, args.out)
 
     _runtime.check_data_paths(cfg, ['test'])
     _runtime.trust_checkpoints(args.checkpoint)

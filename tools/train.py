@@ -6,6 +6,7 @@ The library is picked from the config's ``default_scope``. Examples:
     python tools/train.py CONFIG --work-dir work_dirs/x --resume            # continue from the latest checkpoint
     python tools/train.py CONFIG --resume work_dirs/x/iter_200.pth          # continue from this checkpoint
     python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100 --amp
+    python tools/train.py CONFIG --no-amp                                   # fp32 (automatic without CUDA)
     bash tools/dist_train.sh CONFIG 2 [args]                                # torchrun, 2 processes
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo 
 # (measured on the 2-core machines); must be set before torch is imported
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
+import _amp  # noqa: E402
 import _runtime  # noqa: E402
 
 
@@ -32,7 +34,11 @@ def parse_args(argv=None):
     ap.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CHECKPOINT',
                     help='resume: without a value from the latest checkpoint in the work dir, '
                     'with a value from that checkpoint')
-    ap.add_argument('--amp', action='store_true', help='mixed-precision training (needs a GPU)')
+    amp = ap.add_mutually_exclusive_group()
+    amp.add_argument('--amp', action='store_true', help='mixed-precision training (AmpOptimWrapper; needs a GPU)')
+    amp.add_argument('--no-amp', action='store_true',
+                     help='fp32 training with a plain OptimWrapper, also for AMP configs (done by default, with a '
+                     'notice, when no CUDA device is present)')
     ap.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the real total batch size')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                     help='override config keys, e.g. train_cfg.max_iters=100 (keys must exist in the config); '
@@ -47,13 +53,12 @@ def parse_args(argv=None):
 
 def build_cfg(args):
     cfg, _ = _runtime.load_config(args)
-    if args.amp:
-        import torch
-        if not torch.cuda.is_available():
-            raise _runtime.ConfigCheckError('--amp needs a CUDA device (mmengine AmpOptimWrapper); none is available')
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    try:
+        notice = _amp.set_amp(cfg, args.amp, args.no_amp)
+    except ValueError as e:
+        raise _runtime.ConfigCheckError(str(e)) from e
+    if notice:
+        print(notice, file=sys.stderr)
 
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
