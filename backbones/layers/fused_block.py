@@ -17,10 +17,13 @@ Function. Its ``forward`` / ``backward`` are :func:`fused_forward` / :func:`fuse
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+
+from mmengine.logging import print_log
 
 from sparse_ops.backend import requested_backend
 
@@ -35,7 +38,8 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
     x in fp32 or the matmuls' dtype, the Linear weights (``qkv``'s) in the dtype the matmuls run in (under
     autocast: pre-cast by ``cast_linear_weights``, which ``with_cp`` turns off), fewer than 2**31 qkv elements
     per sample, and ``triton_runs(x, low, backend, *args)`` (the pattern's own check). The answer is cached on the
-    block per (shape, dtypes, device, backend, autocast, ``key``)."""
+    block per (shape, dtypes, device, backend, autocast, ``key``) and logged at DEBUG level when first decided
+    (mmengine's current logger: ``log_level='DEBUG'`` in a config shows which path each block takes)."""
     if torch.compiler.is_compiling():
         return False
     backend = requested_backend(backend, what)
@@ -46,9 +50,17 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
     full_key = (x.shape, x.dtype, low, x.device, backend, autocast, key)
     cache = block.__dict__.setdefault('_fused_cache', {})
     if full_key not in cache:
+        if len(cache) >= 1024:                 # many input sizes (multi-scale training): keep the dict bounded
+            cache.clear()
         want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        cache[full_key] = (low == want and x.dtype in (torch.float32, low)
-                           and x[0].numel() * 3 < 2 ** 31 and triton_runs(x, low, backend, *args))
+        cache[full_key] = fused = (low == want and x.dtype in (torch.float32, low)
+                                   and x[0].numel() * 3 < 2 ** 31 and triton_runs(x, low, backend, *args))
+        graphs = getattr(block, 'graphs', None)
+        print_log(f'{type(block).__name__} {tuple(x.shape)} {x.dtype}, weights {low}, backend {backend}, autocast '
+                  f'{autocast}: ' + ('fused node' + (', CUDA graphs once the signature repeats'
+                                                     if graphs is not None and graphs.pool.enabled
+                                                     and (x.is_cuda or graphs.pool.emulate) else '')
+                                     if fused else 'module composition'), logger='current', level=logging.DEBUG)
     return cache[full_key]
 
 
@@ -65,6 +77,8 @@ def cached_spec(block, key: tuple, build: Callable[[], Any]):
     cache = block.__dict__.setdefault('_fused_specs', {})
     spec = cache.get(key)
     if spec is None:
+        if len(cache) >= 1024:                 # many input sizes: keep the dict bounded
+            cache.clear()
         spec = cache[key] = build()
     return spec
 

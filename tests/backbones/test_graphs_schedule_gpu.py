@@ -70,16 +70,15 @@ def _graphs(model):
     return [m.graphs for m in model.modules() if getattr(m, 'graphs', None) is not None]
 
 
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
-@pytest.mark.parametrize('name', list(MODELS))
-def test_multiscale_schedule_with_graphs(name, dtype):
-    base = _settle()
+def _train_schedule(name: str, dtype: torch.dtype) -> None:
+    """The schedule on a graphed and a plain model (same weights), checked step by step; everything it builds dies
+    when it returns."""
     ref, gr = _build(MODELS[name], graphs=False), _build(MODELS[name], graphs=True)
     gr.load_state_dict(ref.state_dict())
     # the blocks' own fused path computes in the autocast dtype: one last-bit flip of a low-precision activation
     # is ~4e-3 of itself in bf16, ~5e-4 in fp16; graphs and eager differ only in the order of atomic adds
     tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
-    peaks = []
+    allocated = []
     with warnings.catch_warnings():
         warnings.simplefilter('error')                       # a failed capture warns: make it fail the test
         for step, (h, w) in enumerate(SCHEDULE):
@@ -98,13 +97,19 @@ def test_multiscale_schedule_with_graphs(name, dtype):
                     _close(a, b, f'eval after step {step} output {i}', tol)
                 for m in (ref, gr):
                     m.train()
-            peaks.append(torch.cuda.memory_allocated())
+            allocated.append(torch.cuda.memory_allocated())
     graphs = _graphs(gr)
     assert graphs and graphs[0].pool.captures > 0, 'no graph was captured'
     assert all(len(g.signatures()) <= g.pool.max_signatures for g in graphs)
     print(f'{name} {dtype}: {graphs[0].pool.captures} captures; allocated after 16 / 48 / {len(SCHEDULE)} steps: '
-          f'{peaks[15] / 2**20:.0f} / {peaks[47] / 2**20:.0f} / {peaks[-1] / 2**20:.0f} MiB')
-    del ref, gr, graphs, x, got, want, dx_got, dx_want
+          f'{allocated[15] / 2**20:.0f} / {allocated[47] / 2**20:.0f} / {allocated[-1] / 2**20:.0f} MiB')
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('name', list(MODELS))
+def test_multiscale_schedule_with_graphs(name, dtype):
+    base = _settle()
+    _train_schedule(name, dtype)
     left = _settle() - base
     print(f'{name} {dtype}: {left / 2**20:.2f} MiB allocated after deleting the models')
     assert left <= 2**20, f'{left / 2**20:.1f} MiB still allocated after deleting the models'

@@ -55,6 +55,7 @@ def _shrink(node):
 
 
 def _one_iteration(cfg):
+    cfg.model.backbone.init_cfg = None  # the zoo configs name official ImageNet weights: no download in tests
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.train_dataloader.batch_size = 2  # BatchNorm after UperHead's 1x1 pooling needs two images
