@@ -43,8 +43,6 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
     if torch.compiler.is_compiling():
         return False
     backend = requested_backend(backend, what)
-    if backend == 'torch' or (backend is None and not x.is_cuda):
-        return False
     low = (qkv._low[0] if qkv._low is not None else qkv.weight).dtype
     autocast = torch.is_autocast_enabled(x.device.type)
     full_key = (x.shape, x.dtype, low, x.device, backend, autocast, key)
@@ -53,7 +51,8 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
         if len(cache) >= 1024:                 # many input sizes (multi-scale training): keep the dict bounded
             cache.clear()
         want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        cache[full_key] = fused = (low == want and x.dtype in (torch.float32, low)
+        cache[full_key] = fused = (backend != 'torch' and (backend is not None or x.is_cuda)
+                                   and low == want and x.dtype in (torch.float32, low)
                                    and x[0].numel() * 3 < 2 ** 31 and triton_runs(x, low, backend, *args))
         graphs = getattr(block, 'graphs', None)
         print_log(f'{type(block).__name__} {tuple(x.shape)} {x.dtype}, weights {low}, backend {backend}, autocast '
