@@ -117,6 +117,13 @@ def drop_path_schedule(drop_path_rate: float, depths: Sequence[int]) -> list[lis
     return schedule
 
 
+def _cast_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with its ``Linear`` / ``Conv2d`` weights pre-cast for autocast
+    (``cast_linear_weights``), so that a checkpointed block keeps its fused path and its recomputation casts again."""
+    with cast_linear_weights(module):
+        return module(*args, **kwargs)
+
+
 def checkpoint_call(fn: Callable[..., Any], *args: Any, enabled: bool, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, under ``torch.utils.checkpoint`` (non-reentrant) when ``enabled`` and autograd
     records (some input or parameter needs a gradient); plain call otherwise."""
@@ -225,7 +232,11 @@ class SparseBackbone(BaseModule):
 
     # -- forward helpers ------------------------------------------------------------------------------------------
     def checkpointed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call ``fn`` under activation checkpointing when ``with_cp`` and autograd is recording."""
+        """Call ``fn`` under activation checkpointing when ``with_cp`` and autograd is recording. With ``with_cp`` a
+        block (``fn`` a module) casts its own weights inside the checkpoint (``forward``'s backbone-wide cast is
+        off then, since the recomputation runs after it has returned), so it keeps the fused path under AMP."""
+        if self.with_cp and isinstance(fn, nn.Module):
+            return checkpoint_call(_cast_call, fn, *args, enabled=True, **kwargs)
         return checkpoint_call(fn, *args, enabled=self.with_cp, **kwargs)
 
     def _check_input(self, x: Any) -> None:

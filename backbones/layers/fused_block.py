@@ -36,7 +36,7 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
     """Whether ``block`` runs this call as its fused node: the Triton path (``backend``, or the
     ``sparse_ops.use_backend`` default for the op ``what``: CUDA when None, CPU only when 'triton'), not compiling,
     x in fp32 or the matmuls' dtype, the Linear weights (``qkv``'s) in the dtype the matmuls run in (under
-    autocast: pre-cast by ``cast_linear_weights``, which ``with_cp`` turns off), fewer than 2**31 qkv elements
+    autocast: pre-cast by ``cast_linear_weights``, per backbone or, with ``with_cp``, per block), fewer than 2**31 qkv elements
     per sample, and ``triton_runs(x, low, backend, *args)`` (the pattern's own check). The answer is cached on the
     block per (shape, dtypes, device, backend, autocast, ``key``) and logged at DEBUG level when first decided
     (mmengine's current logger: ``log_level='DEBUG'`` in a config shows which path each block takes)."""
