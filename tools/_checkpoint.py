@@ -1,7 +1,7 @@
 """Checkpoint files the tools can trust: weights-only loading, atomic writes with an integrity record, resume
 fallback, and a fit check against the model.
 
-- ``load_local(filename, map_location)``: the loader the tools register as mmengine's local-file scheme
+- ``load_from_local(filename, map_location)``: the loader the tools register as mmengine's local-file scheme
   (``install_loader``). It checks the file's integrity record when there is one, then reads it with
   ``torch.load(weights_only=True)``: no file can run code. A file that needs arbitrary globals gives one
   ``CheckpointError`` line naming it and the way out (``--trust-checkpoint``, off by default, only for the files the
@@ -158,7 +158,7 @@ def _refusal(filename: str, why: str) -> CheckpointError:
 
 def check_checkpoint(filename: str) -> None:
     """Before any model is built: the file is intact and (unless trusted) holds nothing weights-only loading
-    refuses (a scan of its pickle opcodes, nothing is executed). ``load_local`` enforces the same when reading."""
+    refuses (a scan of its pickle opcodes, nothing is executed). ``load_from_local`` enforces the same when reading."""
     check_intact(filename)
     if _is_trusted(Path(filename).resolve()):
         return
@@ -170,7 +170,7 @@ def check_checkpoint(filename: str) -> None:
         raise _refusal(filename, 'it needs ' + ', '.join(unsafe[:3]) + (', ...' if len(unsafe) > 3 else ''))
 
 
-def load_local(filename: str, map_location=None):
+def load_from_local(filename: str, map_location=None):
     """mmengine's local-file scheme: integrity check, then ``torch.load(weights_only=True)``."""
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
@@ -190,13 +190,13 @@ def load_local(filename: str, map_location=None):
 
 
 def install_loader(*trusted: str | os.PathLike | None) -> None:
-    """Register ``load_local`` as mmengine's local-file loader; ``trusted`` (from ``--trust-checkpoint``) are the
+    """Register ``load_from_local`` as mmengine's local-file loader; ``trusted`` (from ``--trust-checkpoint``) are the
     files / folders that may fall back to full unpickling."""
     from mmengine.runner.checkpoint import CheckpointLoader
     for p in trusted:
         if p:
             _TRUSTED.add(Path(p).expanduser().resolve())
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
 # ------------------------------------------------------------------------------------------------- resume
@@ -252,11 +252,15 @@ def _few(names: list[str], n: int = 3) -> str:
 def fit_problem(model: torch.nn.Module, checkpoint) -> str | None:
     """Compare the checkpoint's state dict (``'module.'`` prefixes stripped, as mmengine does) with the model's:
     one line with the counts and a few names of missing / unexpected / mis-shaped keys, or None when it fits.
-    A missing ``num_batches_tracked`` does not count (mmengine ignores it too)."""
+    A missing ``num_batches_tracked`` does not count (mmengine ignores it too); DDP / TTA wrappers are unwrapped
+    as mmengine does when it loads."""
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         return f'it holds a {type(checkpoint).__name__}, not a state dict'
     state = {re.sub(r'^module\.', '', str(k)): v for k, v in state.items()}
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):  # what mmengine's load_state_dict loads into
+        model = model.module
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state if k not in own]

@@ -24,7 +24,6 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 import _checkpoint
@@ -155,8 +154,7 @@ class CheckpointFitHook(Hook):
         self.allow_partial = allow_partial
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        _checkpoint.check_fit(model, checkpoint, self.checkpoint, self.allow_partial)
+        _checkpoint.check_fit(runner.model, checkpoint, self.checkpoint, self.allow_partial)
 
 
 def use_safe_checkpoints(cfg) -> None:

@@ -11,9 +11,14 @@ parsed (no second parse of a COCO-size json) and checks every sample:
 
 Headers are read by a thread pool (I/O bound). The first bad file and the number of bad samples are reported as one
 ``DataCheckError`` line; ``--skip-data-check`` turns the hook off.
+
+mmengine cannot even build a dataset with no samples (``np.concatenate`` of an empty list while serializing it), so
+that failure comes before any hook: ``diagnose(cfg)``, called by train.py only when the run failed before the
+check ran, re-reads the annotation lists without serializing them and names the empty one.
 """
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +28,9 @@ from mmengine.registry import HOOKS
 
 class DataCheckError(RuntimeError):
     """A dataset problem found before training; the message is one line."""
+
+
+CHECKED = []  # phases DataCheckHook has checked in this process
 
 
 def _base_datasets(ds):
@@ -63,14 +71,22 @@ def sample_problem(info: dict) -> str | None:
     return None
 
 
+def _describe(base, name: str) -> str:
+    return f"{name} data ({getattr(base, 'ann_file', '') or getattr(base, 'data_root', '') or type(base).__name__})"
+
+
+def _empty_error(where: str) -> DataCheckError:
+    return DataCheckError(f'{where}: no samples (an empty annotation file, or no image with annotations while '
+                          'filter_empty_gt is on)')
+
+
 def check_dataset(ds, name: str, workers: int = 8) -> None:
     """Raise DataCheckError naming the first bad sample of ``ds`` (an mmengine BaseDataset or a wrapper of some)."""
     for base in _base_datasets(ds):
-        where = f"{name} data ({getattr(base, 'ann_file', '') or getattr(base, 'data_root', '') or type(base).__name__})"
+        where = _describe(base, name)
         n = len(base)
         if n == 0:
-            raise DataCheckError(f'{where}: no samples (empty annotation file, or no image with annotations while '
-                                 'filter_empty_gt is on)')
+            raise _empty_error(where)
         with ThreadPoolExecutor(workers) as pool:
             problems = [p for p in pool.map(lambda i: sample_problem(base.get_data_info(i)), range(n),
                                             chunksize=64) if p]
@@ -87,6 +103,44 @@ class DataCheckHook(Hook):
 
     def before_run(self, runner) -> None:
         check_dataset(runner.train_dataloader.dataset, 'train')
+        CHECKED.append('train')
         val_loop = runner.val_loop
         if val_loop is not None and hasattr(val_loop, 'dataloader'):
             check_dataset(val_loop.dataloader.dataset, 'val')
+            CHECKED.append('val')
+
+
+def _lazy(ds_cfg):
+    """A dataset config (and the datasets it wraps) with ``lazy_init=True``: built without reading annotations."""
+    if isinstance(ds_cfg, dict):
+        ds_cfg = dict(ds_cfg)
+        if 'dataset' in ds_cfg:
+            ds_cfg['dataset'] = _lazy(ds_cfg['dataset'])
+        if isinstance(ds_cfg.get('datasets'), (list, tuple)):
+            ds_cfg['datasets'] = [_lazy(d) for d in ds_cfg['datasets']]
+        if 'dataset' not in ds_cfg and 'datasets' not in ds_cfg:
+            ds_cfg['lazy_init'] = True
+    return ds_cfg
+
+
+def diagnose(cfg) -> DataCheckError | None:
+    """After the runner failed to build its datasets: the first train / val dataset whose annotation list is empty
+    (after mmdet's / mmseg's filtering), as a DataCheckError; None when that is not the cause."""
+    from mmengine.registry import DATASETS
+    for phase in ('train', 'val'):
+        loader = cfg.get(f'{phase}_dataloader')
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        try:
+            ds = DATASETS.build(_lazy(copy.deepcopy(loader['dataset'])))
+        except Exception:  # noqa: BLE001  another cause: the caller re-raises the original error
+            continue
+        for base in _base_datasets(ds):
+            try:
+                base.data_list = base.load_data_list()
+                empty = len(base.filter_data()) == 0
+            except Exception:  # noqa: BLE001
+                continue
+            if empty:
+                return _empty_error(_describe(base, phase))
+    return None
