@@ -228,14 +228,19 @@ def resolve_resume(work_dir: str | os.PathLike) -> tuple[Path | None, list[str]]
         else:
             cands.add(Path(named).resolve())
     damaged = []
-    for path in sorted(cands, key=lambda p: (_step(p), p.stat().st_mtime), reverse=True):
+    here = work.resolve()
+
+    def name(p: Path) -> str:  # short inside the work dir
+        return p.name if p.parent == here else str(p)
+
+    for path in sorted(cands, key=lambda p: (_step(p), p.parent == here, p.stat().st_mtime), reverse=True):
         why = damage(path)
         if why is None:
             if damaged:
-                notes.append(f'resuming from {path.name} (step {_step(path)}) because newer checkpoints are damaged: '
-                             + '; '.join(damaged))
+                notes.append(f'resuming from {name(path)} (step {_step(path)}) because newer checkpoints are '
+                             'damaged: ' + '; '.join(damaged))
             return path, notes
-        damaged.append(f'{path.name}: {why}')
+        damaged.append(f'{name(path)}: {why}')
     if damaged:
         raise CheckpointError(f'--resume: no intact checkpoint in {work}: ' + '; '.join(damaged))
     if last.is_file():
