@@ -56,9 +56,12 @@ class SafeCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if is_main_process() and osp.isdir(self.out_dir):  # temporary files of a write that was killed
-            for tmp in Path(self.out_dir).glob('.*.pth*.tmp-*'):
-                tmp.unlink(missing_ok=True)
+        if not is_main_process():
+            return
+        for folder, pattern in ((self.out_dir, '.*.pth*.tmp-*'), (runner.work_dir, '.last_checkpoint.tmp-*')):
+            if osp.isdir(folder):  # temporary files of a write that was killed
+                for tmp in Path(folder).glob(pattern):
+                    tmp.unlink(missing_ok=True)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         outdated = None
