@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import DET_CFG, SEG_CFG, TINY_ARCH, TOOLS, load_tool, run_tool, tool_env
+from conftest import DET_CFG, SEG_CFG, TINY_ARCH, TOOLS, run_tool, tool_env
 
 # a few iterations with 2 images of 64 px and a 1-block-per-stage HWT; validation only at the end
 SMOKE = [TINY_ARCH, 'train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
