@@ -179,14 +179,19 @@ def load_from_local(filename: str, map_location=None):
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001  torch names the global it refused
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        detail = [ln for ln in lines[1:] if not ln.startswith(('Please file', 'Check the documentation'))] or lines
+        if not any('GLOBAL' in ln for ln in lines):  # not a refusal: the file itself cannot be read
+            raise CheckpointError(f"checkpoint '{filename}' cannot be read ({type(e).__name__}: "
+                                  f'{detail[0][:300]})') from e
         if not _is_trusted(Path(filename).resolve()):
-            lines = str(e).strip().splitlines()
-            why = next((ln.strip() for ln in lines if 'GLOBAL' in ln or 'Unsupported global' in ln),
-                       lines[0] if lines else type(e).__name__)
-            raise _refusal(filename, why[:300]) from e
+            raise _refusal(filename, next(ln for ln in lines if 'GLOBAL' in ln)[:300]) from e
     print(f"WARNING: --trust-checkpoint: unpickling '{filename}' with full pickle; a malicious file runs code now",
           file=sys.stderr, flush=True)
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint '{filename}' cannot be read ({type(e).__name__}: {str(e)[:300]})") from e
 
 
 def install_loader(*trusted: str | os.PathLike | None) -> None:

@@ -71,6 +71,14 @@ def test_trust_checkpoint_is_explicit_and_per_file(tmp_path, loader, capfd):
     assert not (tmp_path / 'other_ran').exists()
 
 
+def test_unreadable_file_is_not_called_unsafe(tmp_path, loader):
+    bad = tmp_path / 'garbage.pth'
+    bad.write_bytes(b'garbage, neither a zip nor a pickle')
+    ck.install_loader()
+    with pytest.raises(ck.CheckpointError, match=r"garbage\.pth' cannot be read \(UnpicklingError: Unsupported"):
+        loader.load_checkpoint(str(bad))
+
+
 def test_atomic_write_record_and_damage(tmp_path):
     path = tmp_path / 'iter_4.pth'
     state = {'state_dict': {'w': torch.randn(4096)}}
