@@ -168,11 +168,25 @@ def use_safe_checkpoints(cfg) -> None:
         out_dir = str(hook.get('out_dir') or cfg.work_dir)
         if hook.get('backend_args') is None and hook.get('file_client_args') is None and '://' not in out_dir:
             hook['backend_args'] = dict(backend=BACKEND)
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='PlainCheckpointStateHook')]
+    add_hook(cfg, dict(type='PlainCheckpointStateHook'))
+
+
+def add_hook(cfg, hook: dict) -> None:
+    """Append ``hook`` to ``cfg.custom_hooks`` unless a hook of its type is there (a config dumped by a run)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(h, dict) and h.get('type') == hook['type'] for h in hooks):
+        hooks.append(hook)
+    cfg.custom_hooks = hooks
+
+
+def drop_hook(cfg, type_name: str) -> None:
+    """Remove the hooks of type ``type_name`` from ``cfg.custom_hooks``."""
+    cfg.custom_hooks = [h for h in (cfg.get('custom_hooks') or [])
+                        if not (isinstance(h, dict) and h.get('type') == type_name)]
 
 
 def check_checkpoint_fit(cfg, checkpoint: str, allow_partial: bool) -> None:
     """Test with ``CheckpointFitHook`` (and ``PlainCheckpointStateHook``, which turns a training state back)."""
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
-        dict(type='PlainCheckpointStateHook'),
-        dict(type='CheckpointFitHook', checkpoint=str(checkpoint), allow_partial=bool(allow_partial))]
+    add_hook(cfg, dict(type='PlainCheckpointStateHook'))
+    drop_hook(cfg, 'CheckpointFitHook')
+    add_hook(cfg, dict(type='CheckpointFitHook', checkpoint=str(checkpoint), allow_partial=bool(allow_partial)))

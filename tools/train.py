@@ -6,7 +6,12 @@ The library is picked from the config's ``default_scope``. Examples:
     python tools/train.py CONFIG --work-dir work_dirs/x --resume            # continue from the latest checkpoint
     python tools/train.py CONFIG --resume work_dirs/x/iter_200.pth          # continue from this checkpoint
     python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100 --amp
+    python tools/train.py CONFIG --resume old.pth --trust-checkpoint       # a legacy file you trust
+    python tools/train.py CONFIG --skip-data-check                          # no dataset check before training
     bash tools/dist_train.sh CONFIG 2 [args]                                # torchrun, 2 processes
+
+Checkpoints are read weights-only and written atomically with an integrity record (``_checkpoint``,
+``_checkpoint_hooks``); the datasets are checked before the first iteration (``_datacheck``).
 """
 from __future__ import annotations
 
@@ -86,9 +91,10 @@ def build_cfg(args):
         _checkpoint.check_checkpoint(cfg.load_from)
     import _checkpoint_hooks
     _checkpoint_hooks.use_safe_checkpoints(cfg)
+    import _datacheck  # noqa: F401  registers DataCheckHook
+    _checkpoint_hooks.drop_hook(cfg, 'DataCheckHook')  # a config dumped by an earlier run may hold it
     if not args.skip_data_check:
-        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='DataCheckHook')]
-        import _datacheck  # noqa: F401  registers DataCheckHook
+        _checkpoint_hooks.add_hook(cfg, dict(type='DataCheckHook'))
     return cfg
 
 

@@ -184,3 +184,25 @@ def test_fit_problem_counts_and_names_keys():
     with pytest.raises(ck.CheckpointError, match=r"'x\.pth' does not fit.*--allow-partial-checkpoint"):
         ck.check_fit(model, partial, 'x.pth')
     ck.check_fit(model, partial, 'x.pth', allow_partial=True)
+
+
+def test_train_config_gets_each_hook_once(demo_root, tmp_path, monkeypatch):
+    """train.py swaps in SafeCheckpointHook and adds the state / data-check hooks, once, also to a config dumped by
+    an earlier run; --skip-data-check drops the data check."""
+    from conftest import DET_CFG
+    train = load_tool('train')
+    monkeypatch.chdir(demo_root)
+
+    def build(cfg_path, *flags):
+        cfg = train.build_cfg(train.parse_args([str(cfg_path), '--work-dir', str(tmp_path / 'w'), *flags]))
+        return cfg, [h['type'] for h in cfg.custom_hooks]
+
+    cfg, types = build(DET_CFG)
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    assert cfg.default_hooks.checkpoint.backend_args == {'backend': 'sparsedense_atomic_local'}
+    assert types.count('PlainCheckpointStateHook') == 1 and types.count('DataCheckHook') == 1
+    cfg.dump(str(tmp_path / 'dumped.py'))
+    cfg, types = build(tmp_path / 'dumped.py')
+    assert types.count('PlainCheckpointStateHook') == 1 and types.count('DataCheckHook') == 1
+    cfg, types = build(tmp_path / 'dumped.py', '--skip-data-check')
+    assert 'DataCheckHook' not in types and types.count('PlainCheckpointStateHook') == 1

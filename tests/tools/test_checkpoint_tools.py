@@ -176,6 +176,7 @@ def test_kill_during_save_then_resume(demo_root, tmp_path, moment, resumed):
 
 
 # ------------------------------------------------------------------------------------------------- fit check
+@pytest.mark.slow  # four tool runs; test_demo_refuses_a_foreign_checkpoint is the fast representative
 def test_foreign_checkpoint_is_refused_unless_partial_is_asked(seg_work, demo_root, tmp_path):
     foreign = tmp_path / 'foreign.pth'
     torch.save({'state_dict': {'classifier.weight': torch.zeros(10, 3)}}, foreign)
