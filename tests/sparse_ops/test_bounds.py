@@ -122,3 +122,25 @@ def test_batch_zero_gives_an_empty_output(backend):
         assert out.shape == shape[:-1] + (2 * d,)
         out.sum().backward()
         assert qkv.grad.shape == qkv.shape
+
+
+def test_clamp_is_exact_on_the_triton_path():
+    """The Triton path (interpreter) with the clamped sizes equals it with sizes a little past the input's."""
+    from sparse_ops.backend import load_triton_api
+    tri = load_triton_api()
+    g = torch.Generator().manual_seed(0)
+    q1 = [torch.randn(1, 2, 20, 16, generator=g) for _ in range(3)]
+    q2 = [torch.randn(1, 2, 5, 4, 16, generator=g) for _ in range(3)]
+    rpb = torch.randn(2, 17, 17, generator=g)
+    pairs = [
+        (so.hilbert_window_attention(*q1, 23, backend='triton'), tri.hilbert_window_attention(*q1, 23)),
+        (so.hilbert_window_attention(*q1, 45, True, backend='triton'), tri.hilbert_window_attention(*q1, 45, True)),
+        (so.hilbert_slide_attention(*q1, 47, backend='triton'), tri.hilbert_slide_attention(*q1, 47)),
+        (so.hilbert_neighborhood_attention_1d(*q1, 25, backend='triton'),
+         tri.hilbert_neighborhood_attention_1d(*q1, 25)),
+        (so.neighborhood_attention_2d(*q2, 9, 1, rpb, backend='triton'), tri.neighborhood_attention_2d(*q2, 9, 1, rpb)),
+        (so.neighborhood_attention_2d(*q2, 9, 7, rpb, backend='triton'), tri.neighborhood_attention_2d(*q2, 9, 7, rpb)),
+        (so.bilevel_routing_attention(*q2, 7, 30, backend='triton'), tri.bilevel_routing_attention(*q2, 7, 30)),
+    ]
+    for got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
