@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os.path as osp
+import re
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -62,6 +63,14 @@ class SafeCheckpointHook(CheckpointHook):
             if osp.isdir(folder):  # temporary files of a write that was killed
                 for tmp in Path(folder).glob(pattern):
                     tmp.unlink(missing_ok=True)
+        if self.max_keep_ckpts > 0 and self.keep_ckpt_ids and osp.isdir(self.out_dir):
+            # a kill between writing a checkpoint and deleting the outdated one leaves that one behind
+            prefix, _, suffix = self.filename_tmpl.partition('{}')
+            name = re.compile(re.escape(prefix) + r'(\d+)' + re.escape(suffix) + '$')
+            for path in Path(self.out_dir).iterdir():
+                m = name.match(path.name)
+                if m and int(m.group(1)) < min(self.keep_ckpt_ids):
+                    self.file_backend.remove(str(path))
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         outdated = None
