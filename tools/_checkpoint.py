@@ -136,7 +136,10 @@ def damage(path: str | os.PathLike) -> str | None:
 def check_intact(path: str | os.PathLike) -> None:
     """Raise CheckpointError when ``path`` is damaged; each unchanged file is checked once per process."""
     path = Path(path).resolve()
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({e.strerror})") from e
     if _VERIFIED.get(path) == (st.st_size, st.st_mtime_ns):
         return
     why = damage(path)
@@ -213,8 +216,8 @@ def _step(path: Path) -> int:
 def resolve_resume(work_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
     """The newest intact checkpoint to resume from, and notes (one line each) about what was skipped.
 
-    Candidates: ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir`` and the file ``last_checkpoint`` names, newest
-    step first. Returns ``(None, notes)`` when there is nothing to resume; raises CheckpointError when checkpoints
+    Candidates: ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir`` and in the folder of the file ``last_checkpoint``
+    names, newest step first. Returns ``(None, notes)`` when there is nothing to resume; raises CheckpointError when checkpoints
     exist but none is intact.
     """
     work = Path(work_dir)
@@ -230,8 +233,9 @@ def resolve_resume(work_dir: str | os.PathLike) -> tuple[Path | None, list[str]]
             notes.append(f'{last} is empty or unreadable; looking for checkpoints in {work}')
         elif not Path(named).is_file():
             notes.append(f"{last} names '{named[:200]}', which does not exist; looking for checkpoints in {work}")
-        else:
+        else:  # the hook's out_dir may differ from the work dir: look there too
             cands.add(Path(named).resolve())
+            cands |= {p.resolve() for p in Path(named).parent.glob('*.pth') if _CKPT_NAME.match(p.name)}
     damaged = []
     here = work.resolve()
 

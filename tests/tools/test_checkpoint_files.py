@@ -138,6 +138,18 @@ def test_resolve_resume_falls_back_to_the_newest_intact(tmp_path):
     assert path.name == 'iter_4.pth' and 'does not exist' in notes[0]
 
 
+def test_resolve_resume_looks_in_the_folder_last_checkpoint_names(tmp_path):
+    out = tmp_path / 'elsewhere'
+    for it in (2, 4):
+        _save(out / f'iter_{it}.pth', it)
+    (tmp_path / 'last_checkpoint').write_text(str(out / 'iter_4.pth'))
+    (out / 'iter_4.pth').write_bytes(b'')
+    path, notes = ck.resolve_resume(tmp_path)
+    assert path == (out / 'iter_2.pth').resolve() and str(out / 'iter_4.pth') in notes[0]
+    with pytest.raises(ck.CheckpointError, match=r"nope\.pth' cannot be read"):
+        ck.check_checkpoint(str(tmp_path / 'nope.pth'))
+
+
 def test_resolve_resume_errors_in_one_line(tmp_path):
     assert ck.resolve_resume(tmp_path) == (None, [])  # a fresh work dir: nothing to resume
     (tmp_path / 'last_checkpoint').write_text('')
