@@ -13,8 +13,8 @@ Headers are read by a thread pool (I/O bound). The first bad file and the number
 ``DataCheckError`` line; ``--skip-data-check`` turns the hook off.
 
 mmengine cannot even build a dataset with no samples (``np.concatenate`` of an empty list while serializing it), so
-that failure comes before any hook: ``diagnose(cfg)``, called by train.py only when the run failed before the
-check ran, re-reads the annotation lists without serializing them and names the empty one.
+that failure comes before any hook: ``diagnose(cfg)``, called by train.py only when the run failed while building
+its loops (``loops_built``), re-reads the annotation lists without serializing them and names the empty one.
 """
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ from mmengine.registry import HOOKS
 class DataCheckError(RuntimeError):
     """A dataset problem found before training; the message is one line."""
 
-
-CHECKED = []  # phases DataCheckHook has checked in this process
 
 
 def _base_datasets(ds):
@@ -103,11 +101,15 @@ class DataCheckHook(Hook):
 
     def before_run(self, runner) -> None:
         check_dataset(runner.train_dataloader.dataset, 'train')
-        CHECKED.append('train')
         val_loop = runner.val_loop
         if val_loop is not None and hasattr(val_loop, 'dataloader'):
             check_dataset(val_loop.dataloader.dataset, 'val')
-            CHECKED.append('val')
+
+
+def loops_built(runner) -> bool:
+    """Whether the runner got past building its train / val loops (and so their datasets). Runner.train assigns
+    ``_train_loop`` / ``_val_loop`` only once they are built (the public properties would try to build them)."""
+    return not isinstance(runner._train_loop, dict) and not isinstance(runner._val_loop, dict)
 
 
 def _lazy(ds_cfg):

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     except (_checkpoint.CheckpointError, _datacheck.DataCheckError) as e:
         return _runtime.fail(e)
     except Exception as e:  # noqa: BLE001  mmengine cannot build an empty dataset: name it (else re-raise)
-        problem = None if _datacheck.CHECKED else _datacheck.diagnose(cfg)
+        problem = None if _datacheck.loops_built(runner) else _datacheck.diagnose(cfg)
         if problem is None:
             raise
         problem.__cause__ = e
