@@ -5,12 +5,16 @@ Every function checks its arguments (ValueError naming the problem), picks a bac
 no ``backend``) or the PyTorch twin in :mod:`sparse_ops.reference`. Shapes: 1D ``(B, heads, N, D)`` with the
 N tokens in Hilbert order, 2D ``(B, heads, H, W, D)``; the output has q's shape and dtype; ``scale``
 defaults to ``D ** -0.5``.
+
+Sizes larger than the input can use are clamped here, before either backend sees them, to the smallest value
+that gives the same output (``docs/design.md``, "Sizes larger than the input"), so memory and time follow the
+tokens, not the requested window. A batch (or head count) of 0 returns an empty output.
 """
 from __future__ import annotations
 
 from . import reference
 from .backend import choose_backend, load_triton_api
-from .reference._common import check_hw, check_na2d_args, check_positive_int, check_qkv, check_rpb
+from .reference._common import ceil_div, check_hw, check_na2d_args, check_positive_int, check_qkv, check_rpb
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
            'neighborhood_attention_2d', 'bilevel_routing_attention']
@@ -28,26 +32,41 @@ def _check_1d(name, q, k, v, size_name, size, rpb, hw) -> int:
     return size
 
 
+def _empty(q, k, v, rpb=None):
+    """The output of a call with batch or heads 0: empty, q's shape and dtype, connected to the inputs."""
+    out = (q + k + v) * 0
+    return out if rpb is None else out + rpb.sum().to(out.dtype) * 0
+
+
+def _is_empty(q) -> bool:
+    return q.shape[0] == 0 or q.shape[1] == 0
+
+
 def _resolve_window(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
     window = _check_1d('hilbert_window_attention', q, k, v, 'window', window, rpb, hw)
+    # one chunk holds every token once window >= N (unshifted) / its first boundary is at >= N (shifted: 2N)
+    window = min(window, 2 * q.shape[2] if shift else q.shape[2])
     chosen = choose_backend(backend, q, 'window', window=window, shift=shift, rpb=rpb, hw=hw)
     return chosen, (window, shift, scale), dict(rpb=rpb, hw=hw)
 
 
 def _resolve_slide(q, k, v, window, scale=None, *, rpb=None, hw=None, backend=None):
     window = _check_1d('hilbert_slide_attention', q, k, v, 'window', window, rpb, hw)
+    window = min(window, 2 * q.shape[2] - 1)  # window//2 = N-1 already reaches every key
     chosen = choose_backend(backend, q, 'slide', window=window, rpb=rpb, hw=hw)
     return chosen, (window, scale), dict(rpb=rpb, hw=hw)
 
 
 def _resolve_na1d(q, k, v, kernel, scale=None, *, rpb=None, hw=None, backend=None):
     kernel = _check_1d('hilbert_neighborhood_attention_1d', q, k, v, 'kernel', kernel, rpb, hw)
+    kernel = min(kernel, q.shape[2])  # min(kernel, N) keys: all of them
     chosen = choose_backend(backend, q, 'na1d', kernel=kernel, rpb=rpb, hw=hw)
     return chosen, (kernel, scale), dict(rpb=rpb, hw=hw)
 
 
 def _resolve_na2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
     kernel_size, dilation = check_na2d_args(q, k, v, kernel_size, dilation, rpb, 'neighborhood_attention_2d')
+    kernel_size, dilation, rpb = _clamp_na2d(kernel_size, dilation, rpb, *q.shape[2:4])
     chosen = choose_backend(backend, q, 'na2d', kernel_size=kernel_size, dilation=dilation, rpb=rpb)
     return chosen, (kernel_size, dilation, rpb, scale), {}
 
@@ -59,8 +78,31 @@ def _resolve_routing(q, k, v, n_win, topk, scale=None, *, backend=None):
     topk = check_positive_int(topk, 'topk', name)
     if topk > n_win * n_win:
         raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
+    n_win, topk = _clamp_routing(n_win, topk, *q.shape[2:4])
     chosen = choose_backend(backend, q, 'routing', n_win=n_win, topk=topk)
     return chosen, (n_win, topk, scale), {}
+
+
+def _clamp_na2d(kernel_size: int, dilation: int, rpb, h: int, w: int):
+    """Dilation beyond max(H, W) makes every sub-grid one pixel (as max(H, W) does); a kernel beyond the longest
+    sub-grid side covers whole sides (as the smallest odd size >= that side does). ``rpb (heads, 2k-1, 2k-1)``
+    keeps its centre: offsets beyond the clamped kernel cannot occur."""
+    dilation = min(dilation, max(h, w))
+    side = ceil_div(max(h, w), dilation)
+    cap = side if side % 2 else side + 1
+    if kernel_size > cap:
+        if rpb is not None:
+            rpb = rpb[:, kernel_size - cap:kernel_size + cap - 1, kernel_size - cap:kernel_size + cap - 1]
+        kernel_size = cap
+    return kernel_size, dilation, rpb
+
+
+def _clamp_routing(n_win: int, topk: int, h: int, w: int) -> tuple[int, int]:
+    """The smallest ``n_win`` with the same row / column bands (``ceil(H/n_win)`` rows, ``ceil(W/n_win)`` columns):
+    bands past the input are empty. ``topk`` beyond the number of non-empty regions only adds empty ones."""
+    rh, rw = ceil_div(h, n_win), ceil_div(w, n_win)
+    rows, cols = ceil_div(h, rh), ceil_div(w, rw)
+    return max(rows, cols), min(topk, rows * cols)
 
 
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):
@@ -73,6 +115,8 @@ def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=No
     Returns ``(B, heads, N, D)`` in q's dtype.
     """
     chosen, args, kwargs = _resolve_window(q, k, v, window, shift, scale, rpb=rpb, hw=hw, backend=backend)
+    if _is_empty(q):
+        return _empty(q, k, v, rpb)
     impl = load_triton_api() if chosen == 'triton' else reference
     return impl.hilbert_window_attention(q, k, v, *args, **kwargs)
 
@@ -84,6 +128,8 @@ def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, b
     Returns ``(B, heads, N, D)`` in q's dtype.
     """
     chosen, args, kwargs = _resolve_slide(q, k, v, window, scale, rpb=rpb, hw=hw, backend=backend)
+    if _is_empty(q):
+        return _empty(q, k, v, rpb)
     impl = load_triton_api() if chosen == 'triton' else reference
     return impl.hilbert_slide_attention(q, k, v, *args, **kwargs)
 
@@ -96,6 +142,8 @@ def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, 
     Returns ``(B, heads, N, D)`` in q's dtype.
     """
     chosen, args, kwargs = _resolve_na1d(q, k, v, kernel, scale, rpb=rpb, hw=hw, backend=backend)
+    if _is_empty(q):
+        return _empty(q, k, v, rpb)
     impl = load_triton_api() if chosen == 'triton' else reference
     return impl.hilbert_neighborhood_attention_1d(q, k, v, *args, **kwargs)
 
@@ -111,6 +159,8 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     Returns ``(B, heads, H, W, D)`` in q's dtype.
     """
     chosen, args, kwargs = _resolve_na2d(q, k, v, kernel_size, dilation, rpb, scale, backend=backend)
+    if _is_empty(q):
+        return _empty(q, k, v, rpb)
     impl = load_triton_api() if chosen == 'triton' else reference
     return impl.neighborhood_attention_2d(q, k, v, *args, **kwargs)
 
@@ -124,5 +174,7 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):
     tokens of its routed regions. ``1 <= topk <= n_win**2``. Returns ``(B, heads, H, W, D)`` in q's dtype.
     """
     chosen, args, _ = _resolve_routing(q, k, v, n_win, topk, scale, backend=backend)
+    if _is_empty(q):
+        return _empty(q, k, v)
     impl = load_triton_api() if chosen == 'triton' else reference
     return impl.bilevel_routing_attention(q, k, v, *args)

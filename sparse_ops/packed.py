@@ -79,6 +79,8 @@ def qkv_attention(qkv, num_heads, pattern, *args, backend=None, **kwargs):
     qkv = qkv.contiguous()
     q = _query_view(qkv, num_heads)
     chosen, args, kwargs = resolve(q, q, q, *args, backend=backend, **kwargs)
+    if qkv.shape[0] == 0:  # batch 0: an empty (B, *S, C) output, connected to qkv
+        return qkv.narrow(-1, 0, qkv.shape[-1] // 3) * 0
     if chosen == 'triton':
         return load_triton_api().qkv_attention(qkv, num_heads, pattern, *args, q_like=q, **kwargs)
     out = getattr(reference, fn_name)(*_heads(qkv, num_heads), *args, **kwargs)   # (B, heads, *S, D)

@@ -1,11 +1,10 @@
-"""What tools/train.py and tools/test.py share: task scope, trusted checkpoint loading, config checks.
+"""What tools/train.py and tools/test.py share: task scope, config checks, the one-line error.
 
 - ``setup_scope(cfg)``: registers mmdet's or mmseg's modules, chosen by the config's ``default_scope``.
-- ``trust_checkpoints(*paths)``: torch >= 2.6 loads with ``weights_only=True`` by default and cannot unpickle the
-  ``HistoryBuffer``/``ConfigDict`` objects mmengine 0.10.7 writes into training checkpoints, so ``--resume`` and
-  testing a checkpoint written by ``tools/train.py`` fail. We re-register mmengine's local-file loader: files under
-  the paths the user handed to the tool (the work dir, ``--resume PATH``, the checkpoint given to test.py) are loaded
-  with ``weights_only=False``; every other local file (pretrained weights from ``init_cfg``) keeps weights-only loading.
+- Checkpoints: ``_checkpoint`` (weights-only loading, atomic writes, resume fallback, fit check) and
+  ``_checkpoint_hooks`` (the mmengine hooks that apply them); the dataset check before training: ``_datacheck``.
+- ``fail(err)``: the one ``error:`` line (exit status 2) for a problem the tools detect while the runner runs;
+  ``SPARSEDENSE_DEBUG=1`` re-raises it for the traceback.
 - ``check_cfg_options(cfg, options)``: every ``--cfg-options`` key must exist in the config, or be a keyword the
   registered class of the enclosing ``type=`` dict accepts, or a top-level runner setting. mmengine would silently
   add a misspelt key; we name it instead. ``apply_cfg_options`` merges them; ``data_root=DIR`` moves every path
@@ -20,7 +19,7 @@ import importlib
 import inspect
 import os
 import os.path as osp
-from pathlib import Path
+import sys
 from typing import Any, Iterable
 
 import torch
@@ -51,39 +50,6 @@ def setup_scope(cfg) -> str:
                                '(inherit a stock mmdet:: or mmseg:: config)')
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     return scope
-
-
-# ------------------------------------------------------------------------------------------------- checkpoints
-_TRUSTED: set[Path] = set()
-
-
-def _is_trusted(path: Path) -> bool:
-    return any(path == t or t in path.parents for t in _TRUSTED)
-
-
-def load_from_local(filename: str, map_location=None):
-    """mmengine's local scheme, with full unpickling only for files the user handed to this tool."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist')
-    path = Path(filename).resolve()
-    if _is_trusted(path):
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch explains which global it refused; say why we did not trust the file
-        raise RuntimeError(f'{filename} is not a plain weights file and is not under a trusted path '
-                           f'({sorted(map(str, _TRUSTED))}); pass it to the tool explicitly '
-                           f'(test.py CHECKPOINT / train.py --resume PATH) if you trust it. torch said: {e}') from e
-
-
-def trust_checkpoints(*paths: str | os.PathLike | None) -> None:
-    """Trust checkpoints at/under ``paths`` and install the loader into mmengine's CheckpointLoader."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    for p in paths:
-        if p:
-            _TRUSTED.add(Path(p).expanduser().resolve())
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
 # ------------------------------------------------------------------------------------------------- cfg options
@@ -293,6 +259,14 @@ def build_runner(cfg):
         hint = f"; note: {', '.join(hidden)} hidden by sparsedense's package of that name" if hidden else ''
         raise ConfigCheckError(f'building the runner failed: {type(e).__name__}: {msg}{hint} '
                                '(set SPARSEDENSE_DEBUG=1 for the traceback)') from e
+
+
+def fail(err: BaseException) -> int:
+    """Print ``err`` as one ``error:`` line and return the exit status 2; re-raise it when SPARSEDENSE_DEBUG=1."""
+    if os.environ.get('SPARSEDENSE_DEBUG'):
+        raise err
+    print(f'error: {err}', file=sys.stderr, flush=True)
+    return 2
 
 
 def end_distributed() -> None:

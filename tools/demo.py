@@ -22,6 +22,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import cv2  # noqa: E402
 
 import _cfg  # noqa: E402
+import _checkpoint  # noqa: E402
 import _necks  # noqa: E402
 import _runtime  # noqa: E402
 import _vis  # noqa: E402
@@ -70,6 +71,11 @@ def main(argv=None) -> int:
     ap.add_argument('--score-thr', type=float, default=0.3, help='detections below this score are not drawn')
     ap.add_argument('--opacity', type=float, default=0.5, help='segmentation overlay opacity')
     ap.add_argument('--device', default='cpu')
+    ap.add_argument('--trust-checkpoint', action='store_true',
+                    help='allow full unpickling of CHECKPOINT when weights-only loading refuses it (a malicious file '
+                    'runs code: only for files you trust)')
+    ap.add_argument('--allow-partial-checkpoint', action='store_true',
+                    help='load a checkpoint whose keys / shapes fit the model only partly (default: refuse it)')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                     help='override config keys, e.g. model.test_cfg.rcnn.max_per_img=50')
     args = ap.parse_args(argv)
@@ -77,20 +83,29 @@ def main(argv=None) -> int:
         images = list_images(args.input)
         if args.checkpoint and not osp.isfile(args.checkpoint):
             raise _runtime.ConfigCheckError(f"checkpoint '{args.checkpoint}' does not exist")
+        if args.checkpoint:  # weights-only (--trust-checkpoint: may fall back to full unpickling)
+            _checkpoint.install_loader(*([args.checkpoint] if args.trust_checkpoint else []))
+            _checkpoint.check_checkpoint(args.checkpoint)
         cfg, scope = _cfg.read_config(args.config, args.cfg_options)
         _necks.check_neck_widths(cfg, scope)
-    except (FileNotFoundError, _runtime.ConfigCheckError) as e:
+    except (FileNotFoundError, _runtime.ConfigCheckError, _checkpoint.CheckpointError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    _runtime.trust_checkpoints(args.checkpoint)  # a checkpoint the user names is trusted (written by train.py)
     if scope == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
-        model = init_detector(cfg, args.checkpoint, device=args.device)
+        model = init_detector(cfg, None, device=args.device)
         infer = inference_detector
     else:
         from mmseg.apis import inference_model, init_model
-        model = init_model(cfg, args.checkpoint, device=args.device)
+        model = init_model(cfg, None, device=args.device)
         infer = inference_model
+    if args.checkpoint:  # refused unless it fits the model (--allow-partial-checkpoint)
+        try:
+            meta = _checkpoint.load_into(model, args.checkpoint, args.allow_partial_checkpoint)
+        except _checkpoint.CheckpointError as e:
+            return _runtime.fail(e)
+        if isinstance(meta.get('dataset_meta'), dict):
+            model.dataset_meta = {k.lower(): v for k, v in meta['dataset_meta'].items()}
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(model)  # single process (SyncBN in mmseg's stock heads)
     os.makedirs(args.out_dir, exist_ok=True)

@@ -23,6 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo 
 # (measured on the 2-core machines); must be set before torch is imported
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
+import _checkpoint  # noqa: E402
 import _outputs  # noqa: E402
 import _runtime  # noqa: E402
 
@@ -32,6 +33,11 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description='Test (evaluate) a detector or segmentor checkpoint')
     ap.add_argument('config', help='config file path')
     ap.add_argument('checkpoint', help='checkpoint file (e.g. written by tools/train.py)')
+    ap.add_argument('--trust-checkpoint', action='store_true',
+                    help='allow full unpickling of CHECKPOINT when weights-only loading refuses it (a malicious file '
+                    'runs code: only for files you trust)')
+    ap.add_argument('--allow-partial-checkpoint', action='store_true',
+                    help='load a checkpoint whose keys / shapes fit the model only partly (default: refuse it)')
     ap.add_argument('--work-dir', help='folder for logs and test_metrics.json (default: ./work_dirs/<config name>)')
     ap.add_argument('--out', help='preds.pkl: dump the raw predictions; DIR (segmentation): write one label-map '
                     'PNG per test image there (mmseg\'s format)')
@@ -55,6 +61,9 @@ def build_cfg(args):
     cfg, scope = _runtime.load_config(args)
     if not osp.isfile(args.checkpoint):
         raise _runtime.ConfigCheckError(f"checkpoint '{args.checkpoint}' does not exist")
+    # read weights-only (--trust-checkpoint: may fall back to full unpickling); refused unless it fits the model
+    _checkpoint.install_loader(*([args.checkpoint] if args.trust_checkpoint else []))
+    _checkpoint.check_checkpoint(args.checkpoint)
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
@@ -71,7 +80,8 @@ def build_cfg(args):
         _outputs.set_out(cfg, scope, args.out)
 
     _runtime.check_data_paths(cfg, ['test'])
-    _runtime.trust_checkpoints(args.checkpoint)
+    import _checkpoint_hooks
+    _checkpoint_hooks.check_checkpoint_fit(cfg, args.checkpoint, args.allow_partial_checkpoint)
     return cfg
 
 
@@ -103,9 +113,14 @@ def main(argv=None) -> int:
     except _runtime.ConfigCheckError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except _checkpoint.CheckpointError as e:
+        return _runtime.fail(e)
     if args.show_dir and cfg.default_scope == 'mmdet':
         _save_drawings_as_png(runner.visualizer)
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except _checkpoint.CheckpointError as e:
+        return _runtime.fail(e)
     if runner.rank == 0:
         metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
         os.makedirs(cfg.work_dir, exist_ok=True)

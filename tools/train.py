@@ -7,7 +7,12 @@ The library is picked from the config's ``default_scope``. Examples:
     python tools/train.py CONFIG --resume work_dirs/x/iter_200.pth          # continue from this checkpoint
     python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100 --amp
     python tools/train.py CONFIG --no-amp                                   # fp32 (automatic without CUDA)
+    python tools/train.py CONFIG --resume old.pth --trust-checkpoint       # a legacy file you trust
+    python tools/train.py CONFIG --skip-data-check                          # no dataset check before training
     bash tools/dist_train.sh CONFIG 2 [args]                                # torchrun, 2 processes
+
+Checkpoints are read weights-only and written atomically with an integrity record (``_checkpoint``,
+``_checkpoint_hooks``); the datasets are checked before the first iteration (``_datacheck``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo 
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import _amp  # noqa: E402
+import _checkpoint  # noqa: E402
 import _runtime  # noqa: E402
 
 
@@ -39,6 +45,11 @@ def parse_args(argv=None):
     amp.add_argument('--no-amp', action='store_true',
                      help='fp32 training with a plain OptimWrapper, also for AMP configs (done by default, with a '
                      'notice, when no CUDA device is present)')
+    ap.add_argument('--trust-checkpoint', action='store_true',
+                    help='allow full unpickling of the resume / load_from checkpoint when weights-only loading refuses '
+                    'it (a malicious file runs code: only for files you trust)')
+    ap.add_argument('--skip-data-check', action='store_true',
+                    help='do not check the dataset (images, headers, annotations, label maps) before training')
     ap.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the real total batch size')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                     help='override config keys, e.g. train_cfg.max_iters=100 (keys must exist in the config); '
@@ -65,17 +76,30 @@ def build_cfg(args):
             raise _runtime.ConfigCheckError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size')
         cfg.auto_scale_lr.enable = True
 
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+    if args.resume == 'auto':  # the newest intact checkpoint; last_checkpoint is only a hint
+        path, notes = _checkpoint.resolve_resume(cfg.work_dir)
+        for note in notes:
+            print(f'warning: --resume: {note}', file=sys.stderr, flush=True)
+        if path is None:
+            print(f'warning: --resume: no checkpoint in {cfg.work_dir}; training starts at iteration 0',
+                  file=sys.stderr, flush=True)
+        cfg.resume, cfg.load_from = path is not None, (str(path) if path else None)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise _runtime.ConfigCheckError(f"--resume: checkpoint '{args.resume}' does not exist")
         cfg.resume, cfg.load_from = True, args.resume
     phases = ['train'] + (['val'] if cfg.get('train_cfg', {}).get('val_interval', 1) else [])
     _runtime.check_data_paths(cfg, phases)
-    # checkpoints this tool writes (work dir) or was pointed at (--resume PATH) are trusted; load_from and
-    # init_cfg weights keep torch's weights-only loading
-    _runtime.trust_checkpoints(cfg.work_dir, args.resume if args.resume != 'auto' else None)
+    # every checkpoint is read weights-only; --trust-checkpoint lets the one being resumed / loaded fall back
+    _checkpoint.install_loader(*([cfg.get('load_from')] if args.trust_checkpoint else []))
+    if cfg.get('load_from') and '://' not in str(cfg.load_from):
+        _checkpoint.check_checkpoint(cfg.load_from)
+    import _checkpoint_hooks
+    _checkpoint_hooks.use_safe_checkpoints(cfg)
+    import _datacheck  # noqa: F401  registers DataCheckHook
+    _checkpoint_hooks.drop_hook(cfg, 'DataCheckHook')  # a config dumped by an earlier run may hold it
+    if not args.skip_data_check:
+        _checkpoint_hooks.add_hook(cfg, dict(type='DataCheckHook'))
     return cfg
 
 
@@ -87,7 +111,19 @@ def main(argv=None) -> int:
     except _runtime.ConfigCheckError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    runner.train()
+    except _checkpoint.CheckpointError as e:
+        return _runtime.fail(e)
+    import _datacheck
+    try:
+        runner.train()
+    except (_checkpoint.CheckpointError, _datacheck.DataCheckError) as e:
+        return _runtime.fail(e)
+    except Exception as e:  # noqa: BLE001  mmengine cannot build an empty dataset: name it (else re-raise)
+        problem = None if _datacheck.loops_built(runner) else _datacheck.diagnose(cfg)
+        if problem is None:
+            raise
+        problem.__cause__ = e
+        return _runtime.fail(problem)
     _runtime.end_distributed()
     return 0
 

@@ -48,7 +48,9 @@ demo_dataset = dict(type=dataset_type, img_suffix='.jpg', seg_map_suffix='.png',
                     data_root=data_root, metainfo=metainfo)
 train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
                         dataset=dict(demo_dataset, pipeline=train_pipeline))
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+# one image per test batch, as mmseg's stock configs: images keep their own sizes at test time and
+# SegDataPreProcessor refuses a batch of mixed sizes
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
                       dataset=dict(demo_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 

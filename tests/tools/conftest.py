@@ -48,3 +48,19 @@ def run_tool(tool: str, *args: str, cwd: Path, timeout: float = 300, env: dict |
     """Run tools/<tool>.py in a subprocess; returns CompletedProcess with text stdout/stderr."""
     return subprocess.run([sys.executable, str(TOOLS / f'{tool}.py'), *map(str, args)], cwd=cwd,
                           env=tool_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
+
+
+# a tiny segmentation run: 4 iterations of 2 images, checkpoints at 2 and 4 (both kept), no validation
+SEG_TINY = [TINY_ARCH, 'train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
+            'default_hooks.checkpoint.interval=2', 'train_cfg.val_interval=100']
+
+
+@pytest.fixture(scope='session')
+def seg_work(demo_root, tmp_path_factory) -> Path:
+    """Work dir of ``tools/train.py`` on the seg demo config after 4 iterations (iter_2.pth, iter_4.pth kept);
+    copy it before changing it."""
+    work = tmp_path_factory.mktemp('seg_work') / 'w'
+    r = run_tool('train', SEG_CFG, '--work-dir', work, '--cfg-options', *SEG_TINY, 'train_cfg.max_iters=4',
+                 'default_hooks.checkpoint.max_keep_ckpts=2', cwd=demo_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
