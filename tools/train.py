@@ -114,9 +114,10 @@ def main(argv=None) -> int:
     except _checkpoint.CheckpointError as e:
         return _runtime.fail(e)
     import _datacheck
+    from backbones.converters.init import PretrainedError
     try:
         runner.train()
-    except (_checkpoint.CheckpointError, _datacheck.DataCheckError) as e:
+    except (_checkpoint.CheckpointError, _datacheck.DataCheckError, PretrainedError) as e:
         return _runtime.fail(e)
     except Exception as e:  # noqa: BLE001  mmengine cannot build an empty dataset: name it (else re-raise)
         problem = None if _datacheck.loops_built(runner) else _datacheck.diagnose(cfg)

@@ -38,14 +38,27 @@ from collections.abc import Mapping
 import torch
 from mmengine.fileio import get_local_path
 from mmengine.logging import MMLogger, print_log
+
+
+class PretrainedError(Exception):
+    """The weights an ``init_cfg`` names cannot be used; the message is one line saying why and what to do (the
+    tools print it as such). Subclasses keep the builtin types callers may catch."""
+
+
+class PretrainedNotFound(PretrainedError, FileNotFoundError):
+    """The file is not here and cannot be fetched (missing path, a link a program cannot follow, no network)."""
+
+
+class PretrainedInvalid(PretrainedError, ValueError):
+    """The file or its ``init_cfg`` is unusable (checksum, unsafe contents, unknown format, wrong loader)."""
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
 from . import FORMATS, get_converter
 from .common import load_converted, select_prefix, strip_prefixes, unwrap_checkpoint
 
-__all__ = ['ConvertedPretrained', 'load_official_checkpoint', 'resolve_checkpoint', 'cache_path', 'check_init_cfg',
-           'FORMAT_OF']
+__all__ = ['PretrainedError', 'PretrainedNotFound', 'PretrainedInvalid', 'ConvertedPretrained',
+           'load_official_checkpoint', 'resolve_checkpoint', 'cache_path', 'check_init_cfg', 'FORMAT_OF']
 
 # backbone class -> the official checkpoint format of its source work
 FORMAT_OF = {'HWT': 'hwt', 'HNT': 'hnt', 'BiFormer': 'biformer', 'NAT': 'nat', 'DiNAT': 'dinat'}
@@ -62,7 +75,7 @@ def cache_path(url: str, filename: str | None = None) -> str:
     to the URL's last path component)."""
     name = filename or os.path.basename(urllib.parse.urlparse(url).path)
     if not name:
-        raise ValueError(f'cannot name the cache file of {url}; give filename=...')
+        raise PretrainedInvalid(f'cannot name the cache file of {url}; give filename=...')
     return os.path.join(torch.hub.get_dir(), 'checkpoints', name)
 
 
@@ -78,8 +91,8 @@ def _check_hash(path: str, sha256: str | None) -> None:
     """Raise ValueError when the file's sha256 does not start with the expected hex digest (or prefix)."""
     want = sha256 or (m.group(1) if (m := _HUB_HASH.search(os.path.basename(path))) else None)
     if want and not _sha256(path).startswith(want.lower()):
-        raise ValueError(f'{path}: sha256 {_sha256(path)[:16]}... does not match the expected {want}; delete the '
-                         f'file and download it again')
+        raise PretrainedInvalid(f'{path}: sha256 {_sha256(path)[:16]}... does not match the expected {want}; '
+                                f'delete the file and download it again')
 
 
 def resolve_checkpoint(checkpoint: str, filename: str | None = None, sha256: str | None = None,
@@ -92,18 +105,18 @@ def resolve_checkpoint(checkpoint: str, filename: str | None = None, sha256: str
     checkpoint = str(checkpoint)
     if not _is_url(checkpoint):
         if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
+            raise PretrainedNotFound(f'checkpoint file not found: {checkpoint}')
         _check_hash(checkpoint, sha256)
         return checkpoint
     drive = bool(_DRIVE.match(checkpoint))
     if drive and not filename:
-        raise ValueError(f'{checkpoint}: a Google Drive link needs filename=... (the name to keep it under)')
+        raise PretrainedInvalid(f'{checkpoint}: a Google Drive link needs filename=... (the name to keep it under)')
     local = cache_path(checkpoint, filename)
     if os.path.isfile(local):
         _check_hash(local, sha256)
         return local
     if drive:
-        raise FileNotFoundError(f'{checkpoint} is a Google Drive page that a program cannot fetch: download it in a '
+        raise PretrainedNotFound(f'{checkpoint} is a Google Drive page that a program cannot fetch: download it in a '
                                 f'browser and put it at {local} (or set checkpoint= to its local path)')
     os.makedirs(os.path.dirname(local), exist_ok=True)
     print_log(f'downloading {checkpoint} to {local}', logger='current')
@@ -111,7 +124,7 @@ def resolve_checkpoint(checkpoint: str, filename: str | None = None, sha256: str
         torch.hub.download_url_to_file(checkpoint, local, progress=progress)
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, 'reason', None) or err
-        raise FileNotFoundError(f'cannot download {checkpoint} ({reason}); download it yourself and put it at '
+        raise PretrainedNotFound(f'cannot download {checkpoint} ({reason}); download it yourself and put it at '
                                 f'{local} (or set checkpoint= to a local path)') from err
     try:
         _check_hash(local, sha256)
@@ -129,7 +142,7 @@ def load_official_checkpoint(path: str, map_location: str | torch.device = 'cpu'
     (e.g. it stores custom Python objects) or holds no tensors.
     """
     if '://' not in str(path) and not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint file not found: {path}')
+        raise PretrainedNotFound(f'checkpoint file not found: {path}')
     with get_local_path(path) as local:
         try:
             obj = torch.load(local, map_location=map_location, weights_only=True)
@@ -140,9 +153,9 @@ def load_official_checkpoint(path: str, map_location: str | torch.device = 'cpu'
                 found = None
             what = f'it stores Python objects ({found})' if found else \
                 f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else err}'
-            raise ValueError(f'{path}: cannot be read with torch.load(weights_only=True) ({what}); re-save only its '
-                             f"weights (e.g. torch.save(torch.load(f, weights_only=False)['model'], out)) in a "
-                             f'trusted environment') from err
+            raise PretrainedInvalid(f'{path}: cannot be read with torch.load(weights_only=True) ({what}); re-save '
+                                    f"only its weights (e.g. torch.save(torch.load(f, weights_only=False)['model'], "
+                                    f'out)) in a trusted environment') from err
     return unwrap_checkpoint(obj)
 
 
@@ -180,12 +193,20 @@ class ConvertedPretrained:
                  map_location: str = 'cpu', strict: bool = True, resize_bias_tables: bool = False,
                  filename: str | None = None, sha256: str | None = None) -> None:
         if convert_from not in FORMATS:
-            raise ValueError(f'convert_from={convert_from!r} is not a known format; expected one of {FORMATS}')
+            raise PretrainedInvalid(f'convert_from={convert_from!r} is not a known format; expected one of {FORMATS}')
         self.checkpoint, self.convert_from, self.prefix = checkpoint, convert_from, prefix
         self.map_location, self.strict, self.resize_bias_tables = map_location, strict, resize_bias_tables
         self.filename, self.sha256 = filename, sha256
 
     def __call__(self, module: nn.Module) -> None:
+        try:
+            self._load(module)
+        except PretrainedError:
+            raise
+        except (ValueError, RuntimeError, KeyError) as err:     # conversion / strict loading: one line, named
+            raise PretrainedInvalid(f'{self.checkpoint} ({self.convert_from}): {err}') from err
+
+    def _load(self, module: nn.Module) -> None:
         logger = MMLogger.get_current_instance()
         local = resolve_checkpoint(self.checkpoint, self.filename, self.sha256)
         logger.info(f'load {self.convert_from} checkpoint from {local} (converted)')
@@ -239,6 +260,6 @@ def check_init_cfg(module: nn.Module) -> None:
         except (ValueError, KeyError, RuntimeError):
             continue  # not the official format
         if _matching(own, converted) > _matching(own, state_dict):
-            raise ValueError(f"init_cfg Pretrained: {path} is an official {fmt} checkpoint (its keys need "
+            raise PretrainedInvalid(f"init_cfg Pretrained: {path} is an official {fmt} checkpoint (its keys need "
                              f"converting); use init_cfg=dict(type='ConvertedPretrained', checkpoint='{path}', "
                              f"convert_from='{fmt}') or convert it with tools/convert_checkpoint.py")

@@ -113,3 +113,18 @@ def test_backbone_rejects_wrong_channels_and_dtype():
     with pytest.raises(ValueError, match='dtype'):
         net(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
     assert len(net(torch.zeros(1, 3, 32, 32))) == 4
+
+
+def test_pretrained_weights_that_cannot_be_had_give_one_line(demo_root, tmp_path):
+    """A config whose backbone names official weights that are not on disk and cannot be fetched (a Google Drive
+    page): train.py stops at initialisation with one line naming the link and where to put the file, exit 2."""
+    cfg = tmp_path / 'pretrained.py'
+    cfg.write_text(f"_base_ = '{SEG_CFG}'\n"
+                   "model = dict(backbone=dict(init_cfg=dict(type='ConvertedPretrained', convert_from='hwt', "
+                   "checkpoint='https://drive.google.com/file/d/0000/view', filename='sd_test_missing.pth')))\n")
+    r = run_tool('train', cfg, '--work-dir', tmp_path / 'w', '--cfg-options', 'train_cfg.max_iters=1',
+                 cwd=demo_root, env=dict(TORCH_HOME=str(tmp_path / 'hub')))
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: https://drive.google.com/file/d/0000/view is a Google Drive page'), last
+    assert str(tmp_path / 'hub') in last and 'Traceback' not in r.stderr
