@@ -300,7 +300,8 @@ def test_converted_pretrained_fails_on_undocumented_differences(tmp_path):
     path = tmp_path / 'odd.pth'
     torch.save(official, path)
     cfg = dict(type='ConvertedPretrained', checkpoint=str(path), convert_from='hwt')
-    with pytest.raises(RuntimeError, match='strict load failed.*unexpected'):
+    from backbones.converters.init import PretrainedError
+    with pytest.raises(PretrainedError, match=r'odd\.pth \(hwt\): strict load failed.*unexpected'):
         HWT(arch=TINY, init_cfg=cfg).init_weights()
     HWT(arch=TINY, init_cfg=dict(cfg, strict=False)).init_weights()  # asked: logged, the rest loads
 

@@ -243,7 +243,8 @@ def test_hnt_checkpoint_of_another_kernel_is_an_error_unless_asked(tmp_path):
     torch.save(official, path)
     cfg = dict(type='ConvertedPretrained', checkpoint=str(path), convert_from='hnt')
     arch = dict(arch_dict(SMALL), kernel_size=49)
-    with pytest.raises(RuntimeError, match='shape-mismatched'):
+    from backbones.converters.init import PretrainedError
+    with pytest.raises(PretrainedError, match='shape-mismatched'):
         HNT(arch=arch, init_cfg=cfg).init_weights()
     model = HNT(arch=arch, init_cfg=dict(cfg, resize_bias_tables=True))
     model.init_weights()
