@@ -70,3 +70,35 @@ def test_with_cp_keeps_the_fused_path_under_autocast(monkeypatch, build, n_fused
     assert len(seen) == n_fused and all(msg.endswith(': fused node') for msg in seen), seen
     for a, b in zip(results[1][0] + results[1][1], results[0][0] + results[0][1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('backend, autocast, precast, want', [
+    (None, False, True, 'module composition'),          # CPU, default backend: the twin
+    ('torch', True, True, 'module composition'),
+    ('triton', False, True, 'fused node'),              # fp32, interpreter
+    ('triton', True, True, 'fused node'),               # fp16 autocast, weights pre-cast by the backbone
+    ('triton', True, False, 'module composition'),      # fp16 autocast, a block called on its own: fp32 weights
+], ids=['cpu-default', 'torch', 'triton-fp32', 'triton-amp', 'triton-amp-not-precast'])
+def test_path_decision_table(monkeypatch, backend, autocast, precast, want):
+    """Rows of docs/design.md's "Which path runs when" that a CPU can run, read off the logged decision."""
+    seen = []
+    monkeypatch.setattr(fused_block, 'print_log', lambda msg, logger=None, level=None: seen.append(msg))
+    model = HWT(arch=ARCH, out_indices=(0, 1), cuda_graphs=False)
+    x = torch.randn(1, 3, 20, 24)
+    with sparse_ops.use_backend(backend), torch.autocast('cpu', dtype=torch.float16, enabled=autocast):
+        if precast:
+            model(x)
+        else:
+            block, tokens = model.layers[0].blocks[0], torch.randn(1, 30, 16)
+            block(tokens, (5, 6))
+    assert seen and all(msg.endswith(f': {want}') for msg in seen), seen
+
+
+def test_no_fused_node_under_compile(monkeypatch):
+    """Under ``torch.compile`` (Dynamo tracing) a block never takes the fused node, whatever the backend."""
+    block = HWT(arch=ARCH, out_indices=(0, 1), cuda_graphs=False).layers[0].blocks[0]
+    tokens = torch.randn(1, 30, 16)
+    with sparse_ops.use_backend('triton'):
+        assert block._fused(tokens, (5, 6))
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+        assert not block._fused(tokens, (5, 6))
