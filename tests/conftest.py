@@ -41,3 +41,14 @@ def strict_numerics():
     np.random.seed(0)
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def restore_default_scope():
+    """Put mmengine's default-scope instances back as they were before the test: a test that builds an mmdet
+    model makes 'mmdet' the current scope, and mmseg's registry then looks types up in mmdet's."""
+    from mmengine.registry import DefaultScope
+    saved = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)

@@ -61,9 +61,6 @@ def build_cfg(args):
     cfg, scope = _runtime.load_config(args)
     if not osp.isfile(args.checkpoint):
         raise _runtime.ConfigCheckError(f"checkpoint '{args.checkpoint}' does not exist")
-    # read weights-only (--trust-checkpoint: may fall back to full unpickling); refused unless it fits the model
-    _checkpoint.install_loader(*([args.checkpoint] if args.trust_checkpoint else []))
-    _checkpoint.check_checkpoint(args.checkpoint)
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
@@ -80,6 +77,10 @@ def build_cfg(args):
         _outputs.set_out(cfg, scope, args.out)
 
     _runtime.check_data_paths(cfg, ['test'])
+    # the arguments are checked: now read the file, weights-only (--trust-checkpoint: may fall back to full
+    # unpickling), refused unless it fits the model
+    _checkpoint.install_loader(*([args.checkpoint] if args.trust_checkpoint else []))
+    _checkpoint.check_checkpoint(args.checkpoint)
     import _checkpoint_hooks
     _checkpoint_hooks.check_checkpoint_fit(cfg, args.checkpoint, args.allow_partial_checkpoint)
     return cfg

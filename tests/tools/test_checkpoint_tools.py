@@ -79,8 +79,13 @@ def _resume(work: Path, demo_root: Path, *options: str):
 
 
 def _zero_4k(path: Path) -> None:
+    """4 KiB in the middle of the file zeroed, starting at the first non-zero byte there (a checkpoint can hold
+    long runs of zeros: optimizer state of bias-table entries no input reaches)."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)  # 4 KiB zeroed in the middle
+    start = len(data) // 2
+    start += next((i for i, b in enumerate(data[start:]) if b), 0)
+    assert any(data[start:start + 4096]), 'no non-zero byte after the middle of the file'
+    data[start:start + 4096] = bytes(4096)
     path.write_bytes(bytes(data))
 
 

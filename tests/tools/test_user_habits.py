@@ -66,7 +66,10 @@ def test_out_and_show_refusals(demo_root, tmp_path, monkeypatch):
     monkeypatch.chdir(demo_root)
     test = load_tool('test')
     ckpt = tmp_path / 'x.pth'
-    ckpt.write_bytes(b'')
+    ckpt.write_bytes(b'')                   # the arguments are checked before the file is read: no real weights
+    import _checkpoint_hooks
+    monkeypatch.setattr(test._checkpoint, 'check_checkpoint', lambda path: None)
+    monkeypatch.setattr(_checkpoint_hooks, 'check_checkpoint_fit', lambda cfg, path, partial: None)
 
     def build(cfg, *extra):
         return test.build_cfg(test.parse_args([str(cfg), str(ckpt), '--work-dir', str(tmp_path / 'w'), *extra]))
