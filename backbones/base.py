@@ -27,6 +27,7 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .graphs import BackboneGraphs
 from .layers.linear import cast_linear_weights
 
 __all__ = ['MODELS', 'SparseBackbone', 'resolve_arch', 'drop_path_schedule', 'validate_out_indices',
@@ -146,16 +147,20 @@ class SparseBackbone(BaseModule):
             downsamplers and output norms, as returned by ``_stage_modules``): eval mode, ``requires_grad=False``.
         norm_eval: keep every BatchNorm (incl. SyncBatchNorm) in eval mode during training.
         with_cp: run blocks under activation checkpointing (``self.checkpointed``).
+        cuda_graphs: replay training steps whose input signature repeats as CUDA graphs (``graphs.py``: a fixed
+            input size, e.g. training crops, or recurring batch shapes; other sizes run eagerly). Off with
+            ``with_cp`` (checkpointing exists to free activations; a captured step keeps them in its pool).
         init_cfg: MMEngine init config, e.g. ``dict(type='Pretrained', checkpoint=...)`` or
             ``dict(type='ConvertedPretrained', checkpoint=..., convert_from='nat')``.
 
     Attributes:
         num_stages, in_channels, out_indices (sorted tuple), frozen_stages, norm_eval, with_cp.
+        graphs: the :class:`~.graphs.BackboneGraphs` (None without ``cuda_graphs``).
     """
 
     def __init__(self, *, num_stages: int, in_channels: int = 3, out_indices: int | Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 init_cfg: dict | list[dict] | None = None) -> None:
+                 cuda_graphs: bool = True, init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
             raise ValueError(f'num_stages must be a positive int, got {num_stages!r}')
@@ -164,7 +169,7 @@ class SparseBackbone(BaseModule):
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
                 or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
-        for name, flag in (('norm_eval', norm_eval), ('with_cp', with_cp)):
+        for name, flag in (('norm_eval', norm_eval), ('with_cp', with_cp), ('cuda_graphs', cuda_graphs)):
             if not isinstance(flag, bool):
                 raise ValueError(f'{name} must be a bool, got {flag!r}')
         self.num_stages = num_stages
@@ -173,6 +178,7 @@ class SparseBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.graphs = BackboneGraphs() if cuda_graphs and not with_cp else None
 
     def init_weights(self) -> None:
         """MMEngine's ``init_cfg`` handling, after ``converters.init.check_init_cfg`` (an official-format file
@@ -219,10 +225,15 @@ class SparseBackbone(BaseModule):
 
     # -- forward --------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Check ``x`` (``_check_input``), then run the subclass's ``_forward`` with the autocast weight casts of all
-        its ``Linear`` layers done in one go (``layers.linear.cast_linear_weights``; off under ``with_cp``, whose
-        recomputation runs after this call has returned)."""
+        """Check ``x`` (``_check_input``), then replay a captured step (``graphs``) or run the subclass's
+        ``_forward`` with the autocast weight casts of all its ``Linear`` layers done in one go
+        (``layers.linear.cast_linear_weights``; off under ``with_cp``, whose recomputation runs after this call has
+        returned)."""
         self._check_input(x)
+        if self.graphs is not None:
+            outs = self.graphs.run(self, x)
+            if outs is not None:
+                return outs
         with cast_linear_weights(self, enabled=not self.with_cp):
             return self._forward(x)
 

@@ -32,7 +32,6 @@ from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers.biformer_blocks import GLOBAL, BiFormerBlock, LayerNorm2d, biformer_downsample, biformer_stem
-from .layers.block_graphs import GraphPool, attach_graphs
 
 __all__ = ['BiFormer']
 
@@ -95,10 +94,7 @@ class BiFormer(SparseBackbone):
             official: Mask R-CNN / RetinaNet B 0.3, UperNet S 0.3 / B 0.4, Semantic FPN S 0.15).
         norm_cfg: norm of the stem and downsamplers (official: BN; the official mmseg wrapper uses SyncBN).
         attn_backend: ``sparse_ops`` backend for the routing attention (``None`` = auto).
-        cuda_graphs: on the fused Triton path, replay each block's kernels as CUDA graphs once its input
-            signature repeats (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes
-            run eagerly). Off with ``with_cp``.
-        in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``
+        in_channels, out_indices, frozen_stages, norm_eval, with_cp, cuda_graphs, init_cfg: see ``SparseBackbone``
             (stage i = its downsampler, its blocks and ``norm{i}``; the stem is ``downsample_layers.0``).
             The official mmdet wrapper defaults to ``norm_eval=True``.
     """
@@ -110,7 +106,8 @@ class BiFormer(SparseBackbone):
                  attn_backend: str | None = None, cuda_graphs: bool = True,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(num_stages=NUM_STAGES, in_channels=in_channels, out_indices=out_indices,
-                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
+                         cuda_graphs=cuda_graphs, init_cfg=init_cfg)
         self.arch = resolve_arch(arch, ARCH_PRESETS, defaults=_COMMON)
         _validate_arch(self.arch)
         if isinstance(n_win, bool) or not isinstance(n_win, int) or n_win < 1:
@@ -137,15 +134,8 @@ class BiFormer(SparseBackbone):
                 for j in range(depths[i])]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
-        self.cuda_graphs = bool(cuda_graphs) and not with_cp
-        if self.cuda_graphs:
-            self._attach_graphs(GraphPool())
         self.apply(_official_init)
         self._freeze_stages()
-
-    def _attach_graphs(self, pool: GraphPool) -> None:
-        """Give every block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        attach_graphs(pool, [list(stage) for stage in self.stages])
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.downsample_layers[0]]

@@ -50,18 +50,18 @@ class HNT(NATSkeleton):
 
     Args:
         arch: ``'mini' | 'tiny'`` (``HNT_ARCHS``) or a dict (see ``NATSkeleton``; ``kernel_size`` is the 1D window).
-        in_channels, out_indices, frozen_stages, norm_eval, with_cp, drop_path_rate, init_cfg: as ``NAT``.
+        in_channels, out_indices, frozen_stages, norm_eval, with_cp, drop_path_rate, cuda_graphs, init_cfg: as ``NAT``.
 
     ``forward``: ``(B, in_channels, H, W)`` -> tuple of NCHW maps ``(B, C_i, ceil(H/2^(i+2)), ceil(W/2^(i+2)))``.
     """
 
     def __init__(self, arch: str | Mapping[str, Any] = 'tiny', in_channels: int = 3,
                  out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, drop_path_rate: float | None = None,
+                 with_cp: bool = False, drop_path_rate: float | None = None, cuda_graphs: bool = True,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(arch, HNT_ARCHS, in_channels=in_channels, out_indices=out_indices,
                          frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
-                         drop_path_rate=drop_path_rate, init_cfg=init_cfg)
+                         drop_path_rate=drop_path_rate, cuda_graphs=cuda_graphs, init_cfg=init_cfg)
 
     def _make_attention(self, stage: int, block: int, dim: int, num_heads: int) -> nn.Module:
         """1D NA on the Hilbert sequence: ``(B, N, C), hw -> (B, N, C)``."""

@@ -26,8 +26,8 @@ H x W of each stage (indexed by ``query - key``); ``backbones/converters/hwt.py`
 both tables hold and fills the others from the nearest official entry.
 
 On the Triton path (CUDA) each block runs as one autograd node with a hand-written backward
-(``layers/hwt_fused.py``), and with ``cuda_graphs`` its kernels are replayed as CUDA graphs once the input size
-repeats (``layers/block_graphs.py``); the twin path (CPU, ``sparse_ops.use_backend('torch')``) is the module
+(``layers/hwt_fused.py``), and with ``cuda_graphs`` a training step whose input size repeats is replayed as CUDA
+graphs (``graphs.py``); the twin path (CPU, ``sparse_ops.use_backend('torch')``) is the module
 composition below.
 
 Presets (Swin-T/S/B layout, window 7 -> 49-token chunks, MLP ratio 4). ``drop_path_rate=None`` uses the preset's
@@ -47,7 +47,6 @@ import sparse_ops
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, from_hilbert, nhwc_to_nchw,
                      to_hilbert)
-from .layers.block_graphs import GraphPool, attach_graphs
 from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
 
@@ -126,9 +125,6 @@ class HWTBlock(nn.Module):
         self.norm2 = PreNorm(dims)
         self.mlp = Mlp(dims, int(dims * mlp_ratio))
 
-    graphs = None
-    """The block's :class:`~.layers.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
-
     def _fused(self, x: torch.Tensor, hw: tuple[int, int]) -> bool:
         """Whether this call runs as one :class:`~.layers.hwt_fused.FusedWindowBlock` node
         (``layers.fused_block.fused_path_applies``: the Triton path, CUDA unless ``sparse_ops.use_backend`` says
@@ -183,9 +179,7 @@ class HWT(SparseBackbone):
             (optional ``drop_path_rate``). ``len(depths)`` stages; stage i has ``embed_dims * 2**i`` channels.
         in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``.
         drop_path_rate: stochastic depth rate of the last block (linear schedule); None: the arch's value.
-        cuda_graphs: on the fused Triton path, replay each block's kernels as CUDA graphs once its input signature
-            repeats (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes run
-            eagerly). Off with ``with_cp``.
+        cuda_graphs: see ``SparseBackbone``.
 
     ``forward(x: (B, in_channels, H, W) float)`` returns a tuple with one ``(B, embed_dims * 2**i, ceil(H / 2**(i+2)),
     ceil(W / 2**(i+2)))`` map per ``i`` in ``out_indices`` (strides 4, 8, 16, 32), for any H, W >= 1.
@@ -213,7 +207,8 @@ class HWT(SparseBackbone):
             if d % h:
                 raise ValueError(f'stage {i}: {d} channels are not divisible by num_heads={h}')
         super().__init__(num_stages=len(depths), in_channels=in_channels, out_indices=out_indices,
-                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
+                         cuda_graphs=cuda_graphs, init_cfg=init_cfg)
         self.arch = cfg
         self.embed_dims, self.depths, self.num_heads = embed_dims, depths, num_heads
         self.window_size, self.mlp_ratio = cfg['window_size'], cfg['mlp_ratio']
@@ -228,14 +223,7 @@ class HWT(SparseBackbone):
             for i in range(len(depths)))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
-        self.cuda_graphs = bool(cuda_graphs) and not with_cp
-        if self.cuda_graphs:
-            self._attach_graphs(GraphPool())
         self._freeze_stages()
-
-    def _attach_graphs(self, pool: GraphPool) -> None:
-        """Give every block a :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        attach_graphs(pool, [stage.blocks for stage in self.layers])
 
     def _stem_modules(self) -> list[nn.Module]:
         return [self.patch_embed]

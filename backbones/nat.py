@@ -5,8 +5,8 @@ four stages of ``NATBlock`` s, a ``ConvDownsampler`` (3x3/s2 conv + LayerNorm) c
 a LayerNorm ``norm{i}`` on the output of each stage in ``out_indices`` (as the official detection / segmentation
 backbones). NAT's attention is 2D neighbourhood attention, kernel 7, relative position bias ``(heads, 13, 13)`` per
 block, through ``sparse_ops.neighborhood_attention_2d``. On the Triton path (CUDA) each block runs as one autograd
-node with a hand-written backward (``layers/nat_fused.py``), and with ``cuda_graphs`` its kernels are replayed as
-CUDA graphs once the input size repeats; the twin path (CPU) is the module composition.
+node with a hand-written backward (``layers/nat_fused.py``), and with ``cuda_graphs`` a training step whose input
+size repeats is replayed as CUDA graphs (``graphs.py``); the twin path (CPU) is the module composition.
 
 Layouts: ``forward(x: (B, in_channels, H, W))`` -> tuple of ``(B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))`` for
 ``i in out_indices`` (``C_i = embed_dims * 2^i``, strides 4/8/16/32); any ``H, W >= 1``. Inside, stages exchange
@@ -37,7 +37,6 @@ from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import ConvDownsampler, ConvTokenizer
-from .layers.block_graphs import GraphPool, attach_graphs
 from .layers.nat_blocks import NATBlock, NATStage, NeighborhoodAttention2d, init_nat_weights
 
 __all__ = ['NAT', 'NATSkeleton', 'NAT_ARCHS', 'resolve_nat_arch']
@@ -100,11 +99,7 @@ class NATSkeleton(SparseBackbone):
         drop_path_rate: stochastic depth rate of the last block (linear from 0); None takes ``arch``'s.
         dilations: per-block dilations of the 2D attention, one sequence of ``depths[i]`` ints per stage;
             None is 1 everywhere (NAT).
-        cuda_graphs: on the fused Triton path (2D neighbourhood blocks as one autograd node each,
-            ``layers/nat_fused.py``), replay each block's kernels as CUDA graphs once its input signature repeats
-            (``layers/block_graphs.py``: a fixed input size, e.g. training crops; varying sizes run eagerly). Off
-            with ``with_cp``.
-        in_channels, out_indices, frozen_stages, norm_eval, with_cp, init_cfg: see ``SparseBackbone``.
+        in_channels, out_indices, frozen_stages, norm_eval, with_cp, cuda_graphs, init_cfg: see ``SparseBackbone``.
     """
 
     def __init__(self, arch: str | Mapping[str, Any], presets: Mapping[str, Mapping[str, Any]], *,
@@ -114,7 +109,8 @@ class NATSkeleton(SparseBackbone):
                  init_cfg: dict | list[dict] | None = None) -> None:
         arch_cfg = resolve_nat_arch(arch, presets)
         super().__init__(num_stages=4, in_channels=in_channels, out_indices=out_indices,
-                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
+                         cuda_graphs=cuda_graphs, init_cfg=init_cfg)
         if drop_path_rate is None:
             drop_path_rate = arch_cfg['drop_path_rate']
         self.arch = arch_cfg
@@ -138,16 +134,7 @@ class NATSkeleton(SparseBackbone):
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
 
         self.apply(init_nat_weights)
-        self.cuda_graphs = bool(cuda_graphs) and not with_cp
-        if self.cuda_graphs:
-            self._attach_graphs(GraphPool())
         self._freeze_stages()
-
-    def _attach_graphs(self, pool: GraphPool) -> None:
-        """Give every block around 2D neighbourhood attention (those that take the fused node) a
-        :class:`BlockGraphs` on ``pool`` (ring buffers per stage)."""
-        attach_graphs(pool, [[blk for blk in stage.blocks if isinstance(blk.attn, NeighborhoodAttention2d)]
-                             for stage in self.levels])
 
     # -- structure -------------------------------------------------------------------------------------------------
     def _make_attention(self, stage: int, block: int, dim: int, num_heads: int) -> nn.Module:
@@ -195,7 +182,7 @@ class NAT(NATSkeleton):
         norm_eval: keep BatchNorms in eval mode (NAT has none; accepted for API uniformity).
         with_cp: activation checkpointing per block.
         drop_path_rate: stochastic depth of the last block; None takes the preset's ImageNet value.
-        cuda_graphs: replay each block's kernels as CUDA graphs on the fused path (see ``NATSkeleton``).
+        cuda_graphs: see ``SparseBackbone``.
         init_cfg: MMEngine init config (e.g. a converted official checkpoint).
 
     ``forward``: ``(B, in_channels, H, W)`` -> tuple of ``(B, 64·2^i, ceil(H/2^(i+2)), ceil(W/2^(i+2)))`` (NAT-T).

@@ -15,7 +15,7 @@ Architecture-family blocks live beside them and are imported from their modules 
 ``nat_blocks`` (NAT / DiNAT / HNT attention, block, stage) and ``biformer_blocks`` (BiFormer stem, block, BRA).
 Blocks as one autograd node on the Triton path: ``biformer_fused`` (routing block), ``hwt_fused`` (HWT block),
 ``nat_fused`` (NAT / DiNAT block), with the math of the last two in ``attn_block_fused`` and what all share in
-``fused_block``; ``block_graphs`` replays their kernels as CUDA graphs.
+``fused_block``. CUDA-graph replay of whole training steps: ``backbones/graphs.py``.
 """
 from .drop_path import ResidualDropPath
 from .downsample import ConvDownsampler, PatchMerging

@@ -5,8 +5,8 @@ with the attention a block-sparse pattern (``sparse_ops.patterns``) with a 2D re
 Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU (HWT-T's batch-1 step did
 not grow from 512² to 1024² before this Function: docs/benchmarks.md at 167f716, session 10). Here the kernels are
 called directly with a hand-written backward: no autograd node per op, no argument checks per op, GELU recomputed in the
-backward, the attention's dq, dk, dv written into one qkv-shaped gradient. With ``layers.block_graphs`` the kernels of a
-block whose input signature repeats are replayed as CUDA graphs.
+backward, the attention's dq, dk, dv written into one qkv-shaped gradient. The backbone's CUDA graphs (``backbones/graphs.py``)
+capture these nodes like any other op.
 
 Same math as the module composition (the op it calls at each step, in the same dtypes: fp32 residual stream, the
 low-precision dtype of the pre-cast weights for the matmuls and the attention), except that both LayerNorms always
@@ -136,18 +136,16 @@ def backward_math(spec, need, saved, aux, dout, dx_out=None) -> list:
 
 class AttentionBlockFunction(torch.autograd.Function):
     """``apply(x, spec, s1, s2, n1_w, n1_b, qkv_w, qkv_b, rpb, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
-    fc2_b, graphs, grad) -> (B, N, C)``: the block on :func:`forward_math` / :func:`backward_math`, with the
-    graph replay of ``fused_block.fused_forward``. Each backbone subclasses it (``FusedWindowBlock``,
+    fc2_b) -> (B, N, C)``: the block on :func:`forward_math` / :func:`backward_math` (``fused_block``). Each backbone subclasses it (``FusedWindowBlock``,
     ``FusedNeighborhoodBlock``), so its autograd node carries the block's name.
 
     ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None, a layer scale ``(C,)``
     or the stochastic-depth mask ``(B, 1, 1)``, times the layer scale if any), applied with ``spec.value1`` /
-    ``value2``. ``graphs``: the block's :class:`~.block_graphs.BlockGraphs` or None; ``grad``: whether autograd
-    records the call (``torch.is_grad_enabled()`` outside the Function)."""
+    ``value2``."""
 
     @staticmethod
     def forward(ctx, x, spec, s1, s2, *rest):
-        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 2, forward_math, backward_math)
+        return fused_forward(ctx, x, spec, s1, s2, rest, backward_math, forward_math)
 
     @staticmethod
     def backward(ctx, dout):

@@ -225,9 +225,6 @@ class BiFormerBlock(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
-    graphs = None
-    """The block's :class:`~.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
-
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether this call runs as one :class:`~.biformer_fused.FusedRoutingBlock` node: the Triton path (for
         the global block: routing with one region) with the Linear / conv weights in the matmuls' dtype

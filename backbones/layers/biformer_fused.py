@@ -16,9 +16,6 @@ math), the LCE adds its conv to the fp32 attention output before the one roundin
 pos-embed conv's input gradient is added to the residual gradient in fp32 without a round trip through the low
 dtype.
 
-Once a block's input signature repeats, ``layers.block_graphs`` replays these kernels as CUDA graphs (the
-``graphs`` argument; ``forward_math`` / ``backward_math`` are what it captures).
-
 Shapes: x ``(B, H, W, C)`` (channel stride 1), fp32 residual stream (or the low dtype itself without autocast);
 weights as the modules hold them (``Linear`` ``(out, in)``, depthwise ``(C, 1, k, k)``), the Linear / conv ones
 in the low dtype ``L`` (``layers.linear.cast_linear_weights``), the norms' in fp32; returns ``(B, H, W, C)`` like x.
@@ -161,17 +158,14 @@ def backward_math(spec: BlockSpec, need, saved, aux, dout, dx_out=None) -> list:
 
 class FusedRoutingBlock(torch.autograd.Function):
     """``apply(x, spec, s1, s2, pos_w, pos_b, n1_w, n1_b, qkv_w, qkv_b, lepe_w, lepe_b, proj_w, proj_b, n2_w, n2_b,
-    fc1_w, fc1_b, fc2_w, fc2_b, graphs, grad) -> (B, H, W, C)``: a BiFormer routing block (module docstring).
+    fc1_w, fc1_b, fc2_w, fc2_b) -> (B, H, W, C)``: a BiFormer routing block (module docstring).
 
     ``s1``, ``s2``: the residual branches' factors from ``ResidualDropPath.factor`` (None, layer scale ``(C,)``
-    or the stochastic-depth mask ``(B, 1, 1, 1)`` times it), applied with ``spec.value1`` / ``value2``.
-    ``graphs``: the block's :class:`~.block_graphs.BlockGraphs` (replays the kernels as CUDA graphs once the
-    call signature repeats) or None; ``grad``: whether autograd records the call (``torch.is_grad_enabled()``
-    outside the Function)."""
+    or the stochastic-depth mask ``(B, 1, 1, 1)`` times it), applied with ``spec.value1`` / ``value2``."""
 
     @staticmethod
     def forward(ctx, x, spec, s1, s2, *rest):
-        return fused_forward(ctx, x, spec, s1, s2, rest, N_GRADS, 4, forward_math, backward_math)
+        return fused_forward(ctx, x, spec, s1, s2, rest, backward_math, forward_math)
 
     @staticmethod
     def backward(ctx, dout):
@@ -199,5 +193,4 @@ def fused_block(block, x: torch.Tensor) -> torch.Tensor:
     :class:`FusedRoutingBlock`; the caller has checked that it applies (``BiFormerBlock._fused``)."""
     s1, v1 = block.drop_path.factor(x, block.gamma1)
     s2, v2 = block.drop_path.factor(x, block.gamma2)
-    return FusedRoutingBlock.apply(x, _spec(block, v1, v2), s1, s2, *_params(block), block.graphs,
-                                   torch.is_grad_enabled())
+    return FusedRoutingBlock.apply(x, _spec(block, v1, v2), s1, s2, *_params(block))

@@ -1,19 +1,18 @@
 """What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``, ``nat_fused``): whether a call takes
 the fused node (``fused_path_applies``), the weights it reads (``low_pair``), the autograd Function's body around a
-block's ``forward_math`` / ``backward_math`` with optional CUDA-graph replay, and the backward's bookkeeping.
+block's ``forward_math`` / ``backward_math``, and the backward's bookkeeping.
 
-A fused block is a ``torch.autograd.Function`` whose ``apply`` takes ``(x, spec, s1, s2, *weights, graphs, grad)``:
+A fused block is a ``torch.autograd.Function`` whose ``apply`` takes ``(x, spec, s1, s2, *weights)``:
 x the block's input, ``spec`` a frozen dataclass of its non-tensor arguments, ``s1`` / ``s2`` the residual
 branches' factors (``ResidualDropPath.factor``: None, a layer scale ``(C,)`` or a stochastic-depth mask, applied as
-``addcmul(x, y, s, value)`` with the spec's ``value1`` / ``value2``), the weights in the block's own order,
-``graphs`` its :class:`~.block_graphs.BlockGraphs` (or None) and ``grad = torch.is_grad_enabled()`` outside the
-Function. Its ``forward`` / ``backward`` are :func:`fused_forward` / :func:`fused_backward`, given the block's
+``addcmul(x, y, s, value)`` with the spec's ``value1`` / ``value2``) and the weights in the block's own order.
+Its ``forward`` / ``backward`` are :func:`fused_forward` / :func:`fused_backward`, given the block's
 
 - ``forward_math(x, spec, s1, s2, weights, need_s1, need_s2, out=None, copy_input=False) -> (out, saved, aux)``:
   ``saved`` the tensors and ``aux`` the rest the backward needs; ``out`` a buffer to write the result into;
-  ``copy_input``: save a copy of x where the backward keeps x itself (x is a buffer the next replay reuses);
+  ``copy_input``: save a copy of x where the backward keeps x itself;
 - ``backward_math(spec, need, saved, aux, dout, dx_out=None) -> grads``: one gradient per tensor argument of
-  ``apply`` before ``graphs`` (None where ``need`` is False), the input gradient written into ``dx_out`` if given.
+  ``apply`` (None where ``need`` is False), the input gradient written into ``dx_out`` if given.
 """
 from __future__ import annotations
 
@@ -54,12 +53,9 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
         cache[full_key] = fused = (backend != 'torch' and (backend is not None or x.is_cuda)
                                    and low == want and x.dtype in (torch.float32, low)
                                    and x[0].numel() * 3 < 2 ** 31 and triton_runs(x, low, backend, *args))
-        graphs = getattr(block, 'graphs', None)
         print_log(f'{type(block).__name__} {tuple(x.shape)} {x.dtype}, weights {low}, backend {backend}, autocast '
-                  f'{autocast}: ' + ('fused node' + (', CUDA graphs once the signature repeats'
-                                                     if graphs is not None and graphs.pool.enabled
-                                                     and (x.is_cuda or graphs.pool.emulate) else '')
-                                     if fused else 'module composition'), logger='current', level=logging.DEBUG)
+                  f'{autocast}: ' + ('fused node' if fused else 'module composition'), logger='current',
+                  level=logging.DEBUG)
     return cache[full_key]
 
 
@@ -82,46 +78,22 @@ def cached_spec(block, key: tuple, build: Callable[[], Any]):
     return spec
 
 
-def fused_forward(ctx, x: torch.Tensor, spec, s1, s2, rest: tuple, n_grads: int, low_at: int,
-                  forward_math: Callable, backward_math: Callable) -> torch.Tensor:
-    """The Function's forward: a graph replay where the block's :class:`~.block_graphs.BlockGraphs` has (or now
-    captures) one for this call's signature, else ``forward_math`` eagerly. ``rest = (*weights, graphs, grad)``;
-    ``n_grads``: tensor arguments of ``apply`` before ``graphs``; ``low_at``: the index in ``weights`` of a weight
-    in the matmuls' dtype (the output's dtype is x's promoted with it, as in eager)."""
-    *params, graphs, grad = rest
-    need = ctx.needs_input_grad[:n_grads]
-    need_s1 = s1 is not None and need[2]
-    need_s2 = s2 is not None and need[3]
-    if graphs is not None:
-        def fwd(xs, weights, factors, out, copy_input):
-            return forward_math(xs, spec, *factors, weights, need_s1, need_s2, out, copy_input)
-
-        def bwd(saved, aux, dout, dx_out):
-            return backward_math(spec, need, saved, aux, dout, dx_out)
-
-        out_dtype = torch.promote_types(x.dtype, params[low_at].dtype)    # x + branches (eager's promotion)
-        for s in (s1, s2):
-            out_dtype = out_dtype if s is None else torch.promote_types(out_dtype, s.dtype)
-        run = graphs.forward(x, params, (s1, s2), (spec, need), grad and any(need), out_dtype, fwd, bwd)
-        if run is not None:                     # replayed (or captured) graph: run.out is the graph's buffer
-            ctx.replay = run
-            return run.attach(ctx)
+def fused_forward(ctx, x: torch.Tensor, spec, s1, s2, params: tuple, backward_math: Callable,
+                  forward_math: Callable) -> torch.Tensor:
+    """The Function's forward: ``forward_math`` on x and the weights ``params``, what the backward needs saved on
+    ``ctx``."""
+    need = ctx.needs_input_grad
     if not x.is_contiguous():                   # e.g. a downsampler's NCHW map seen channels-last
         x = x.contiguous()
-    # x may be a graph's ring buffer, reused by the next replay: save a copy where the backward keeps x itself
-    out, saved, aux = forward_math(x, spec, s1, s2, params, need_s1, need_s2, copy_input=graphs is not None)
+    out, saved, aux = forward_math(x, spec, s1, s2, params, s1 is not None and need[2], s2 is not None and need[3])
     ctx.save_for_backward(*saved)
-    ctx.spec, ctx.aux, ctx.replay, ctx.backward_math = spec, aux, None, backward_math
+    ctx.spec, ctx.aux, ctx.backward_math = spec, aux, backward_math
     return out
 
 
 def fused_backward(ctx, dout: torch.Tensor) -> tuple:
-    """The Function's backward: the replayed graph's gradients, or ``backward_math`` on the saved tensors; None for
-    ``graphs`` and ``grad``."""
-    if ctx.replay is not None:
-        return (*ctx.replay.backward(dout), None, None)
-    grads = ctx.backward_math(ctx.spec, ctx.needs_input_grad[:-2], ctx.saved_tensors, ctx.aux, dout)
-    return (*grads, None, None)
+    """The Function's backward: ``backward_math`` on the saved tensors, one gradient per argument of ``apply``."""
+    return tuple(ctx.backward_math(ctx.spec, ctx.needs_input_grad, ctx.saved_tensors, ctx.aux, dout))
 
 
 BIAS_MATMUL_ROWS = 16384

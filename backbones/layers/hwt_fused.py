@@ -2,9 +2,7 @@
 
 The block ``x -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with Hilbert window attention and its 2D position bias, run by
 ``attn_block_fused``'s forward and backward math (why, and how it matches the module composition in
-``backbones/hwt.py``, is said there). With ``layers.block_graphs`` (the ``graphs`` argument) the kernels of a block
-whose input signature repeats are replayed as CUDA graphs: a block's forward or backward then costs the host about
-one launch.
+``backbones/hwt.py``, is said there).
 
 Shapes: x ``(B, N, C)`` Hilbert tokens (channel stride 1); weights as the modules hold them (Linear weights and
 biases pre-cast by ``layers.linear.cast_linear_weights``), the position-bias table ``(heads, 2R+1, 2R+1)`` in fp32;
@@ -44,7 +42,7 @@ class WindowBlockSpec:
 
 
 class FusedWindowBlock(AttentionBlockFunction):
-    """``apply(x, spec, s1, s2, *13 weights, graphs, grad) -> (B, N, C)``: an HWT block (module docstring;
+    """``apply(x, spec, s1, s2, *13 weights) -> (B, N, C)``: an HWT block (module docstring;
     arguments as :class:`~.attn_block_fused.AttentionBlockFunction`, ``spec`` a :class:`WindowBlockSpec`)."""
 
 
@@ -61,4 +59,4 @@ def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:
     s1, v1 = block.drop_path.factor(x)
     s2, v2 = block.drop_path.factor(x)
     params = block_params(block, block.attn.relative_position_bias_table)
-    return FusedWindowBlock.apply(x, _spec(block, hw, v1, v2), s1, s2, *params, block.graphs, torch.is_grad_enabled())
+    return FusedWindowBlock.apply(x, _spec(block, hw, v1, v2), s1, s2, *params)

@@ -13,7 +13,7 @@ at the end of every stage but the last. This module adds what is specific to it:
 - ``NATBlock``: ``x + drop_path(gamma1 * attn(norm1(x)))``, ``x + drop_path(gamma2 * mlp(norm2(x)))``; ``gamma*``
   (layer scale) only when ``layer_scale`` is given. Works on any ``(..., C)`` layout; extra positional arguments go
   to the attention module. Around 2D neighbourhood attention on the Triton path it runs as one autograd node
-  (``nat_fused``), replayed as CUDA graphs when the backbone gave it ``graphs``.
+  (``nat_fused``).
 - ``NATStage``: ``blocks`` (ModuleList) + optional ``downsample``; the backbone drives the loop.
 - ``init_nat_weights``: the official initialisation (trunc-normal 0.02 linears and position biases, unit LayerNorms).
 
@@ -206,9 +206,6 @@ class NATBlock(nn.Module):
                 raise ValueError(f'layer_scale must be a positive number or None, got {layer_scale!r}')
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
             self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
-
-    graphs = None
-    """The block's :class:`~.block_graphs.BlockGraphs` on the fused path (set by the backbone), or None."""
 
     def _fused(self, x: torch.Tensor, attn_args: tuple) -> bool:
         """Whether this call runs as one :class:`~.nat_fused.FusedNeighborhoodBlock` node: 2D neighbourhood

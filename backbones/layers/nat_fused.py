@@ -4,8 +4,7 @@ The block ``x -> x + g1 * attn(ln1(x)) -> x + g2 * mlp(ln2(x))`` (``g*``: the la
 (dilated) neighbourhood attention and its relative position bias, run by ``attn_block_fused``'s forward and
 backward math (why, and how it matches the module composition in ``layers/nat_blocks.py``, is said there). The
 attention reads the row-major map through the na2d pattern's ``rows`` (sub-grid-major Hilbert order), as
-``sparse_ops.neighborhood_attention_2d`` does. With ``layers.block_graphs`` (the ``graphs`` argument) the kernels
-of a block whose input signature repeats are replayed as CUDA graphs.
+``sparse_ops.neighborhood_attention_2d`` does.
 
 Shapes: x ``(B, H, W, C)`` channels-last map, seen as ``(B, H * W, C)`` tokens inside; weights as the modules hold
 them (Linear weights and biases pre-cast by ``layers.linear.cast_linear_weights``), ``rpb (heads, 2k-1, 2k-1)``
@@ -44,7 +43,7 @@ class NeighborhoodBlockSpec:
 
 
 class FusedNeighborhoodBlock(AttentionBlockFunction):
-    """``apply(x, spec, s1, s2, *13 weights, graphs, grad) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block
+    """``apply(x, spec, s1, s2, *13 weights) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block
     (module docstring; arguments as :class:`~.attn_block_fused.AttentionBlockFunction`, ``spec`` a
     :class:`NeighborhoodBlockSpec`)."""
 
@@ -66,5 +65,5 @@ def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
     s1, v1 = block.drop_path.factor(tokens, block.gamma1)
     s2, v2 = block.drop_path.factor(tokens, block.gamma2)
     out = FusedNeighborhoodBlock.apply(tokens, _spec(block, (h, w), v1, v2), s1, s2,
-                                       *block_params(block, block.attn.rpb), block.graphs, torch.is_grad_enabled())
+                                       *block_params(block, block.attn.rpb))
     return out.view(b, h, w, c)

@@ -1,11 +1,12 @@
-"""Multi-scale training with CUDA-graph replay on the GPU (``layers/block_graphs.py``; skipped without CUDA).
+"""Multi-scale training with CUDA-graph replay on the GPU (``backbones/graphs.py``; skipped without CUDA).
 
 The preset backbones with their default stochastic depth and graphs on (the default) train through a schedule of
 input sizes like mmdet's multi-scale pipelines (16 sizes, H 480-800, W 640-1333, multiples of 32, each held for
 3 steps, then earlier sizes again), under bf16 and fp16 autocast, with no-grad eval calls in between, beside the
 same backbone with graphs off: every step's outputs and input gradient agree, no capture warning, at most
-``max_signatures`` captured signatures per block, and deleting the models gives all their memory back. The CPU
-side of the same rules (emulated graphs) is in ``test_block_graphs.py``.
+``max_signatures`` captured signatures, and deleting the models gives all their memory back. The CPU side of the
+same rules (emulated graphs) is in ``test_graphs.py``. ``with_cp`` (no graphs) keeps the fused path and equals the
+plain model.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ MODELS = {
     'NAT-T': dict(type='NAT', arch='tiny'),
     'DiNAT-T': dict(type='DiNAT', arch='tiny'),
     'BiFormer-S': dict(type='BiFormer', arch='small'),
+    'HNT-T': dict(type='HNT', arch='tiny'),
 }
 
 
@@ -66,10 +68,6 @@ def _settle() -> int:
     return torch.cuda.memory_allocated()
 
 
-def _graphs(model):
-    return [m.graphs for m in model.modules() if getattr(m, 'graphs', None) is not None]
-
-
 def _train_schedule(name: str, dtype: torch.dtype) -> None:
     """The schedule on a graphed and a plain model (same weights), checked step by step; everything it builds dies
     when it returns."""
@@ -98,10 +96,10 @@ def _train_schedule(name: str, dtype: torch.dtype) -> None:
                 for m in (ref, gr):
                     m.train()
             allocated.append(torch.cuda.memory_allocated())
-    graphs = _graphs(gr)
-    assert graphs and graphs[0].pool.captures > 0, 'no graph was captured'
-    assert all(len(g.signatures()) <= g.pool.max_signatures for g in graphs)
-    print(f'{name} {dtype}: {graphs[0].pool.captures} captures; allocated after 16 / 48 / {len(SCHEDULE)} steps: '
+    graphs = gr.graphs
+    assert graphs.enabled and graphs.captures > 0, 'no graph was captured'
+    assert len(graphs.signatures()) <= graphs.max_signatures
+    print(f'{name} {dtype}: {graphs.captures} captures; allocated after 16 / 48 / {len(SCHEDULE)} steps: '
           f'{allocated[15] / 2**20:.0f} / {allocated[47] / 2**20:.0f} / {allocated[-1] / 2**20:.0f} MiB')
 
 
@@ -147,7 +145,22 @@ def test_two_graphed_models_and_ddp_hooks():
                 m.zero_grad(set_to_none=True)
             _close(grads[1], grads[0], f'step {step} graphed model grads', 2e-2)
             _close(grads[2], grads[0], f'step {step} DDP graphed model grads', 2e-2)
-        assert _graphs(a)[0].pool is not _graphs(b)[0].pool and _graphs(b)[0].pool.captures > 0
+        assert a.graphs.captures > 0 and b.graphs.captures > 0
     finally:
         if started:
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('name', ['HWT-T', 'DiNAT-T', 'BiFormer-S'])
+def test_with_cp_equals_plain_under_autocast(name):
+    """``with_cp`` under bf16 autocast on changing sizes: outputs and input gradients equal the plain model's."""
+    ref = _build(MODELS[name], graphs=False)
+    cp = _build(dict(MODELS[name], with_cp=True), graphs=False)
+    cp.load_state_dict(ref.state_dict())
+    for step, (h, w) in enumerate(SIZES[:4]):
+        x = torch.randn(2, 3, h, w, device='cuda')
+        want, dx_want = _step(ref, x, torch.bfloat16, step)
+        got, dx_got = _step(cp, x, torch.bfloat16, step)
+        for i, (a, b) in enumerate(zip(got, want)):
+            _close(a, b, f'with_cp step {step} output {i}', 2e-2)
+        _close(dx_got, dx_want, f'with_cp step {step} input grad', 2e-2)

@@ -1,0 +1,208 @@
+"""CUDA graphs of a backbone's training step: ``torch.cuda.make_graphed_callables`` per input signature, LRU-bounded.
+
+Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU (hundreds of kernel
+launches, each costing more host time than its kernel takes); a replayed graph issues them for about the cost of one
+launch. PyTorch's ``make_graphed_callables`` does the capture and replay (forward graph, backward graph, an autograd
+node that replays them); ``docs/benchmarks.md`` ("Graph replay") has the measurement that chose it.
+
+What this module adds around it (``BackboneGraphs``, one per backbone, owned by ``SparseBackbone``):
+
+- When: a training call (module in train mode, autograd recording, a CUDA input, not compiling, not under
+  ``with_cp``) is captured at the ``warmup``-th call in a row with its signature -- input shape, dtype, device,
+  ``requires_grad`` and the autocast state -- then replayed whenever that signature comes again. Every other call
+  runs eagerly: eval, ``no_grad``, sizes that do not repeat. No capture while a module of the backbone has
+  forward or backward hooks (they would run only at capture; hooks added after a capture do not run on replays)
+  or a ``SyncBatchNorm`` in training mode (its collectives are not captured).
+- Memory cap: at most ``max_signatures`` captured signatures (default 3), least recently used out. Each holds a
+  private memory pool of about the backbone's own training memory at its size (activations saved for backward,
+  gradients of the parameters, the outputs) for as long as it is kept.
+- The whole ``SparseBackbone._forward`` is one graph: stem, blocks, downsamplers and norms, with the autocast
+  weight casts (``cast_linear_weights``) inside it, so gradients reach the fp32 parameters through the graph.
+  Stochastic depth draws fresh masks at every replay (the graph's random offsets advance per replay).
+- Outputs are fresh tensors (copies of the graph's buffers), so a caller may keep them across steps.
+- Parameter gradients come out of the graph's own buffers, which autograd hands to a ``None`` ``.grad`` as is
+  (no copy); a ``.grad`` still set when the next replay starts (gradient accumulation) is copied off the buffer
+  first, so accumulation adds up as in eager mode.
+- A replay overwrites what the previous replay of the same signature saved for backward. A call whose signature has
+  a forward still waiting for its backward runs eagerly instead (two forwards before one backward stay correct); a
+  backward reaching a forward whose buffers were overwritten since (``retain_graph`` after a newer step) raises.
+- A capture that fails warns once and turns graph replay off for this backbone (it then runs eagerly).
+- Graphs of an evicted signature are freed at once; those of a deleted backbone at Python's next garbage collection
+  (``make_graphed_callables`` builds classes, which live in reference cycles): ``gc.collect()`` then
+  ``torch.cuda.empty_cache()`` returns the memory to the device.
+"""
+from __future__ import annotations
+
+import collections
+import gc
+import warnings
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .layers.linear import cast_linear_weights
+
+__all__ = ['BackboneGraphs']
+
+
+class _Body(nn.Module):
+    """The backbone's ``_forward`` as a module for ``make_graphed_callables``: the backbone's children and direct
+    parameters registered again (the same objects, so ``parameters()`` is the backbone's), the backbone itself only
+    by weak reference (no cycle through it)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        for name, child in backbone.named_children():
+            self.add_module(name, child)
+        for name, param in backbone.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        self._owner = weakref.ref(backbone)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        owner = self._owner()
+        with cast_linear_weights(owner):
+            return tuple(owner._forward(x))
+
+
+class _Entry:
+    """One captured signature: the graphed callable, its replay count, the autograd node of its pending forward."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.gen, self.pending = fn, 0, None
+
+    def busy(self) -> bool:
+        return self.pending is not None and self.pending() is not None
+
+
+class _Fresh(torch.autograd.Function):
+    """``outs -> copies``: the replay's outputs as tensors of their own; its backward marks the forward done and
+    refuses a forward whose graph buffers a later replay overwrote."""
+
+    @staticmethod
+    def forward(ctx, entry: _Entry, *outs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.entry, ctx.gen = entry, entry.gen
+        return tuple(o.clone() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple:
+        entry = ctx.entry
+        if entry.gen != ctx.gen:
+            raise RuntimeError('backward through a CUDA-graph replay whose buffers a later replay overwrote '
+                               '(retain_graph across steps?); build the backbone with cuda_graphs=False for this')
+        entry.pending = None
+        return (None, *grads)
+
+
+def _uncapturable(backbone: nn.Module) -> bool:
+    """Whether a module of ``backbone`` has hooks or is a ``SyncBatchNorm`` in training mode."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               or (isinstance(m, nn.SyncBatchNorm) and m.training) for m in backbone.modules())
+
+
+def _make_graphed(body: nn.Module, x: torch.Tensor) -> Callable:
+    """``make_graphed_callables`` over ``body`` for the sample ``x`` (autocast's cast cache off, as it requires);
+    returns the graphed callable, leaving ``body.forward`` as it was."""
+    autocast = torch.is_autocast_enabled('cuda')
+    with torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'), enabled=autocast, cache_enabled=False):
+        torch.cuda.make_graphed_callables(body, (x,), num_warmup_iters=1, allow_unused_input=True)
+    fn = body.forward
+    del body.forward                        # the graphed forward closes over body: no cycle through body itself
+    return fn
+
+
+class BackboneGraphs:
+    """The captured training steps of one backbone (module docstring).
+
+    Args:
+        max_signatures: captured signatures kept (least recently used out).
+        warmup: the call, in a row with one signature, that captures it (>= 1; the calls before run eagerly).
+        capture: ``capture(body, x) -> callable`` (default ``make_graphed_callables``; tests pass an emulation).
+        emulate: also replay CPU inputs (with an emulating ``capture``; for tests).
+    """
+
+    def __init__(self, max_signatures: int = 3, warmup: int = 2, capture: Callable | None = None,
+                 emulate: bool = False) -> None:
+        for name, value in (('max_signatures', max_signatures), ('warmup', warmup)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an int >= 1, got {value!r}')
+        self.max_signatures, self.warmup = max_signatures, warmup
+        self.capture_fn = capture or _make_graphed
+        self.emulate = emulate
+        self.enabled = True
+        self.captures = 0                   # signatures captured so far
+        self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()   # LRU, newest last
+        self._seen: tuple[Any, int] = (None, 0)
+
+    def __reduce__(self):                   # deepcopy / pickle: a fresh cache (graphs are not copied)
+        return BackboneGraphs, (self.max_signatures, self.warmup, self.capture_fn, self.emulate)
+
+    def signatures(self) -> list[tuple]:
+        """The captured signatures, least recently used first."""
+        return list(self._entries)
+
+    def clear(self) -> None:
+        """Drop every captured signature and free its graphs now."""
+        self._entries.clear()
+        gc.collect()
+
+    def applies(self, backbone: nn.Module, x: torch.Tensor) -> bool:
+        """Whether this call may replay: enabled, CUDA input (or ``emulate``), training, autograd recording, not
+        compiling, not under inference mode or ``with_cp``, some parameter trainable."""
+        return (self.enabled and (x.is_cuda or self.emulate) and backbone.training and torch.is_grad_enabled()
+                and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+                and not backbone.with_cp and any(p.requires_grad for p in backbone.parameters()))
+
+    def run(self, backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """The backbone's outputs from a replayed (or newly captured) graph, or None: the caller runs eagerly."""
+        if not self.applies(backbone, x):
+            return None
+        autocast = torch.is_autocast_enabled(x.device.type)
+        key = (tuple(x.shape), x.dtype, x.device, x.requires_grad, autocast,
+               torch.get_autocast_dtype(x.device.type) if autocast else None)
+        entry = self._entries.get(key)
+        if entry is None:
+            seen, count = self._seen
+            count = count + 1 if seen == key else 1
+            self._seen = (key, count)
+            if count < self.warmup or _uncapturable(backbone):
+                return None
+            entry = self._capture(backbone, key, x)
+            if entry is None:
+                return None
+        elif entry.busy():
+            return None
+        self._entries.move_to_end(key)
+        for p in backbone.parameters():     # accumulation: a .grad may still be a graph's gradient buffer
+            if p.grad is not None:
+                p.grad = p.grad.clone()
+        outs = entry.fn(x)
+        entry.gen += 1
+        fresh = _Fresh.apply(entry, *outs)
+        entry.pending = weakref.ref(fresh[0].grad_fn) if fresh[0].grad_fn is not None else None
+        return fresh
+
+    def _capture(self, backbone: nn.Module, key: tuple, x: torch.Tensor) -> _Entry | None:
+        if len(self._entries) >= self.max_signatures:
+            self._entries.popitem(last=False)
+            gc.collect()                    # the evicted graphs live in reference cycles (module docstring)
+        body = _Body(backbone)
+        body.training = True                # make_graphed_callables replays in the mode it captured
+        # the capture's warm-up step must leave no trace: random state and buffers (BatchNorm statistics) restored
+        buffers = [(b, b.clone()) for b in backbone.buffers()]
+        try:
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+                fn = self.capture_fn(body, x.detach().clone().requires_grad_(x.requires_grad))
+        except Exception as error:          # noqa: BLE001 (a real bug fails again in the eager call that follows)
+            self.enabled = False
+            warnings.warn(f'CUDA graph capture of {type(backbone).__name__} failed, running eagerly from now on: '
+                          f'{error!r}', stacklevel=4)
+            return None
+        finally:
+            with torch.no_grad():
+                for b, c in buffers:
+                    b.copy_(c)
+        self.captures += 1
+        entry = self._entries[key] = _Entry(fn)
+        return entry
