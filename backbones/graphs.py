@@ -17,7 +17,9 @@ What this module adds around it (``BackboneGraphs``, one per backbone, owned by 
   private memory pool of about the backbone's own training memory at its size (activations saved for backward,
   gradients of the parameters, the outputs) for as long as it is kept.
 - The whole ``SparseBackbone._forward`` is one graph: stem, blocks, downsamplers and norms, with the autocast
-  weight casts (``cast_linear_weights``) inside it, so gradients reach the fp32 parameters through the graph.
+  weight casts (``cast_linear_weights``) inside it. The graph is a function of the input and the parameters
+  (``torch.func.functional_call``), so the parameters' gradients are handed on by autograd outside it (DDP's
+  hooks run as in eager mode).
   Stochastic depth draws fresh masks at every replay (the graph's random offsets advance per replay).
 - Outputs are fresh tensors (copies of the graph's buffers), so a caller may keep them across steps.
 - Parameter gradients come out of the graph's own buffers, which autograd hands to a ``None`` ``.grad`` as is
@@ -27,9 +29,9 @@ What this module adds around it (``BackboneGraphs``, one per backbone, owned by 
   a forward still waiting for its backward runs eagerly instead (two forwards before one backward stay correct); a
   backward reaching a forward whose buffers were overwritten since (``retain_graph`` after a newer step) raises.
 - A capture that fails warns once and turns graph replay off for this backbone (it then runs eagerly).
-- Graphs of an evicted signature are freed at once; those of a deleted backbone at Python's next garbage collection
-  (``make_graphed_callables`` builds classes, which live in reference cycles): ``gc.collect()`` then
-  ``torch.cuda.empty_cache()`` returns the memory to the device.
+- Graphs of an evicted signature are freed at the eviction (with a ``gc.collect()``); those of a deleted backbone
+  at Python's next garbage collection (``make_graphed_callables`` builds classes, which live in reference
+  cycles): ``gc.collect()`` then ``torch.cuda.empty_cache()`` returns the memory to the device.
 """
 from __future__ import annotations
 
@@ -48,16 +50,13 @@ __all__ = ['BackboneGraphs']
 
 
 class _Body(nn.Module):
-    """The backbone's ``_forward`` as a module for ``make_graphed_callables``: the backbone's children and direct
-    parameters registered again (the same objects, so ``parameters()`` is the backbone's), the backbone itself only
-    by weak reference (no cycle through it)."""
+    """The backbone's ``_forward`` as a module: the backbone's children registered again (the same objects), the
+    backbone itself only by weak reference (no cycle through it)."""
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         for name, child in backbone.named_children():
             self.add_module(name, child)
-        for name, param in backbone.named_parameters(recurse=False):
-            self.register_parameter(name, param)
         self._owner = weakref.ref(backbone)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -101,15 +100,26 @@ def _uncapturable(backbone: nn.Module) -> bool:
                or (isinstance(m, nn.SyncBatchNorm) and m.training) for m in backbone.modules())
 
 
-def _make_graphed(body: nn.Module, x: torch.Tensor) -> Callable:
-    """``make_graphed_callables`` over ``body`` for the sample ``x`` (autocast's cast cache off, as it requires);
-    returns the graphed callable, leaving ``body.forward`` as it was."""
+def _make_graphed(body: nn.Module, x: torch.Tensor, params: list[torch.Tensor]) -> Callable:
+    """``make_graphed_callables`` over ``body`` as a function of ``(x, *params)`` for the sample ``x``; call the
+    result as ``fn(x, *params)``. The graph reads the parameters through leaves of their own that share their
+    memory (so it sees every optimizer update), and autograd outside the graph hands their gradients on: the
+    parameters' gradient accumulators never run inside the capture (under DDP, or with last step's loss still
+    alive, they belong to the default stream, and the capture would fail). Autocast's cast cache is off during
+    the capture, as ``make_graphed_callables`` requires."""
+    names = [name for name, _ in body.named_parameters()]
+
+    def step(inp: torch.Tensor, *ps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.func.functional_call(body, dict(zip(names, ps)), (inp,))
+
+    leaves = tuple(p.detach().requires_grad_(p.requires_grad) for p in params)
     autocast = torch.is_autocast_enabled('cuda')
-    with torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'), enabled=autocast, cache_enabled=False):
-        torch.cuda.make_graphed_callables(body, (x,), num_warmup_iters=1, allow_unused_input=True)
-    fn = body.forward
-    del body.forward                        # the graphed forward closes over body: no cycle through body itself
-    return fn
+    with torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'), enabled=autocast, cache_enabled=False), \
+            warnings.catch_warnings():
+        # the leaves' accumulators are made on the warm-up's side stream, then met on the capture stream: a
+        # synchronisation between two side streams, which the capture records; nothing to warn the user about
+        warnings.filterwarnings('ignore', message="The AccumulateGrad node's stream does not match")
+        return torch.cuda.make_graphed_callables(step, (x, *leaves), num_warmup_iters=1, allow_unused_input=True)
 
 
 class BackboneGraphs:
@@ -118,7 +128,8 @@ class BackboneGraphs:
     Args:
         max_signatures: captured signatures kept (least recently used out).
         warmup: the call, in a row with one signature, that captures it (>= 1; the calls before run eagerly).
-        capture: ``capture(body, x) -> callable`` (default ``make_graphed_callables``; tests pass an emulation).
+        capture: ``capture(body, x, params) -> fn`` with ``fn(x, *params) -> outputs`` (default: through
+            ``make_graphed_callables``; tests pass an emulation).
         emulate: also replay CPU inputs (with an emulating ``capture``; for tests).
     """
 
@@ -149,18 +160,22 @@ class BackboneGraphs:
 
     def applies(self, backbone: nn.Module, x: torch.Tensor) -> bool:
         """Whether this call may replay: enabled, CUDA input (or ``emulate``), training, autograd recording, not
-        compiling, not under inference mode or ``with_cp``, some parameter trainable."""
+        compiling, not under inference mode or ``with_cp``."""
         return (self.enabled and (x.is_cuda or self.emulate) and backbone.training and torch.is_grad_enabled()
                 and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
-                and not backbone.with_cp and any(p.requires_grad for p in backbone.parameters()))
+                and not backbone.with_cp)
 
     def run(self, backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """The backbone's outputs from a replayed (or newly captured) graph, or None: the caller runs eagerly."""
         if not self.applies(backbone, x):
             return None
+        params = list(backbone.parameters())
+        trainable = tuple(p.requires_grad for p in params)
+        if not any(trainable):
+            return None
         autocast = torch.is_autocast_enabled(x.device.type)
         key = (tuple(x.shape), x.dtype, x.device, x.requires_grad, autocast,
-               torch.get_autocast_dtype(x.device.type) if autocast else None)
+               torch.get_autocast_dtype(x.device.type) if autocast else None, trainable)
         entry = self._entries.get(key)
         if entry is None:
             seen, count = self._seen
@@ -168,32 +183,31 @@ class BackboneGraphs:
             self._seen = (key, count)
             if count < self.warmup or _uncapturable(backbone):
                 return None
-            entry = self._capture(backbone, key, x)
+            entry = self._capture(backbone, key, x, params)
             if entry is None:
                 return None
         elif entry.busy():
             return None
         self._entries.move_to_end(key)
-        for p in backbone.parameters():     # accumulation: a .grad may still be a graph's gradient buffer
+        for p in params:                    # accumulation: a .grad may still be a graph's gradient buffer
             if p.grad is not None:
                 p.grad = p.grad.clone()
-        outs = entry.fn(x)
+        outs = entry.fn(x, *params)
         entry.gen += 1
         fresh = _Fresh.apply(entry, *outs)
         entry.pending = weakref.ref(fresh[0].grad_fn) if fresh[0].grad_fn is not None else None
         return fresh
 
-    def _capture(self, backbone: nn.Module, key: tuple, x: torch.Tensor) -> _Entry | None:
+    def _capture(self, backbone: nn.Module, key: tuple, x: torch.Tensor, params: list) -> _Entry | None:
         if len(self._entries) >= self.max_signatures:
             self._entries.popitem(last=False)
             gc.collect()                    # the evicted graphs live in reference cycles (module docstring)
         body = _Body(backbone)
-        body.training = True                # make_graphed_callables replays in the mode it captured
         # the capture's warm-up step must leave no trace: random state and buffers (BatchNorm statistics) restored
         buffers = [(b, b.clone()) for b in backbone.buffers()]
         try:
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-                fn = self.capture_fn(body, x.detach().clone().requires_grad_(x.requires_grad))
+                fn = self.capture_fn(body, x.detach().clone().requires_grad_(x.requires_grad), params)
         except Exception as error:          # noqa: BLE001 (a real bug fails again in the eager call that follows)
             self.enabled = False
             warnings.warn(f'CUDA graph capture of {type(backbone).__name__} failed, running eagerly from now on: '

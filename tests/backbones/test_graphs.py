@@ -28,19 +28,18 @@ class _Counter:
     def __init__(self) -> None:
         self.bodies, self.calls = [], 0
 
-    def __call__(self, body, x):
+    def __call__(self, body, x, params):
         self.bodies.append(weakref.ref(body))
 
-        def fn(inp):
+        def fn(inp, *ps):
             self.calls += 1
             return body(inp)
         return fn
 
 
-def _static_capture(body, x):
-    """Autograd behaviour of ``make_graphed_callables``: outputs are detached results, the backward recomputes and
-    copies the parameter gradients into buffers kept across calls, then returns those (detached) buffers."""
-    params = tuple(p for p in body.parameters() if p.requires_grad)
+def _static_capture(body, x, params):
+    """Autograd behaviour of ``make_graphed_callables`` over ``(x, *params)``: outputs are detached results, the
+    backward copies the parameter gradients into buffers kept across calls, then returns those (detached) buffers."""
     bufs = [torch.zeros_like(p) for p in params]
 
     class _Graphed(torch.autograd.Function):
@@ -57,7 +56,7 @@ def _static_capture(body, x):
             for b, g in zip(bufs, got):
                 b.copy_(g if g is not None else torch.zeros_like(b))
             return (None, *(b.detach() for b in bufs))
-    return lambda inp: _Graphed.apply(inp, *params)
+    return _Graphed.apply
 
 
 def _model(capture, **kw):
@@ -191,7 +190,7 @@ def test_arguments():
 
 
 def test_failed_capture_warns_and_runs_eagerly():
-    def broken(body, x):
+    def broken(body, x, params):
         raise RuntimeError('operation not permitted when stream is capturing')
     model = _model(broken)
     x = torch.randn(1, 3, 20, 24)
