@@ -94,7 +94,7 @@ def _model(name, bn_eval=False):
     in exact arithmetic)."""
     torch.manual_seed(0)
     # no CUDA graphs: a captured BiFormer block would keep reading the pinned routes of the run it was captured in
-    # (graphs replay eager's results bitwise: test_block_graphs.py)
+    # (a replayed step reads them from the capture)
     cfg = dict(CASES[name])
     if cfg['type'] == 'BiFormer':
         cfg['cuda_graphs'] = False
