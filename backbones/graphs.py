@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import collections
 import gc
+import logging
 import warnings
 import weakref
 from typing import Any, Callable
 
 import torch
+from mmengine.logging import print_log
 from torch import nn
 
 from .layers.linear import cast_linear_weights
@@ -94,10 +96,14 @@ class _Fresh(torch.autograd.Function):
         return (None, *grads)
 
 
-def _uncapturable(backbone: nn.Module) -> bool:
-    """Whether a module of ``backbone`` has hooks or is a ``SyncBatchNorm`` in training mode."""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               or (isinstance(m, nn.SyncBatchNorm) and m.training) for m in backbone.modules())
+def _uncapturable(backbone: nn.Module) -> str | None:
+    """Why ``backbone`` cannot be captured now (a module with hooks, a ``SyncBatchNorm`` in training mode), or None."""
+    for name, m in backbone.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return f'module {name or type(m).__name__!r} has hooks'
+        if isinstance(m, nn.SyncBatchNorm) and m.training:
+            return f'{name!r} is a SyncBatchNorm in training mode'
+    return None
 
 
 def _make_graphed(body: nn.Module, x: torch.Tensor, params: list[torch.Tensor]) -> Callable:
@@ -145,6 +151,7 @@ class BackboneGraphs:
         self.captures = 0                   # signatures captured so far
         self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()   # LRU, newest last
         self._seen: tuple[Any, int] = (None, 0)
+        self._skipped: str | None = None    # the last reason a capture was skipped (logged once per reason)
 
     def __reduce__(self):                   # deepcopy / pickle: a fresh cache (graphs are not copied)
         return BackboneGraphs, (self.max_signatures, self.warmup, self.capture_fn, self.emulate)
@@ -181,7 +188,14 @@ class BackboneGraphs:
             seen, count = self._seen
             count = count + 1 if seen == key else 1
             self._seen = (key, count)
-            if count < self.warmup or _uncapturable(backbone):
+            if count < self.warmup:
+                return None
+            why = _uncapturable(backbone)
+            if why:
+                if self._skipped != why:
+                    self._skipped = why
+                    print_log(f'{type(backbone).__name__}: no CUDA graph capture while {why}; running eagerly',
+                              logger='current', level=logging.INFO)
                 return None
             entry = self._capture(backbone, key, x, params)
             if entry is None:
@@ -219,4 +233,7 @@ class BackboneGraphs:
                     b.copy_(c)
         self.captures += 1
         entry = self._entries[key] = _Entry(fn)
+        print_log(f'{type(backbone).__name__}: captured a CUDA graph of the training step for input {key[0]} '
+                  f'{key[1]}, autocast {key[5]} ({len(self._entries)} of {self.max_signatures} kept)',
+                  logger='current', level=logging.DEBUG)
         return entry

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import weakref
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 import sparse_ops
 from backbones import HNT, HWT
+from backbones import graphs
 from backbones.graphs import BackboneGraphs
 
 ARCH = dict(embed_dims=16, depths=(1, 1), num_heads=(1, 2), window_size=3, mlp_ratio=2.0)
@@ -150,7 +152,9 @@ def test_two_forwards_then_backward_run_eagerly_and_stale_backward_raises():
         sum(o.sum() for o in first).backward()
 
 
-def test_no_capture_with_hooks_or_with_cp_and_fresh_cache_on_copy():
+def test_no_capture_with_hooks_or_with_cp_and_fresh_cache_on_copy(monkeypatch):
+    seen = []
+    monkeypatch.setattr(graphs, 'print_log', lambda msg, logger=None, level=None: seen.append((msg, level)))
     cap = _Counter()
     model = _model(cap)
     handle = model.layers[0].register_forward_hook(lambda *a: None)
@@ -158,6 +162,7 @@ def test_no_capture_with_hooks_or_with_cp_and_fresh_cache_on_copy():
     for _ in range(3):
         _step(model, x)
     assert model.graphs.captures == 0
+    assert seen == [("HWT: no CUDA graph capture while module 'layers.0' has hooks; running eagerly", logging.INFO)]
     handle.remove()
     _step(model, x)
     assert model.graphs.captures == 1
