@@ -219,7 +219,7 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
     """Run-time tables for routed regions, built on topk_idx's device with no host sync.
 
     ``topk_idx (B, R, topk)`` int64: the regions each query region routes to; ``route (B, R, R)`` float32 0/1, the
-    scatter of topk_idx, when the caller has it already (``routing_triton.route_topk_triton``). Returns a
+    scatter of topk_idx, when the caller has it already (:func:`route_qkv`). Returns a
     BlockPattern with Bt = B, ``MASK_ROUTE`` and ``route (B, R, R)`` int32 (1 where routed).
     """
     b, r, topk = topk_idx.shape

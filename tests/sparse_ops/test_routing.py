@@ -101,9 +101,10 @@ def test_empty_regions_last_lowest_index_first():
     assert torch.equal(routing.route_qkv(qkv, 4, 14)[0], twin)
 
 
-@pytest.mark.skipif(DEV != 'cuda', reason='the official rule is torch.topk on CUDA; CPU topk leaves ties open')
+@pytest.mark.gpu
 def test_rule_is_cuda_topk():
-    """The official code's ``torch.topk`` on the GPU picks the same set (its order within equal values aside)."""
+    """The official code's ``torch.topk`` on the GPU picks the same set (its order within equal values aside); the
+    CPU's ``torch.topk`` leaves ties open, so only the GPU can show the official rule."""
     scores = torch.randint(-2, 3, (64, 256), generator=torch.Generator().manual_seed(1)).float().cuda()
     for topk in (1, 4, 16, 100, 256):
         official = torch.topk(scores, topk, dim=-1).indices
