@@ -19,9 +19,9 @@ Routing, detached (no gradient):
 This is the official BiFormer rule as it runs on the GPU: ``ops/bra_legacy.py`` (``TopkRouting``) takes
 ``torch.topk(attn_logit, k=topk, dim=-1)`` of the detached region-mean affinity, and PyTorch's CUDA top-k
 (radix select, ``aten/src/ATen/native/cuda/TensorTopK.cu``) writes every value above the k-th one and then the
-values equal to it in index order (the same sets as :func:`select_regions`, NaN rows included, seen with torch 2.11
-on an H200 for rows of 9 to 4096 integer-valued scores). ``torch.topk`` on the CPU picks among ties in no fixed order, so the twin
-does not call it: :func:`select_regions` is a stable descending sort. (The official code multiplies the query
+values equal to it in index order (the same sets as :func:`select_regions`, NaN rows included, seen with torch
+2.11 on an H200 for rows of 9 to 4096 integer-valued scores). ``torch.topk`` on the CPU picks among ties in no
+fixed order, so the twin does not call it: :func:`select_regions` is a stable descending sort. (The official code multiplies the query
 means by ``qk_dim ** -0.5`` before the product; a positive factor does not reorder distinct fp32 products except
 through rounding, which this code does not reproduce.)
 
