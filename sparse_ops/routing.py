@@ -21,9 +21,9 @@ This is the official BiFormer rule as it runs on the GPU: ``ops/bra_legacy.py`` 
 (radix select, ``aten/src/ATen/native/cuda/TensorTopK.cu``) writes every value above the k-th one and then the
 values equal to it in index order (the same sets as :func:`select_regions`, NaN rows included, seen with torch
 2.11 on an H200 for rows of 9 to 4096 integer-valued scores). ``torch.topk`` on the CPU picks among ties in no
-fixed order, so the twin does not call it: :func:`select_regions` is a stable descending sort. (The official code multiplies the query
-means by ``qk_dim ** -0.5`` before the product; a positive factor does not reorder distinct fp32 products except
-through rounding, which this code does not reproduce.)
+fixed order, so the twin does not call it: :func:`select_regions` is a stable descending sort. (The official
+code multiplies the query means by ``qk_dim ** -0.5`` before the product; a positive factor does not reorder
+distinct fp32 products except through rounding, which this code does not reproduce.)
 
 Entry points: :func:`route_regions` (q, k ``(B, heads, H, W, D)``: the twin and the unfused Triton op) and
 :func:`route_qkv` (a fused ``qkv (B, H, W, 3C)``: the packed Triton op and the fused BiFormer block), which runs

@@ -4,8 +4,8 @@ Regions: rows split into ``n_win`` bands of ``ceil(H / n_win)`` rows (the last b
 columns likewise; region ``a * n_win + b`` is band a of rows x band b of columns (row-major region grid).
 Routing (no gradient): ``sparse_ops.routing.route_regions``, the one definition every path uses (mean of q and
 of k over each region's real tokens with all heads concatenated, affinity ``q_r @ k_r^T``, empty regions -inf,
-top-``topk`` key regions per query region by its tie rule), shared by all heads. Token attention: every query attends to all
-real tokens of its routed regions; padding never enters the softmax. At sizes divisible by n_win this is
+top-``topk`` key regions per query region by its tie rule), shared by all heads. Token attention: every query
+attends to all real tokens of its routed regions; padding never enters the softmax. At sizes divisible by n_win this is
 BiFormer's attention (pass their ``qk_dim ** -0.5`` as ``scale``).
 
 This twin gathers the routed regions' K/V (``topk`` copies per query region, ``(B, heads, R, topk*rs, D)``);

@@ -1,8 +1,8 @@
 """Regression checks for BiFormer's bi-level routing under the conditions the backbone creates.
 
 1. Routing must not depend on autocast. Under ``torch.autocast`` the region-affinity matmul ran in bf16 (both the
-   Triton path's and the twin's routing, now ``sparse_ops.routing.affinity``), so near-tied affinities became exact ties and
-   the top-k flipped with the last bit of the inputs; whole query regions then routed differently from the fp32
+   Triton path's and the twin's routing, now ``sparse_ops.routing.affinity``), so near-tied affinities became exact
+   ties and the top-k flipped with the last bit of the inputs; whole query regions then routed differently from the fp32
    reference. That made the GPU whole-backbone comparison (tests/backbones/test_gpu_backbones.py, BiFormer-S)
    report 3-5x gradient errors on whichever path flipped (see docs/benchmarks.md, "Backbones").
 2. The Triton core equals the fp64 twin (fp32 is exact in the interpreter) with BiFormer's call: scale
