@@ -64,19 +64,18 @@ def region_means(x: torch.Tensor, n_win: int, layout: Optional['RoutingLayout'] 
     sums = x.reshape(b, n_win, rh, n_win, rw, *x.shape[3:]).sum(dim=(2, 4), dtype=dtype).reshape(b, n_win ** 2, -1)
     if layout is not None and dtype == torch.float32:
         return sums / layout.cnt
-    rows = (hh - torch.arange(n_win) * rh).clamp(0, rh)
-    cols = (ww - torch.arange(n_win) * rw).clamp(0, rw)
-    count = (rows[:, None] * cols[None, :]).reshape(-1, 1).clamp(min=1)
-    return sums / count.to(device=sums.device, dtype=dtype)
+    bands = torch.arange(n_win, device=sums.device, dtype=dtype)         # built on the device: no copy, no sync
+    rows, cols = (hh - bands * rh).clamp(0, rh), (ww - bands * rw).clamp(0, rw)
+    return sums / (rows[:, None] * cols[None, :]).reshape(-1, 1).clamp(min=1)
 
 
 def _empty_regions(h: int, w: int, n_win: int, device) -> Optional[torch.Tensor]:
-    """``(R,)`` bool, True where a region has no real token, or None when none is empty (host arithmetic only)."""
+    """``(R,)`` bool on ``device``, True where a region has no real token, or None when none is empty."""
     rh, rw = -(-h // n_win), -(-w // n_win)
     if -(-h // rh) == n_win and -(-w // rw) == n_win:
         return None
-    rows, cols = torch.arange(n_win) * rh < h, torch.arange(n_win) * rw < w
-    return (~(rows[:, None] & cols[None, :])).reshape(-1).to(device)
+    bands = torch.arange(n_win, device=device)
+    return (~((bands * rh < h)[:, None] & (bands * rw < w)[None, :])).reshape(-1)
 
 
 @torch.no_grad()
