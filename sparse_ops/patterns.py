@@ -31,8 +31,8 @@ cut into query blocks of ``block_m`` and key blocks of ``block_n`` tokens. A :cl
 
 Static patterns (windows, bands, 1D/2D neighbourhoods) are built once per (pattern, params, size, blocks, device)
 and cached (``functools.lru_cache``; the tables sync with the host once, at build time). Routing tables are built on
-the GPU from the run-time top-k without a host sync (:func:`routing_pattern`), on top of a cached static
-:func:`routing_layout`.
+the GPU from the run-time top-k without a host sync (``sparse_ops.routing.routing_pattern``), on top of a cached
+static ``routing.routing_layout``: the routing module owns them with the rest of the routing.
 
 Internally every builder computes a block state matrix ``(Bt, n_qb, n_kb)`` int8 (0 skip, 1 partial, 2 full) and
 :func:`tables_from_state` compacts it both ways, so memory is O(n_qb * n_kb) at build time.
@@ -41,18 +41,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Optional
 
 import torch
 
-from .backend import _interpret_mode
 from .hilbert import hilbert_coords
 
 __all__ = [
     'MASK_NONE', 'MASK_INTERVAL', 'MASK_GRID2D', 'MASK_ROUTE', 'BlockPattern', 'tables_from_state',
     'hilbert_window_pattern', 'hilbert_slide_pattern', 'hilbert_na1d_pattern', 'na2d_pattern',
-    'hilbert_token_coords', 'RoutingLayout', 'routing_layout', 'routing_pattern', 'window_intervals',
+    'hilbert_token_coords', 'window_intervals',
     'slide_intervals', 'na1d_intervals', 'na2d_order',
 ]
 
@@ -318,130 +316,3 @@ def na2d_pattern(h: int, w: int, kernel_size: int, dilation: int, block_m: int, 
     """
     return _na2d_pattern(int(h), int(w), int(kernel_size), int(dilation), int(block_m), int(block_n),
                          _dev(device))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# bi-level routing: static region layout (cached) + run-time tables from top-k (GPU, no host sync)
-# ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class RoutingLayout:
-    """Regions of an ``h x w`` map for ``n_win``: tokens sorted by region (row-major inside a region).
-
-    ``perm (N,)`` row-major pixel of each sequence position, ``inv_perm (N,)``, ``rows`` = perm as int32,
-    ``region (N,)`` int64 region id of each
-    sequence position, ``region_rowmajor (N,)`` region id of each pixel, ``counts (R,)`` tokens per region (R =
-    n_win**2; empty regions have 0), ``tok (N, 4)`` int32 = (0, 0, region, 0), ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
-    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real
-    tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound; for the
-    routing: ``cnt (R, 1)`` float32 counts clamped to >= 1 (the divisor of the region means) and ``empty (R,)``
-    bool, or None when no region is empty (the affinity mask is then skipped); ``blocks_are_regions`` True when
-    every query block and every key block is exactly one region (``a_q``, ``a_k`` identities: the region-pair
-    counts of the blocks are then the routes themselves, no matmul).
-    """
-    h: int
-    w: int
-    n_win: int
-    block_m: int
-    block_n: int
-    perm: torch.Tensor
-    inv_perm: torch.Tensor
-    rows: torch.Tensor
-    region: torch.Tensor
-    region_rowmajor: torch.Tensor
-    counts: torch.Tensor
-    tok: torch.Tensor
-    a_q: torch.Tensor
-    a_k: torch.Tensor
-    n_q: torch.Tensor
-    n_k: torch.Tensor
-    k_real: torch.Tensor
-    k_full: torch.Tensor
-    max_kv: int
-    cnt: torch.Tensor
-    empty: Optional[torch.Tensor]
-    blocks_are_regions: bool = False
-
-    @property
-    def n_regions(self) -> int:
-        return self.n_win * self.n_win
-
-
-def _overlap(region: torch.Tensor, n: int, b: int, r: int) -> torch.Tensor:
-    nb = _n_blocks(n, b)
-    a = torch.zeros(nb, r)
-    a[torch.arange(n) // b, region] = 1.0
-    return a
-
-
-@functools.lru_cache(maxsize=128)
-def _routing_layout(h, w, n_win, bm, bn, device):
-    n, r = h * w, n_win * n_win
-    ry, rx = math.ceil(h / n_win), math.ceil(w / n_win)
-    y, x = torch.arange(h)[:, None].expand(h, w), torch.arange(w)[None, :].expand(h, w)
-    reg_rm = ((y // ry) * n_win + x // rx).reshape(-1)
-    perm = torch.argsort(reg_rm * n + torch.arange(n))               # region-major, row-major inside
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(n)
-    region = reg_rm[perm]
-    counts = torch.bincount(reg_rm, minlength=r)
-    tok = torch.zeros(n, 4, dtype=torch.int32)
-    tok[:, 2] = region.to(torch.int32)
-    a_q, a_k = _overlap(region, n, bm, r), _overlap(region, n, bn, r)
-    # static bound on the key blocks a query block can visit: regions touched by one query block x topk(<= all)
-    # regions' key-block spans -- never more than n_kb
-    nonempty = counts[counts > 0]
-    span = int(((nonempty + bn - 1) // bn + 1).max())
-    per_qblock = int(a_q.sum(1).max())
-    max_kv_per_topk = per_qblock * span
-    k_real = _block_rows(n, bn, 'cpu')
-    to = functools.partial(torch.Tensor.to, device=device)
-    return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
-                         to(counts),
-                         to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
-                         to((k_real == bn).to(torch.int8)), max_kv_per_topk,
-                         to(counts.clamp(min=1).to(torch.float32)[:, None]),
-                         to(counts == 0) if bool((counts == 0).any()) else None,
-                         _is_identity(a_q) and _is_identity(a_k))
-
-
-def _is_identity(a: torch.Tensor) -> bool:
-    return a.shape[0] == a.shape[1] and torch.equal(a, torch.eye(a.shape[0]))
-
-
-def routing_layout(h: int, w: int, n_win: int, block_m: int, block_n: int, device=None) -> RoutingLayout:
-    """Static region layout for bi-level routing (cached per size, n_win, blocks, device)."""
-    return _routing_layout(int(h), int(w), int(n_win), int(block_m), int(block_n), _dev(device))
-
-
-def routed_state(layout: RoutingLayout, pairs: torch.Tensor) -> torch.Tensor:
-    """Block state (B, n_qb, n_kb) int8 from the routed region-pair counts ``pairs`` (0 skip / 1 partial / 2 full:
-    every (query region, key region) pair of the block is routed and the key block is complete)."""
-    need = layout.n_q[:, None] * layout.n_k[None, :]
-    full = (pairs >= need - 0.5) & (layout.k_full != 0)[None, None, :]
-    return (pairs > 0.5).to(torch.int8) + full.to(torch.int8)
-
-
-def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
-                    route: Optional[torch.Tensor] = None) -> BlockPattern:
-    """Run-time tables for routed regions, built on topk_idx's device with no host sync.
-
-    ``topk_idx (B, R, topk)`` int64: the regions each query region routes to; ``route (B, R, R)`` float32 0/1, the
-    scatter of topk_idx, when the caller has it already (``routing_triton.route_topk_triton``). Returns a
-    BlockPattern with Bt = B, ``MASK_ROUTE`` and ``route (B, R, R)`` int32 (1 where routed).
-    """
-    b, r, topk = topk_idx.shape
-    n, bm, bn = layout.h * layout.w, layout.block_m, layout.block_n
-    if route is None:
-        route = torch.zeros(b, r, r, device=topk_idx.device, dtype=torch.float32)
-        route.scatter_(2, topk_idx, 1.0)
-    # allowed (query region, key region) pairs per (query block, key block); full when all pairs are allowed
-    pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
-    n_qb, n_kb = pairs.shape[1], pairs.shape[2]
-    max_kv = min(n_kb, layout.max_kv * topk)
-    if pairs.is_cuda or _interpret_mode():
-        from .routing_tables import routed_tables  # one launch instead of ~30 small ops
-        tables = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
-    else:
-        tables = tables_from_state(routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
-    return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route.to(torch.int32).contiguous(),
-                        n_groups=r, perm=layout.perm, inv_perm=layout.inv_perm, rows=layout.rows)

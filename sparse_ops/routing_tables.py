@@ -1,4 +1,4 @@
-"""Routed block tables in one Triton launch (the run-time half of ``patterns.routing_pattern``).
+"""Routed block tables in one Triton launch (the run-time half of ``routing.routing_pattern``).
 
 Routing decides per call which key blocks each query block visits, so its tables cannot be cached. Built with
 PyTorch ops (block state from the region-pair counts, then a cumsum + scatter compaction per direction) that is

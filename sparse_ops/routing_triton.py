@@ -1,5 +1,6 @@
-"""BiFormer's routing step in two Triton launches (the Triton twin of ``triton_api.route_topk_qkv`` plus the
-``scatter_`` of ``patterns.routing_pattern``).
+"""BiFormer's routing step in two Triton launches: the Triton twin of ``sparse_ops.routing.route_regions`` (its
+pooling, affinity and tie rule, on the heads of a fused qkv) plus the ``scatter_`` of ``routing.routing_pattern``.
+Called through ``routing.route_qkv``.
 
 The PyTorch routing is ~15 small ops (pad, region sums, division, matmul, mask, top-k, scatter), whose host time
 exceeds their device time at backbone sizes (docs/benchmarks.md at 167f716, session 8). Here:
@@ -17,13 +18,11 @@ Regions: ``n_win`` bands of ``ry = ceil(H / n_win)`` rows by ``n_win`` bands of 
 region ``i * n_win + j`` covers rows ``[i*ry, min((i+1)*ry, H))`` and columns ``[j*rx, min((j+1)*rx, W))``, so with
 ragged maps the last bands may be short or empty (``R = n_win**2``).
 
-Top-k selection, compared with ``torch.topk`` (the indices are a set; their order inside a row is unspecified):
-
-- ties pick the lowest region index (``torch.topk`` leaves the choice unspecified); the only exact ties in practice
-  are the rows of empty query regions (mean 0, every affinity 0), whose tokens do not exist, so the choice is moot;
-- empty key regions are picked only when ``topk`` exceeds the number of non-empty regions, lowest index first; every
-  index is in ``[0, R)`` and distinct within a row;
-- a NaN affinity ranks above every number (as in ``torch.topk``).
+Top-k selection: the rule of ``routing.select_regions`` (highest affinity first, equal affinities lowest region
+index first, NaN above every number, empty key regions -inf: picked only when ``topk`` exceeds the number of
+non-empty regions), in that order, by ``topk`` rounds of max-and-mask; every index is in ``[0, R)`` and distinct
+within a row. A NaN is ranked as +inf, so it ties with a real +inf (an fp32 overflow of the affinity), where the
+twin's sort puts the NaN first.
 
 Public: :func:`route_topk_triton` (indices and route matrix) and :func:`region_means_triton` (kernel 1 alone).
 CPU tensors need ``TRITON_INTERPRET=1``; fp16 / bf16 / fp32 inputs (no ``tl.dot``, so bf16 also runs in the
@@ -153,7 +152,7 @@ def _launch_means(qkv: torch.Tensor, n_win: int, plan: tuple) -> torch.Tensor:
 def region_means_triton(qkv: torch.Tensor, n_win: int) -> torch.Tensor:
     """fp32 region means of q and k: ``qkv (B, H, W, 3C)`` (any strides, channels ``[q | k | v]``) -> ``(B, R, 2C)``
     with the q means in ``[..., :C]`` and the k means in ``[..., C:]``; an empty region's mean is 0.
-    Equals ``triton_api._region_sums(qkv[..., :2C], n_win) / counts.clamp(min=1)`` up to fp32 summation order."""
+    Equals ``routing.region_means(qkv[..., :2C], n_win)`` up to fp32 summation order."""
     _check(qkv, n_win)
     return _launch_means(qkv, n_win, _plan(qkv.shape[1], qkv.shape[2], n_win, qkv.shape[3] // 3))
 
@@ -161,10 +160,10 @@ def region_means_triton(qkv: torch.Tensor, n_win: int) -> torch.Tensor:
 def route_topk_triton(qkv: torch.Tensor, n_win: int, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """BiFormer routing of ``qkv (B, H, W, 3C)`` (any strides, channels ``[q | k | v]``, C = heads * head_dim).
 
-    Returns ``topk_idx (B, R, topk)`` int64, the key regions each query region routes to (a set per row: the
-    order is unspecified), and ``route (B, R, R)`` fp32, 1 at ``[b, r, topk_idx[b, r, :]]`` and 0 elsewhere (what
-    ``patterns.routing_pattern`` builds with ``scatter_``). Same sets as ``triton_api.route_topk_qkv`` except on
-    exact ties (see the module docstring). Host work: three ``torch.empty`` and two launches, no sync.
+    Returns ``topk_idx (B, R, topk)`` int64, the key regions each query region routes to (in the
+    order of ``routing.select_regions``), and ``route (B, R, R)`` fp32, 1 at ``[b, r, topk_idx[b, r, :]]`` and
+    0 elsewhere (what ``routing.routing_pattern`` builds with ``scatter_``). Host work: three ``torch.empty`` and two
+    launches, no sync.
     """
     _check(qkv, n_win, topk)
     b, h, w, c3 = qkv.shape

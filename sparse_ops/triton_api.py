@@ -21,12 +21,10 @@ import os
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from . import patterns
+from . import patterns, routing
 from .block_sparse import block_sparse_attention, packed_block_sparse_attention, split_heads
 from .block_sparse_fwd import Config, default_config
-from .routing_triton import route_topk_triton
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
            'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'routing_qkv_plan',
@@ -174,54 +172,6 @@ def qkv_attention(qkv, num_heads, pattern, *args, config: Optional[Config] = Non
     return packed_block_sparse_attention(qkv, num_heads, p, scale, rpb, cfg)
 
 
-def _region_sums(x: torch.Tensor, n_win: int) -> torch.Tensor:
-    """x ``(B, H, W, *C)`` (any strides, no copy) -> ``(B, n_win**2, prod(C))`` fp32 sums over each region's real
-    tokens (one fp32-accumulating reduction; the zero padding of ragged maps adds nothing)."""
-    b, hh, ww = x.shape[:3]
-    rh, rw = -(-hh // n_win), -(-ww // n_win)
-    pad_h, pad_w = n_win * rh - hh, n_win * rw - ww
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad_w, 0, pad_h))
-    sums = x.reshape(b, n_win, rh, n_win, rw, *x.shape[3:]).sum(dim=(2, 4), dtype=torch.float32)
-    return sums.reshape(b, n_win * n_win, -1)
-
-
-def _region_divisor(counts) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``counts (R,)`` or a :class:`~sparse_ops.patterns.RoutingLayout` (its cached tensors: two kernels less) ->
-    the divisor of the region means ``(R, 1)`` fp32 and the empty-region mask ``(R,)`` (None: none is empty)."""
-    if isinstance(counts, patterns.RoutingLayout):
-        return counts.cnt, counts.empty
-    return counts.clamp(min=1).to(torch.float32)[:, None], counts == 0
-
-
-@torch.no_grad()
-def _topk_regions(q_mean: torch.Tensor, k_mean: torch.Tensor, empty: Optional[torch.Tensor],
-                  topk: int) -> torch.Tensor:
-    """Region means ``(B, R, C)`` fp32 -> top-``topk`` key regions per query region ``(B, R, topk)`` by their
-    affinity, empty regions (``empty (R,)`` bool, or None) excluded."""
-    # autocast would run this matmul in bf16/fp16: near-ties then round to exact ties and the top-k flips between
-    # equally valid runs (regression test: tests/sparse_ops/test_routing_regression.py)
-    with torch.autocast(q_mean.device.type, enabled=False):
-        affinity = q_mean @ k_mean.transpose(-1, -2)
-    if empty is not None:
-        affinity = affinity.masked_fill(empty[None, None, :], float('-inf'))
-    return affinity.topk(topk, dim=-1, sorted=False).indices      # a set: the tables do not depend on the order
-
-
-@torch.no_grad()
-def route_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, counts: torch.Tensor) -> torch.Tensor:
-    """BiFormer routing, as ``reference.routing.route_regions`` but with one fp32-accumulating read of q and k.
-
-    q, k ``(B, heads, H, W, D)``; counts ``(R,)`` real tokens per region (or the ``RoutingLayout``). Region means
-    over real tokens with heads concatenated ``(B, R, heads*D)``, affinity ``q_r @ k_r^T`` in fp32 (autocast
-    disabled), empty regions -inf, top-k. Returns ``(B, R, topk)``.
-    """
-    def cl(x):  # (B, heads, H, W, D) -> (B, H, W, heads, D) view: sums come out with heads concatenated head-major
-        return x.permute(0, 2, 3, 1, 4)
-    cnt, empty = _region_divisor(counts)
-    return _topk_regions(_region_sums(cl(q), n_win) / cnt, _region_sums(cl(k), n_win) / cnt, empty, topk)
-
-
 def routing_config(q_shape, device, n_win: int) -> Config:
     """Default tiles of routed regions for q ``(B, heads, H, W, D)``: :func:`default_config` given the tokens of
     the largest region, ``ceil(H / n_win) * ceil(W / n_win)`` (16 x 16 tiles for small regions on the GPU)."""
@@ -230,45 +180,36 @@ def routing_config(q_shape, device, n_win: int) -> Config:
 
 
 def _routing_plan(q_shape, device, n_win, topk, route, config):
-    """(pattern, config) of routed regions; ``route(layout) -> (B, R, topk)`` picks the regions."""
+    """(pattern, config) of routed regions; ``route(layout) -> topk_idx`` or ``(topk_idx, route matrix)`` picks the
+    regions (``sparse_ops.routing``)."""
     cfg = config if config is not None else routing_config(q_shape, device, n_win)
-    layout = patterns.routing_layout(q_shape[2], q_shape[3], n_win, cfg.block_m, cfg.block_n, device)
-    return patterns.routing_pattern(layout, route(layout)), cfg
+    layout = routing.routing_layout(q_shape[2], q_shape[3], n_win, cfg.block_m, cfg.block_n, device)
+    routes = route(layout)
+    return routing.routing_pattern(layout, *(routes if isinstance(routes, tuple) else (routes,))), cfg
 
 
 def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optional[Config] = None):
     """BiFormer bi-level routing attention; q, k, v ``(B, heads, H, W, D)``.
 
-    Routing (:func:`route_topk`: detached fp32 region means, top-k) runs in PyTorch; the block tables are built from
-    its result on the device with no host sync; the kernels read the tokens in region order in place.
+    Routing (``routing.route_regions``: detached fp32 region means, affinity, the top-k rule) runs in PyTorch; the
+    block tables are built from its result on the device with no host sync; the kernels read the tokens in region
+    order in place.
     """
-    p, cfg = _routing_plan(q.shape, q.device, n_win, topk, lambda c: route_topk(q, k, n_win, topk, c), config)
+    p, cfg = _routing_plan(q.shape, q.device, n_win, topk,
+                           lambda layout: routing.route_regions(q, k, n_win, topk, layout), config)
     # BiFormer's scale makes attention flat: fp32 O keeps the backward's rowsum(dO * O) exact (block_sparse.py)
     o = block_sparse_attention(_flat(q), _flat(k), _flat(v), p, scale, None, cfg, o_fp32=q.dtype != torch.float32)
     return o.view(q.shape)
 
 
-@torch.no_grad()
-def route_topk_qkv(qkv: torch.Tensor, n_win: int, topk: int, counts: torch.Tensor) -> torch.Tensor:
-    """:func:`route_topk` from a fused ``qkv (B, H, W, 3C)``: the region sums of q and k are one reduction of
-    ``qkv[..., :2C]`` (heads concatenated head-major is qkv's own channel order), their means one division.
-    Returns ``(B, R, topk)``."""
-    c = qkv.shape[-1] // 3
-    cnt, empty = _region_divisor(counts)
-    means = _region_sums(qkv[..., :2 * c], n_win) / cnt
-    return _topk_regions(means[..., :c], means[..., c:], empty, topk)
-
-
 def routing_qkv_plan(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int,
                      config: Optional[Config] = None) -> tuple[patterns.BlockPattern, Config]:
     """(pattern, config) of BiFormer routing on the heads of ``qkv (B, H, W, 3C)``: the routes of
-    :func:`route_topk_qkv` in two launches (``routing_triton.route_topk_triton``: region means, affinity + top-k +
-    route rows), then the block tables on the device (no host sync). Arguments already checked by the caller."""
+    ``routing.route_qkv`` (two Triton launches: region means, affinity + top-k + route rows), then the block tables
+    on the device (no host sync). Arguments already checked by the caller."""
     b, hh, ww, c3 = qkv.shape
-    cfg = config if config is not None else routing_config((b, num_heads, hh, ww, c3 // (3 * num_heads)),
-                                                           qkv.device, n_win)
-    layout = patterns.routing_layout(hh, ww, n_win, cfg.block_m, cfg.block_n, qkv.device)
-    return patterns.routing_pattern(layout, *route_topk_triton(qkv, n_win, topk)), cfg
+    return _routing_plan((b, num_heads, hh, ww, c3 // (3 * num_heads)), qkv.device, n_win, topk,
+                         lambda layout: routing.route_qkv(qkv, n_win, topk), config)
 
 
 def _routing_qkv(qkv, num_heads, n_win, topk, scale=None, *, config: Optional[Config] = None):

@@ -31,14 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from sparse_ops import patterns, triton_api  # noqa: E402
+from sparse_ops import patterns, routing, triton_api  # noqa: E402
 from sparse_ops.block_sparse_fwd import Config, configs_for  # noqa: E402
-from sparse_ops.triton_api import route_topk  # noqa: E402
-
-
-def route_regions(q, k, n_win, topk):
-    return route_topk(q, k, n_win, topk, patterns.routing_layout(q.shape[2], q.shape[3], n_win, 64, 64,
-                                                                 q.device).counts)
+from sparse_ops.routing import route_regions  # noqa: E402
 
 SIZES = {  # name: (B, heads, H, W, D)
     's1': (2, 4, 128, 128, 32),
@@ -148,8 +143,8 @@ def our_pattern(pattern, b, n, hh, ww, cfg, q=None, k=None):
         return patterns.hilbert_na1d_pattern(n, NA1D, bm, bn, 'cuda')
     if pattern in ('na2d', 'na2d_d4'):
         return patterns.na2d_pattern(hh, ww, NA2D_K, 1 if pattern == 'na2d' else 4, bm, bn, 'cuda')
-    layout = patterns.routing_layout(hh, ww, N_WIN, bm, bn, 'cuda')
-    return patterns.routing_pattern(layout, route_regions(q, k, N_WIN, TOPK))
+    layout = routing.routing_layout(hh, ww, N_WIN, bm, bn, 'cuda')
+    return routing.routing_pattern(layout, route_regions(q, k, N_WIN, TOPK))
 
 
 def computed_pairs(p, b, heads):
@@ -241,7 +236,7 @@ def flex_masks(pattern, b, hh, ww, q=None, k=None):
                     & (tok_rm[ki, 1] <= qwin_rm[qi, 3]))
         out.append(('flex-rowmajor', na_rm, 'rowmajor', False))
     elif pattern == 'routing':
-        layout = patterns.routing_layout(hh, ww, N_WIN, 64, 64, dev)
+        layout = routing.routing_layout(hh, ww, N_WIN, 64, 64, dev)
         idx = route_regions(q, k, N_WIN, TOPK)
         route = torch.zeros(b, N_WIN ** 2, N_WIN ** 2, dtype=torch.bool, device=dev)
         route.scatter_(2, idx, True)

@@ -2,10 +2,10 @@
 
 Regions: rows split into ``n_win`` bands of ``ceil(H / n_win)`` rows (the last bands may be shorter or empty),
 columns likewise; region ``a * n_win + b`` is band a of rows x band b of columns (row-major region grid).
-Routing (no gradient): per batch element, mean of q and of k over each region's real tokens with all heads
-concatenated (``(B, R, heads*D)``), affinity ``q_r @ k_r^T`` (``(B, R, R)``), empty regions masked to -inf,
-top-``topk`` key regions per query region, shared by all heads. Token attention: every query attends to all
-real tokens of its routed regions; padding never enters the softmax. At sizes divisible by n_win this is
+Routing (no gradient): ``sparse_ops.routing.route_regions``, the one definition every path uses (mean of q and
+of k over each region's real tokens with all heads concatenated, affinity ``q_r @ k_r^T``, empty regions -inf,
+top-``topk`` key regions per query region by its tie rule), shared by all heads. Token attention: every query
+attends to all real tokens of its routed regions; padding never enters the softmax. At sizes divisible by n_win this is
 BiFormer's attention (pass their ``qk_dim ** -0.5`` as ``scale``).
 
 This twin gathers the routed regions' K/V (``topk`` copies per query region, ``(B, heads, R, topk*rs, D)``);
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..routing import route_regions
 from ._common import ceil_div, check_positive_int, check_qkv, default_scale, masked_attention
 
 __all__ = ['bilevel_routing_attention', 'region_partition', 'route_regions', 'to_regions', 'from_regions']
@@ -53,30 +54,6 @@ def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
     rh, rw = ceil_div(h, n_win), ceil_div(w, n_win)
     x = x.reshape(b, heads, n_win, n_win, rh, rw, d).transpose(3, 4)
     return x.reshape(b, heads, n_win * rh, n_win * rw, d)[:, :, :h, :w]
-
-
-@torch.no_grad()
-def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
-    """Routed key regions of every query region: LongTensor ``(B, n_win**2, topk)`` (row-major region ids).
-
-    q, k ``(B, heads, H, W, D)``. Region means over real tokens, heads concatenated, and their affinity computed
-    in fp32 (at least; autocast disabled), detached. Empty regions get affinity -inf and are picked only when
-    ``topk`` exceeds the number of non-empty regions (they contain no real token, so picking them adds nothing).
-    """
-    b, heads, h, w, d = q.shape
-    _, _, valid = region_partition(h, w, n_win, device=q.device)
-    count = valid.sum(-1)                                               # (R,)
-    dtype = torch.promote_types(q.dtype, torch.float32)
-
-    def region_mean(x):  # -> (B, R, heads*D)
-        s = to_regions(x.to(dtype), n_win).sum(-2)                      # padding is zero
-        s = s / count.clamp(min=1).to(dtype)[:, None]
-        return s.transpose(1, 2).reshape(b, n_win * n_win, heads * d)
-
-    with torch.autocast(q.device.type, enabled=False):                 # keep fp32 under autocast (no bf16 ties)
-        affinity = region_mean(q) @ region_mean(k).transpose(-1, -2)    # (B, R, R)
-    affinity = affinity.masked_fill((count == 0)[None, None, :], float('-inf'))
-    return affinity.topk(topk, dim=-1).indices
 
 
 def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):

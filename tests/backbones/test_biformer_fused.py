@@ -79,6 +79,35 @@ def test_fused_block_fp16_within_twin_error(topk):
     assert_within_twin_error((out, dx, grads), twin, ref, floor=2e-4)
 
 
+def test_fused_block_routes_ties_by_the_rule(monkeypatch):
+    """Identical regions (the qkv projection's q and k rows zero: q and k are their biases at every token, 9 x 9
+    map, 3 x 3 regions) tie every affinity of a row. The fused node routes every query region to regions 0..3, as
+    the twin composition does: the tie rule of ``sparse_ops.routing.select_regions`` (``torch.topk`` on the CPU
+    picks others)."""
+    from sparse_ops import routing
+    from sparse_ops.reference import routing as twin
+    blk = _block(n_win=3, topk=4)
+    with torch.no_grad():
+        blk.attn.qkv.weight[:2 * 64] = 0
+    seen = {'fused': [], 'twin': []}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            seen[name].append(out[0] if isinstance(out, tuple) else out)
+            return out
+        return wrapped
+    monkeypatch.setattr(routing, 'route_qkv', spy('fused', routing.route_qkv))
+    monkeypatch.setattr(twin, 'route_regions', spy('twin', twin.route_regions))
+    x = torch.randn(2, 64, 9, 9, device=DEV)
+    node = _run(blk, x, 'triton')[3]
+    ref_node = _run(copy.deepcopy(blk), x, 'torch')[3]
+    assert FUSED in node and FUSED not in ref_node, (node, ref_node)
+    assert seen['fused'] and seen['twin']
+    for idx in seen['fused'] + seen['twin']:
+        assert torch.equal(idx.cpu(), torch.arange(4).expand(2, 9, 4))
+
+
 def test_fused_block_channels_last_input_and_frozen_weights():
     """A channels-last input (what a block passes to the next) gives what the NCHW input gives; with frozen
     parameters only x gets a gradient, equal to the composition's."""

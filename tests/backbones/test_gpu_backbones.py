@@ -40,35 +40,35 @@ CASES = {
 class _PinnedRoutes:
     """Records the routes (``(B, R, topk)`` region ids) of every routing call, then replays them in call order.
 
-    Patches the routing functions the ops use (twin: ``reference.routing.route_regions``, Triton:
-    ``triton_api.route_topk`` and, for ``qkv_attention`` and the fused BiFormer block,
-    ``triton_api.route_topk_triton``); all are looked up as module globals at call time.
+    Patches the routing entry points of ``sparse_ops.routing`` (``route_regions``: the twin, whose module binds it
+    as ``reference.routing.route_regions``, and the unfused Triton op; ``route_qkv``: ``qkv_attention`` and the
+    fused BiFormer block); all are looked up as module globals at call time.
     """
 
     def __init__(self, monkeypatch):
-        from sparse_ops import triton_api
-        from sparse_ops.reference import routing
+        from sparse_ops import routing
+        from sparse_ops.reference import routing as twin
         self.recorded, self.cursor, self.recording = [], 0, True
         orig = routing.route_regions
 
-        def twin_routes(q, k, n_win, topk):
+        def routes(q, k, n_win, topk, layout=None):
             if self.recording:
-                self.recorded.append(orig(q, k, n_win, topk))
+                self.recorded.append(orig(q, k, n_win, topk, layout))
                 return self.recorded[-1]
             return self._next()
 
-        monkeypatch.setattr(routing, 'route_regions', twin_routes)
-        monkeypatch.setattr(triton_api, 'route_topk', lambda q, k, n_win, topk, counts: self._next())
-        orig_triton = triton_api.route_topk_triton
+        monkeypatch.setattr(twin, 'route_regions', routes)
+        monkeypatch.setattr(routing, 'route_regions', routes)
+        orig_qkv = routing.route_qkv
 
-        def triton_routes(qkv, n_win, topk):          # (topk_idx, route matrix) as route_topk_triton returns
+        def qkv_routes(qkv, n_win, topk):             # (topk_idx, route matrix) as route_qkv returns
             if n_win == 1:      # the fused global block (one region: nothing to pin; its twin has no routing call)
-                return orig_triton(qkv, n_win, topk)
+                return orig_qkv(qkv, n_win, topk)
             idx = self._next()
             r = idx.shape[1]
             return idx, torch.zeros(idx.shape[0], r, r, device=idx.device).scatter_(2, idx, 1.0)
 
-        monkeypatch.setattr(triton_api, 'route_topk_triton', triton_routes)
+        monkeypatch.setattr(routing, 'route_qkv', qkv_routes)
 
     def replay(self):
         self.recording, self.cursor = False, 0

@@ -179,19 +179,19 @@ def test_routing_more_regions_than_rows():
 @pytest.mark.parametrize('hw,n_win,topk', [((12, 12), 3, 2), ((13, 7), 4, 5), ((3, 5), 4, 16)],
                          ids=['12x12', '13x7', '3x5-empty'])
 def test_route_topk_matches_twin(hw, n_win, topk):
-    from sparse_ops import patterns
+    """The Triton op's routing (``routing.route_regions`` with the cached layout, and the two-launch
+    ``routing.route_qkv`` of the packed op) returns the twin's routes exactly, empty regions included."""
+    from sparse_ops import routing
     g = torch.Generator().manual_seed(5)
     q, k = (torch.randn(2, 3, *hw, 16, generator=g).to(DEVICE) for _ in range(2))
-    counts = patterns.routing_layout(*hw, n_win, 16, 16, q.device).counts
-    ours = triton_api.route_topk(q, k, n_win, topk, counts)
+    layout = routing.routing_layout(*hw, n_win, 16, 16, q.device)
+    ours = routing.route_regions(q, k, n_win, topk, layout)
     ref = reference.route_regions(q, k, n_win, topk)
     # the fused-projection variant: qkv (B, H, W, 3C) with q, k, v head-major in the channels
     qkv = torch.cat([t.permute(0, 2, 3, 1, 4).flatten(3) for t in (q, k, k)], -1)
-    packed = triton_api.route_topk_qkv(qkv, n_win, topk, counts)
-    # compare as sets per query region (order among equal -inf empties is arbitrary)
-    assert torch.equal(ours.sort(-1).values[..., :], ref.sort(-1).values) or hw == (3, 5)
-    assert torch.equal(packed.sort(-1).values, ref.sort(-1).values) or hw == (3, 5)
-    assert torch.equal(counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
+    packed, _ = routing.route_qkv(qkv, n_win, topk)
+    assert torch.equal(ours, ref) and torch.equal(packed, ref)
+    assert torch.equal(layout.counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
 
 
 def force_chunk(monkeypatch, chunk=None) -> list:

@@ -1,8 +1,8 @@
 """Regression checks for BiFormer's bi-level routing under the conditions the backbone creates.
 
 1. Routing must not depend on autocast. Under ``torch.autocast`` the region-affinity matmul ran in bf16 (both the
-   Triton path's ``route_topk`` and the twin's ``route_regions``), so near-tied affinities became exact ties and
-   the top-k flipped with the last bit of the inputs; whole query regions then routed differently from the fp32
+   Triton path's and the twin's routing, now ``sparse_ops.routing.affinity``), so near-tied affinities became exact
+   ties and the top-k flipped with the last bit of the inputs; whole query regions then routed differently from the fp32
    reference. That made the GPU whole-backbone comparison (tests/backbones/test_gpu_backbones.py, BiFormer-S)
    report 3-5x gradient errors on whichever path flipped (see docs/benchmarks.md, "Backbones").
 2. The Triton core equals the fp64 twin (fp32 is exact in the interpreter) with BiFormer's call: scale
@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip('triton')
 
-from sparse_ops import patterns, triton_api  # noqa: E402
+from sparse_ops import routing, triton_api  # noqa: E402
 from sparse_ops.block_sparse import block_sparse_attention  # noqa: E402
 from sparse_ops.block_sparse_fwd import Config  # noqa: E402
 from sparse_ops.reference import route_regions  # noqa: E402
@@ -42,23 +42,21 @@ def _split(qkv, heads, d):
     return qkv.view(b, h, w, 3, heads, d).permute(3, 0, 4, 1, 2, 5).unbind(0)
 
 
-@pytest.mark.parametrize('which', ['triton', 'triton-qkv', 'triton-kernels', 'twin'])
+@pytest.mark.parametrize('which', ['layout', 'triton-kernels', 'twin'])
 def test_routing_ignores_autocast(which):
     """bf16 q, k: the routes under bf16 autocast equal the routes without it (affinity stays fp32)."""
     b, heads, d, h, w, n_win, topk = 2, 8, 32, 16, 21, 8, 16
-    counts = patterns.routing_layout(h, w, n_win, 16, 16).counts
+    layout = routing.routing_layout(h, w, n_win, 16, 16)
     flips = 0
     for seed in range(4):
         qkv = _qkv(b, heads, h, w, d, seed, torch.bfloat16)
         q, k, _ = _split(qkv, heads, d)
 
         def route():
-            if which == 'triton':
-                return triton_api.route_topk(q, k, n_win, topk, counts)
-            if which == 'triton-qkv':
-                return triton_api.route_topk_qkv(qkv, n_win, topk, counts)
+            if which == 'layout':             # what the unfused Triton op calls
+                return routing.route_regions(q, k, n_win, topk, layout)
             if which == 'triton-kernels':     # what the packed routing attention and the fused block call
-                return triton_api.route_topk_triton(qkv.contiguous(), n_win, topk)[0]
+                return routing.route_qkv(qkv, n_win, topk)[0]
             return route_regions(q, k, n_win, topk)
         plain = route().sort(-1).values
         with torch.autocast('cpu', dtype=torch.bfloat16):
@@ -90,8 +88,8 @@ def test_triton_equals_fp64_twin_biformer_call(shape, n_win, topk):
         if dtype == torch.float64:
             o = twin.bilevel_routing_attention(q, k, v, n_win, topk, scale=scale)
         else:
-            layout = patterns.routing_layout(h, w, n_win, cfg.block_m, cfg.block_n, q.device)
-            p = patterns.routing_pattern(layout, idx)
+            layout = routing.routing_layout(h, w, n_win, cfg.block_m, cfg.block_n, q.device)
+            p = routing.routing_pattern(layout, idx)
             flat = triton_api._flat
             o = block_sparse_attention(flat(q), flat(k), flat(v), p, scale, None, cfg).view(q.shape)
         (o * dout.to(dtype)).sum().backward()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_ops import patterns
+from sparse_ops import patterns, routing
 from sparse_ops.routing_tables import routed_tables
 
 
 def _torch_tables(layout, pairs, max_kv, n_qb):
-    return patterns.tables_from_state(patterns.routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
+    return patterns.tables_from_state(routing.routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
 
 
 @pytest.mark.parametrize('h, w, n_win, topk, bm, bn', [
@@ -22,7 +22,7 @@ def _torch_tables(layout, pairs, max_kv, n_qb):
 ])
 def test_kernel_tables_equal_torch_tables(h, w, n_win, topk, bm, bn):
     torch.manual_seed(h * 100 + w)
-    layout = patterns.routing_layout(h, w, n_win, bm, bn, 'cpu')
+    layout = routing.routing_layout(h, w, n_win, bm, bn, 'cpu')
     b, r = 3, n_win * n_win
     aff = torch.randn(b, r, r).masked_fill((layout.counts == 0)[None, None, :], float('-inf'))
     topk_idx = aff.topk(topk, dim=-1).indices
@@ -65,11 +65,11 @@ def test_long_rows_are_compacted_across_chunks():
 ])
 def test_blocks_equal_to_regions_skip_the_pair_matmul(h, w, n_win, bm, bn, exact):
     """``routing_pattern`` uses the routes as the block-pair counts when blocks are regions: same tables."""
-    layout = patterns.routing_layout(h, w, n_win, bm, bn, 'cpu')
+    layout = routing.routing_layout(h, w, n_win, bm, bn, 'cpu')
     assert layout.blocks_are_regions == exact
     r, topk = n_win * n_win, max(1, n_win * n_win // 3)
     topk_idx = torch.randn(2, r, r).topk(topk, dim=-1).indices
-    got = patterns.routing_pattern(layout, topk_idx)
+    got = routing.routing_pattern(layout, topk_idx)
     route = torch.zeros(2, r, r).scatter_(2, topk_idx, 1.0)
     pairs = layout.a_q @ route @ layout.a_k.t()
     want = _torch_tables(layout, pairs, min(pairs.shape[2], layout.max_kv * topk), pairs.shape[1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_ops import patterns
+from sparse_ops import patterns, routing
 from sparse_ops.reference import axis_neighbors, band_ranges, neighborhood_1d_ranges, route_regions, window_ranges
 
 
@@ -109,9 +109,9 @@ def test_na2d_tables(h, w, k, d, bm, bn):
 def test_routing_tables(h, w, n_win, topk, bm, bn):
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 2, h, w, 8, generator=g) for _ in range(2))
-    layout = patterns.routing_layout(h, w, n_win, bm, bn)
+    layout = routing.routing_layout(h, w, n_win, bm, bn)
     idx = route_regions(q, k, n_win, topk)
-    p = patterns.routing_pattern(layout, idx)
+    p = routing.routing_pattern(layout, idx)
     # allowed from the twin's routing in row-major terms, then permuted to region order
     ry, rx = -(-h // n_win), -(-w // n_win)
     y, x = torch.arange(h * w) // w, torch.arange(h * w) % w
@@ -129,7 +129,7 @@ def test_builders_are_cached():
     assert a is patterns.hilbert_window_pattern(100, 7, True, 16, 16)
     assert a is not patterns.hilbert_window_pattern(100, 7, False, 16, 16)
     assert patterns.na2d_pattern(9, 9, 3, 2, 16, 16) is patterns.na2d_pattern(9, 9, 3, 2, 16, 16)
-    assert patterns.routing_layout(9, 9, 3, 16, 16) is patterns.routing_layout(9, 9, 3, 16, 16)
+    assert routing.routing_layout(9, 9, 3, 16, 16) is routing.routing_layout(9, 9, 3, 16, 16)
 
 
 def test_hw_adds_hilbert_coordinates():
