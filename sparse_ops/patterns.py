@@ -46,7 +46,7 @@ from typing import Optional
 
 import torch
 
-from .backend import _interpret_mode
+from .backend import why_not_triton
 from .hilbert import hilbert_coords
 
 __all__ = [
@@ -438,7 +438,7 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
     pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
     n_qb, n_kb = pairs.shape[1], pairs.shape[2]
     max_kv = min(n_kb, layout.max_kv * topk)
-    if pairs.is_cuda or _interpret_mode():
+    if why_not_triton(pairs, 'routing_tables') is None:
         from .routing_tables import routed_tables  # one launch instead of ~30 small ops
         tables = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
     else:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sparse_ops
-from sparse_ops.block_sparse import PackedBlockSparseAttention
+from sparse_ops.block_sparse import BlockSparseAttention
 
 needs_kernels = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get('TRITON_INTERPRET') != '1',
                                    reason='needs CUDA or TRITON_INTERPRET=1')
@@ -59,7 +59,7 @@ def test_triton_matches_twin_in_output_and_gradients(case, dtype):
     got = _run(pattern, qkv, heads, args, kwargs, 'triton', grad_out)
     # the twin in fp32 from the same (rounded) inputs
     want = _run(pattern, qkv.float(), heads, args, kwargs, 'torch', grad_out.float())
-    assert type(got[3]).__name__ == PackedBlockSparseAttention.__name__ + 'Backward'
+    assert type(got[3]).__name__ == BlockSparseAttention.__name__ + 'Backward'
     assert got[0].shape == qkv.shape[:-1] + (heads * dim,) and got[0].dtype == dtype and got[1].dtype == dtype
     # fp32: exact dots in the interpreter, tf32 (Triton's fp32 dot) on a GPU
     exact = dtype == torch.float32 and device == 'cpu'
@@ -129,7 +129,7 @@ def test_gpu_routing_biformer_stage3_bf16():
     kw = dict(scale=(heads * dim) ** -0.5)
     got = _run('routing', qkv, heads, (16, 16), kw, 'triton', grad_out)
     want = _run('routing', qkv.float(), heads, (16, 16), kw, 'torch', grad_out.float())
-    assert type(got[3]).__name__ == PackedBlockSparseAttention.__name__ + 'Backward'
+    assert type(got[3]).__name__ == BlockSparseAttention.__name__ + 'Backward'
     for g, w, name in zip(got[:2], want[:2], ('out', 'dqkv')):
         err = (g.float() - w).abs().max().item()
         assert err <= 0.02 * w.abs().max().item() + 1e-2, (name, err)
