@@ -1,34 +1,48 @@
-"""Backend choice for the sparse_ops public functions: a predicate that explains itself.
+"""Backend choice for the sparse_ops public functions: one predicate that says why Triton cannot run.
 
-``can_run_triton(q, pattern=...)`` says whether the Triton core (``sparse_ops.triton_api``) can run these
-inputs; it logs (``logging.debug``) why not, and raises a ValueError with the reason when asked to.
+``why_not_triton(x, op, **kw)`` is the one place that decides whether the Triton kernels can run ``op`` (an
+attention pattern, ``'layer_norm'`` or ``'depthwise_conv2d'``) on these inputs: it returns the reason they cannot,
+or None. Everything that picks Triton or the twin asks it: ``can_run_triton`` / ``choose_backend`` (attention),
+``choose_kernel`` (norm, depthwise conv), and through them the backbones' fused-path decision.
+
 ``choose_backend(backend, q, pattern)`` turns the user's ``backend`` argument into ``'triton'`` or ``'torch'``:
 
 - ``'torch'``: always the PyTorch twin.
 - ``'triton'``: the Triton core, or a ValueError saying why it cannot run.
 - ``None``: Triton for CUDA tensors it can run, else the twin. CPU tensors always get the twin, even with
   ``TRITON_INTERPRET=1`` (the interpreter is for tests and is taken only when forced with ``'triton'``).
+
+Triton is optional (CPU machines run the twins): ``TRITON_MISSING`` is None when ``import triton`` works, else the
+reason it does not; :mod:`sparse_ops.kernels` imports the Triton modules only when it is None. ``TRITON_INTERPRET=1``
+must be set before ``sparse_ops`` is imported (Triton reads it when the kernels are defined).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import logging
 import os
 
 import torch
 
-__all__ = ['can_run_triton', 'choose_backend', 'requested_backend', 'use_backend', 'load_triton_api',
-           'load_triton_module', 'why_not_kernel', 'choose_kernel', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS']
+try:
+    import triton  # noqa: F401  (the one guarded import: sparse_ops.kernels imports the Triton modules after it)
+    TRITON_MISSING: str | None = None
+except ImportError as _err:
+    TRITON_MISSING = f'triton does not import ({type(_err).__name__}: {_err})'
+
+__all__ = ['why_not_triton', 'can_run_triton', 'choose_backend', 'requested_backend', 'use_backend',
+           'choose_kernel', 'BACKENDS', 'TRITON_DTYPES', 'TRITON_HEAD_DIMS', 'ATTENTION_PATTERNS', 'KERNEL_OPS',
+           'TRITON_MISSING']
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ('triton', 'torch')
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
-
-_api_cache: dict = {}
+ATTENTION_PATTERNS = ('window', 'slide', 'na1d', 'na2d', 'routing')
+KERNEL_OPS = ('layer_norm', 'depthwise_conv2d', 'routing_tables')  # routing_tables: patterns.routing_pattern
+MAX_GRID_Y = 65535          # batch * heads: the attention kernels' grid axis 1
 _default_backend: contextvars.ContextVar = contextvars.ContextVar('sparse_ops_backend', default=None)
 
 
@@ -49,66 +63,71 @@ def use_backend(backend: str | None):
         _default_backend.reset(token)
 
 
-def load_triton_module(name: str = 'sparse_ops.triton_api'):
-    """Import a Triton module of the package once; returns it or raises the (cached) ImportError."""
-    if name not in _api_cache:
-        try:
-            _api_cache[name] = (importlib.import_module(name), None)
-        except Exception as err:  # ImportError, or triton failing to initialise
-            _api_cache[name] = (None, f'{type(err).__name__}: {err}')
-    module, error = _api_cache[name]
-    if module is None:
-        raise ImportError(f'{name} is unavailable ({error})')
-    return module
-
-
-def load_triton_api():
-    """Import ``sparse_ops.triton_api`` once; returns the module or raises the (cached) ImportError."""
-    return load_triton_module('sparse_ops.triton_api')
-
-
 def _interpret_mode() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
-def _why_not_triton(q: torch.Tensor, pattern: str, **kw) -> str | None:
-    """Reason the Triton core cannot run, or None when it can."""
-    if q.is_cuda:
-        pass
-    elif q.device.type == 'cpu':
-        if not _interpret_mode():
-            return f'CPU tensors need TRITON_INTERPRET=1 for the Triton core, got device={q.device}'
-        if q.dtype == torch.bfloat16:
-            return f'bf16 is unreliable in the Triton interpreter (tl.dot), got dtype={q.dtype}'
-    else:
-        return f'the Triton core needs CUDA tensors, got device={q.device}'
+def _image_span(t: torch.Tensor) -> int:
+    """Largest element offset inside one image of a ``(B, H, W, C)`` tensor, plus one."""
+    _, h, w, c = t.shape
+    return (h - 1) * abs(t.stride(1)) + (w - 1) * abs(t.stride(2)) + c
+
+
+def _why_not_attention(q: torch.Tensor, pattern: str, rpb=None) -> str | None:
+    if q.dtype == torch.bfloat16 and q.device.type == 'cpu':
+        return f'bf16 is unreliable in the Triton interpreter (tl.dot), got dtype={q.dtype}'
     if q.dtype not in TRITON_DTYPES:
         return f'the Triton core supports {[str(t) for t in TRITON_DTYPES]}, got dtype={q.dtype}'
     head_dim = q.shape[-1]
     if head_dim not in TRITON_HEAD_DIMS:
         return f'the Triton core supports head dims {TRITON_HEAD_DIMS}, got {head_dim=}'
-    try:
-        api = load_triton_api()
-    except ImportError as err:
-        return str(err)
-    check = getattr(api, 'can_run_triton', None)
-    if check is not None:
-        try:
-            check(q, pattern=pattern, raise_error=True, **kw)
-        except ValueError as err:
-            return str(err)
+    want_dim = 5 if pattern in ('na2d', 'routing') else 4
+    if q.dim() != want_dim:
+        return f'pattern {pattern!r} needs {want_dim}-d q, got q.shape={tuple(q.shape)}'
+    bh = q.shape[0] * q.shape[1]
+    if bh > MAX_GRID_Y:
+        return f'batch * heads must be <= {MAX_GRID_Y} (grid axis 1), got {bh=}'
+    if rpb is not None and (rpb.dim() != 3 or rpb.shape[0] != q.shape[1]):
+        return f'rpb must be (heads, 2r-1, 2r-1), got rpb.shape={tuple(rpb.shape)}'
+    return None
+
+
+def why_not_triton(x: torch.Tensor, op: str, *, rpb=None, residual=None, **_pattern_args) -> str | None:
+    """Why the Triton kernels cannot run ``op`` on these inputs, or None when they can: THE predicate.
+
+    ``op``: an attention pattern (:data:`ATTENTION_PATTERNS`, x = q ``(B, heads, N, D)`` or ``(B, heads, H, W, D)``,
+    ``rpb`` its bias table) or one of :data:`KERNEL_OPS` (x the op's input; ``residual`` the depthwise conv's).
+    Reasons, in the order checked: triton does not import; a device other than CUDA / CPU; CPU without
+    ``TRITON_INTERPRET=1``; for attention: bf16 on CPU (interpreter), a dtype other than fp16 / bf16 / fp32, a head
+    dim other than 16 / 32 / 64 / 128, q with the wrong number of dims for the pattern, batch * heads > 65535, an
+    rpb not ``(heads, 2r-1, 2r-1)``; for the depthwise conv: one image spanning >= 2**31 elements. The other pattern
+    arguments (``window``, ``kernel_size``, ``n_win``, ...) are accepted and not checked: every size runs.
+    """
+    if op not in ATTENTION_PATTERNS and op not in KERNEL_OPS:
+        return f'unknown op {op!r}, expected one of {ATTENTION_PATTERNS + KERNEL_OPS}'
+    if TRITON_MISSING is not None:
+        return TRITON_MISSING
+    if x.device.type not in ('cpu', 'cuda'):
+        return f'the Triton kernels need CUDA tensors, got device={x.device}'
+    if x.device.type == 'cpu' and not _interpret_mode():
+        return f'CPU tensors need TRITON_INTERPRET=1 for the Triton kernels, got device={x.device}'
+    if op in ATTENTION_PATTERNS:
+        return _why_not_attention(x, op, rpb)
+    if op == 'depthwise_conv2d':
+        spans = [_image_span(x), x.shape[1] * x.shape[2] * x.shape[3]]
+        if residual is not None:
+            spans.append(_image_span(residual))
+        if max(spans) >= 2 ** 31:
+            return f'one image must span < 2**31 elements (int32 offsets), got {max(spans)}'
     return None
 
 
 def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, **kw) -> bool:
-    """Whether the Triton core can run ``pattern`` on q (``(B, heads, N, D)`` or ``(B, heads, H, W, D)``).
-
-    Requirements: ``sparse_ops.triton_api`` imports; q on CUDA, or on CPU with ``TRITON_INTERPRET=1`` (not bf16
-    there); dtype fp16 / bf16 / fp32; head dim in 16, 32, 64, 128; plus the pattern checks of
-    ``triton_api.can_run_triton`` when it defines one (``**kw`` is passed on). Logs the reason at debug level
-    when not; with ``raise_error=True`` raises ValueError with the reason instead of returning False.
+    """Whether the Triton core can run ``pattern`` on q (``(B, heads, N, D)`` or ``(B, heads, H, W, D)``):
+    :func:`why_not_triton` is None. ``**kw``: the pattern's arguments (``rpb`` is checked). Logs the reason at debug
+    level when not; with ``raise_error=True`` raises ValueError with the reason instead of returning False.
     """
-    reason = _why_not_triton(q, pattern, **kw)
+    reason = why_not_triton(q, pattern, **kw)
     if reason is None:
         return True
     logger.debug('sparse_ops: Triton skipped for %s: %s', pattern, reason)
@@ -117,31 +136,18 @@ def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, 
     return False
 
 
-def why_not_kernel(x: torch.Tensor, module: str) -> str | None:
-    """Why the Triton kernels of ``module`` (a non-attention op: LayerNorm, depthwise conv) cannot run on x's
-    device, or None: CPU needs ``TRITON_INTERPRET=1``, other devices are not supported, the module must import."""
-    if x.device.type == 'cpu' and not _interpret_mode():
-        return f'CPU tensors need TRITON_INTERPRET=1, got device={x.device}'
-    if x.device.type not in ('cpu', 'cuda'):
-        return f'needs CUDA tensors, got device={x.device}'
-    try:
-        load_triton_module(module)
-    except ImportError as err:
-        return str(err)
-    return None
-
-
-def choose_kernel(backend: str | None, what: str, x: torch.Tensor, why_not) -> str:
-    """``'triton'`` or ``'torch'`` for the non-attention op ``sparse_ops.<what>`` on x; ``why_not()`` gives the
-    reason the kernels cannot run (None: they can). ``'triton'`` where they cannot raises a ValueError with it;
-    None takes the kernels for CUDA tensors they can run, else the twin (CPU always the twin unless forced)."""
+def choose_kernel(backend: str | None, what: str, x: torch.Tensor, **kw) -> str:
+    """``'triton'`` or ``'torch'`` for the non-attention op ``sparse_ops.<what>`` (one of :data:`KERNEL_OPS`) on x;
+    ``**kw`` go to :func:`why_not_triton`. ``'triton'`` where the kernels cannot run raises a ValueError with the
+    reason; None takes the kernels for CUDA tensors they can run, else the twin (CPU always the twin unless
+    forced)."""
     chosen = requested_backend(backend, what)
     if chosen == 'triton':
-        reason = why_not()
+        reason = why_not_triton(x, what, **kw)
         if reason is not None:
             raise ValueError(f"sparse_ops.{what}: backend='triton' cannot run: {reason}")
     elif chosen is None:
-        chosen = 'triton' if x.is_cuda and why_not() is None else 'torch'
+        chosen = 'triton' if x.is_cuda and why_not_triton(x, what, **kw) is None else 'torch'
     return chosen
 
 

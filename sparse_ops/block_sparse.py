@@ -4,9 +4,9 @@ Ladder of names: ``_block_sparse_fwd_kernel`` / ``block_sparse_fwd()`` (``block_
 ``_block_sparse_bwd_*_kernel`` / ``block_sparse_bwd()`` (``block_sparse_bwd.py``) -> the registered ops
 ``sparse_ops::block_sparse_attention_fwd`` / ``_bwd`` (opaque to ``torch.compile``, with fake implementations for
 tracing; autograd via ``torch.library.register_autograd``), used under ``torch.compile`` -> the eager
-``BlockSparseAttention(torch.autograd.Function)`` over the same launchers (no op-dispatch overhead) ->
-:func:`block_sparse_attention`. ``PackedBlockSparseAttention`` / :func:`packed_block_sparse_attention` run the same
-launchers on the heads of a fused ``(B, *S, 3C)`` qkv projection as one autograd node (``sparse_ops.qkv_attention``).
+``BlockSparseAttention(torch.autograd.Function)`` over the same launchers (no op-dispatch overhead), one Function
+for both layouts -> :func:`block_sparse_attention` (separate q, k, v) and :func:`packed_block_sparse_attention`
+(the heads of a fused ``(B, *S, 3C)`` qkv projection as one autograd node, ``sparse_ops.qkv_attention``).
 
 ``block_sparse_attention(q, k, v, pattern, scale=None, rpb=None, config=None)``: q, k, v ``(B, H, N, D)``, in the
 sequence order of ``pattern`` (a :class:`sparse_ops.patterns.BlockPattern` built for ``config``'s block sizes), or,
@@ -35,9 +35,10 @@ from torch import Tensor
 from .block_sparse_bwd import block_sparse_bwd
 from .block_sparse_fwd import Config, block_sparse_fwd, default_config
 from .patterns import BlockPattern
+from .reference._common import split_heads
 
 __all__ = ['block_sparse_attention', 'BlockSparseAttention', 'Config', 'split_heads',
-           'packed_block_sparse_attention', 'PackedBlockSparseAttention']
+           'packed_block_sparse_attention']
 
 
 @torch.library.custom_op('sparse_ops::block_sparse_attention_fwd', mutates_args=())
@@ -99,65 +100,75 @@ def _backward(ctx, do, dlse):
 torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backward, setup_context=_setup_context)
 
 
+def _launch_fwd(q, k, v, rpb, pattern: BlockPattern, scale: float, config: Config, o_fp32: bool):
+    """The forward launcher on q, k, v ``(B, H, N, D)`` (views, any layout the kernels read): ``(o, lse)`` with o a
+    ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)`` (fp32 with ``o_fp32``), lse ``(B, H, N)`` fp32."""
+    p = pattern
+    return block_sparse_fwd(q, k, v, p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, rpb, p.rows, scale, p.mask_mode,
+                            p.n_groups, config, torch.float32 if o_fp32 else None, heads_last=True)
+
+
+def _launch_bwd(do, q, k, v, o, lse, rpb, pattern: BlockPattern, scale: float, config: Config, out=None):
+    """The backward launchers: ``(dq, dk, dv, drpb)`` (dq, dk, dv written into ``out=(dq, dk, dv)`` when given)."""
+    p = pattern
+    return block_sparse_bwd(do, q, k, v, o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok, p.route, rpb,
+                            p.rows, scale, p.mask_mode, p.n_groups, config, out=out)
+
+
 class BlockSparseAttention(torch.autograd.Function):
-    """Eager autograd path: calls the launchers directly (the registered op's Python dispatch costs host time per
-    forward+backward comparable to the kernels at feature-map sizes). Same math as the op; the
-    output is a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``, so the models' merge of heads is a view, not a
-    copy (the registered op returns contiguous outputs, and Inductor fuses that copy itself)."""
+    """The eager autograd node of block-sparse attention, for both layouts (one forward and one backward launcher).
+
+    - Separate q, k, v: ``apply(q, k, v, rpb, None, pattern, scale, config, o_fp32)`` with q, k, v ``(B, H, N, D)``;
+      returns ``(B, H, N, D)``, a view of a ``(B, N, H, D)`` buffer (so the models' merge of heads is a view, not a
+      copy); gradients dq, dk, dv.
+    - Packed: ``apply(qkv, None, None, rpb, num_heads, pattern, scale, config, o_fp32)`` with ``qkv (B, *S, 3C)``
+      contiguous: the kernels read q, k, v in place (:func:`split_heads`), the output is ``(B, *S, C)`` (heads
+      merged: a view of the same buffer) and the backward writes dq, dk, dv into one ``qkv``-shaped gradient.
+
+    Calls the launchers directly (the registered op's Python dispatch costs host time per forward+backward
+    comparable to the kernels at feature-map sizes); same math as the registered op used under ``torch.compile``.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, rpb, pattern, scale, config, o_fp32=False):
-        o, lse = block_sparse_fwd(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.qwin, pattern.tok, pattern.route,
-                                  rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config,
-                                  torch.float32 if o_fp32 else None, heads_last=True)
+    def forward(ctx, q, k, v, rpb, num_heads, pattern, scale, config, o_fp32=False):
+        packed = num_heads is not None
+        heads = split_heads(q, num_heads) if packed else (q, k, v)
+        o, lse = _launch_fwd(*heads, rpb, pattern, scale, config, o_fp32)
         ctx.save_for_backward(q, k, v, o, lse, rpb)
-        ctx.pattern, ctx.scale, ctx.config = pattern, scale, config
+        ctx.num_heads, ctx.pattern, ctx.scale, ctx.config = num_heads, pattern, scale, config
+        if packed:
+            return o.transpose(1, 2).to(q.dtype).view(q.shape[:-1] + (q.shape[-1] // 3,))
         return o.to(q.dtype)
 
     @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, rpb = ctx.saved_tensors
-        p = ctx.pattern
-        dq, dk, dv, drpb = block_sparse_bwd(do, q, k, v, o, lse, p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok,
-                                            p.route, rpb, p.rows, ctx.scale, p.mask_mode, p.n_groups, ctx.config)
-        return dq, dk, dv, drpb, None, None, None, None
-
-
-def split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``qkv (B, *S, 3C)`` contiguous, channels ``[q | k | v]`` each head-major -> q, k, v ``(B, heads, N, D)`` views,
-    ``N = prod(S)``, ``D = C / heads``."""
-    b, c3 = qkv.shape[0], qkv.shape[-1]
-    d = c3 // (3 * num_heads)
-    return qkv.view(b, -1, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-
-
-class PackedBlockSparseAttention(torch.autograd.Function):
-    """:class:`BlockSparseAttention` on the heads of a fused qkv projection, as one autograd node: the kernels read
-    q, k, v in place from ``qkv (B, *S, 3C)``, the output is returned as ``(B, *S, C)`` (heads merged: a view of the
-    ``(B, N, H, D)`` buffer the forward writes) and the backward writes dq, dk, dv into one ``qkv``-shaped
-    gradient. Same kernels and math as ``BlockSparseAttention`` on the split heads."""
-
-    @staticmethod
-    def forward(ctx, qkv, rpb, num_heads, pattern, scale, config, o_fp32=False):
-        q, k, v = split_heads(qkv, num_heads)
-        o, lse = block_sparse_fwd(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.qwin, pattern.tok, pattern.route,
-                                  rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups, config,
-                                  torch.float32 if o_fp32 else None, heads_last=True)
-        ctx.save_for_backward(qkv, o, lse, rpb)
-        ctx.num_heads, ctx.pattern, ctx.scale, ctx.config = num_heads, pattern, scale, config
-        return o.transpose(1, 2).to(qkv.dtype).view(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
-
-    @staticmethod
     def backward(ctx, dout):
-        qkv, o, lse, rpb = ctx.saved_tensors
+        q, k, v, o, lse, rpb = ctx.saved_tensors
+        args = (o, lse, rpb, ctx.pattern, ctx.scale, ctx.config)
+        if ctx.num_heads is None:
+            dq, dk, dv, drpb = _launch_bwd(dout, q, k, v, *args)
+            return dq, dk, dv, drpb, None, None, None, None, None
         b, h, n, d = o.shape
-        do = dout.reshape(b, n, h, d).transpose(1, 2)
-        dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
-        p = ctx.pattern
-        _, _, _, drpb = block_sparse_bwd(do, *split_heads(qkv, ctx.num_heads), o, lse, p.kv_num, p.kv_idx, p.q_num,
-                                         p.q_idx, p.qwin, p.tok, p.route, rpb, p.rows, ctx.scale, p.mask_mode,
-                                         p.n_groups, ctx.config, out=split_heads(dqkv, ctx.num_heads))
-        return dqkv, drpb, None, None, None, None, None
+        dqkv = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+        drpb = _launch_bwd(dout.reshape(b, n, h, d).transpose(1, 2), *split_heads(q, ctx.num_heads), *args,
+                           out=split_heads(dqkv, ctx.num_heads))[3]
+        return dqkv, None, None, drpb, None, None, None, None, None
+
+
+def _prepare(pattern: BlockPattern, config: Optional[Config], rpb: Optional[Tensor], scale: Optional[float],
+             head_dim: int, n: int, device) -> tuple[Config, Optional[Tensor], float]:
+    """The checks and defaults both layouts share: ``(config, rpb, scale)``."""
+    if config is None:
+        config = default_config(head_dim, device, pattern.mask_mode)
+    if (pattern.block_m, pattern.block_n) != (config.block_m, config.block_n):
+        raise ValueError(f'pattern built for blocks {(pattern.block_m, pattern.block_n)} but '
+                         f'{config.block_m=} {config.block_n=}')
+    if n != pattern.n:
+        raise ValueError(f'pattern is for N={pattern.n} tokens, got {n} tokens')
+    if rpb is not None:
+        if pattern.tok is None:
+            raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
+        rpb = rpb.contiguous()
+    return config, rpb, float(head_dim ** -0.5 if scale is None else scale)
 
 
 def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPattern, scale: Optional[float] = None,
@@ -165,8 +176,8 @@ def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPat
                                   o_fp32: bool = False) -> Tensor:
     """:func:`block_sparse_attention` on ``split_heads(qkv, num_heads)``, heads merged: ``qkv (B, *S, 3C)`` ->
     ``(B, *S, C)`` (``prod(S)`` = the pattern's N, in its memory order). One autograd node on the eager path
-    (:class:`PackedBlockSparseAttention`); under ``torch.compile`` the split, the registered op and the merge.
-    ``o_fp32`` as in :func:`block_sparse_attention`."""
+    (:class:`BlockSparseAttention`, packed layout); under ``torch.compile`` the split, the registered op and the
+    merge. ``o_fp32`` as in :func:`block_sparse_attention`."""
     if qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f'qkv last dim {qkv.shape[-1]} is not 3 * num_heads * head_dim (num_heads={num_heads}), '
                          f'qkv.shape={tuple(qkv.shape)}')
@@ -175,24 +186,9 @@ def packed_block_sparse_attention(qkv: Tensor, num_heads: int, pattern: BlockPat
         q, k, v = split_heads(qkv, num_heads)
         o = block_sparse_attention(q, k, v, pattern, scale, rpb, config, o_fp32)
         return o.transpose(1, 2).reshape(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
-    d = qkv.shape[-1] // (3 * num_heads)
-    if config is None:
-        config = default_config(d, qkv.device, pattern.mask_mode)
-    _check_pattern(pattern, config, qkv.numel() // (qkv.shape[0] * qkv.shape[-1]))
-    if rpb is not None:
-        if pattern.tok is None:
-            raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
-        rpb = rpb.contiguous()
-    scale = float(d ** -0.5 if scale is None else scale)
-    return PackedBlockSparseAttention.apply(qkv, rpb, num_heads, pattern, scale, config, o_fp32)
-
-
-def _check_pattern(pattern: BlockPattern, config: Config, n: int) -> None:
-    if (pattern.block_m, pattern.block_n) != (config.block_m, config.block_n):
-        raise ValueError(f'pattern built for blocks {(pattern.block_m, pattern.block_n)} but '
-                         f'{config.block_m=} {config.block_n=}')
-    if n != pattern.n:
-        raise ValueError(f'pattern is for N={pattern.n} tokens, got {n} tokens')
+    config, rpb, scale = _prepare(pattern, config, rpb, scale, qkv.shape[-1] // (3 * num_heads),
+                                  qkv.numel() // (qkv.shape[0] * qkv.shape[-1]), qkv.device)
+    return BlockSparseAttention.apply(qkv, None, None, rpb, num_heads, pattern, scale, config, o_fp32)
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPattern, scale: Optional[float] = None,
@@ -200,19 +196,12 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: BlockPatter
                            o_fp32: bool = False) -> Tensor:
     """Attention of q over the (key, value) pairs allowed by ``pattern``; see the module docstring for shapes.
 
-    Eager calls go through :class:`BlockSparseAttention`; under ``torch.compile`` the registered op
-    ``sparse_ops::block_sparse_attention_fwd`` (with its fake and autograd registrations) is traced instead.
+    Eager calls go through :class:`BlockSparseAttention` (separate layout); under ``torch.compile`` the registered
+    op ``sparse_ops::block_sparse_attention_fwd`` (with its fake and autograd registrations) is traced instead.
     """
-    if config is None:
-        config = default_config(q.shape[-1], q.device, pattern.mask_mode)
-    _check_pattern(pattern, config, q.shape[-2])
-    if rpb is not None:
-        if pattern.tok is None:
-            raise ValueError('rpb needs token coordinates in the pattern (pass hw=(H, W))')
-        rpb = rpb.contiguous()
-    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    config, rpb, scale = _prepare(pattern, config, rpb, scale, q.shape[-1], q.shape[-2], q.device)
     if not torch.compiler.is_compiling():
-        return BlockSparseAttention.apply(q, k, v, rpb, pattern, scale, config, o_fp32)
+        return BlockSparseAttention.apply(q, k, v, rpb, None, pattern, scale, config, o_fp32)
     o, _ = _fwd_op(q, k, v, pattern.kv_num, pattern.kv_idx, pattern.q_num, pattern.q_idx, pattern.qwin,
                    pattern.tok, pattern.route, rpb, pattern.rows, scale, pattern.mask_mode, pattern.n_groups,
                    config.block_m, config.block_n, config.num_warps, config.num_stages, o_fp32)

@@ -16,31 +16,13 @@ from __future__ import annotations
 import torch
 
 from . import backend as _backend
+from .kernels import dwconv_triton
 from .reference import dwconv as _twin
 
 __all__ = ['depthwise_conv2d']
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_KERNELS = 'sparse_ops.dwconv_triton'
 _NAME = 'sparse_ops.depthwise_conv2d'
-
-
-def _image_span(t: torch.Tensor) -> int:
-    """Largest element offset inside one image of a ``(B, H, W, C)`` tensor, plus one."""
-    _, h, w, c = t.shape
-    return (h - 1) * abs(t.stride(1)) + (w - 1) * abs(t.stride(2)) + c
-
-
-def _why_not_triton(x: torch.Tensor, residual: torch.Tensor | None) -> str | None:
-    reason = _backend.why_not_kernel(x, _KERNELS)
-    if reason is not None:
-        return reason
-    spans = [_image_span(x), x.shape[1] * x.shape[2] * x.shape[3]]
-    if residual is not None:
-        spans.append(_image_span(residual))
-    if max(spans) >= 2 ** 31:
-        return f'one image must span < 2**31 elements (int32 offsets), got {max(spans)}'
-    return None
 
 
 def _shape(t) -> tuple:
@@ -94,7 +76,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     given; fp32 math. Returns a contiguous ``(B, H, W, C)`` tensor in ``out_dtype`` (default residual's dtype when
     a residual is given, else x's). Differentiable in x, weight, bias and residual."""
     _check(x, weight, bias, residual, out_dtype)
-    chosen = _backend.choose_kernel(backend, 'depthwise_conv2d', x, lambda: _why_not_triton(x, residual))
+    chosen = _backend.choose_kernel(backend, 'depthwise_conv2d', x, residual=residual)
     if chosen == 'triton':
-        return _backend.load_triton_module(_KERNELS).depthwise_conv2d_nhwc(x, weight, bias, residual, out_dtype)
+        return dwconv_triton.depthwise_conv2d_nhwc(x, weight, bias, residual, out_dtype)
     return _twin.depthwise_conv2d_nhwc(x, weight, bias, residual, out_dtype)

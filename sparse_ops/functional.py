@@ -13,7 +13,8 @@ tokens, not the requested window. A batch (or head count) of 0 returns an empty 
 from __future__ import annotations
 
 from . import reference
-from .backend import choose_backend, load_triton_api
+from .backend import choose_backend
+from .kernels import triton_api
 from .reference._common import ceil_div, check_hw, check_na2d_args, check_positive_int, check_qkv, check_rpb
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
@@ -117,7 +118,7 @@ def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=No
     chosen, args, kwargs = _resolve_window(q, k, v, window, shift, scale, rpb=rpb, hw=hw, backend=backend)
     if _is_empty(q):
         return _empty(q, k, v, rpb)
-    impl = load_triton_api() if chosen == 'triton' else reference
+    impl = triton_api if chosen == 'triton' else reference
     return impl.hilbert_window_attention(q, k, v, *args, **kwargs)
 
 
@@ -130,7 +131,7 @@ def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, b
     chosen, args, kwargs = _resolve_slide(q, k, v, window, scale, rpb=rpb, hw=hw, backend=backend)
     if _is_empty(q):
         return _empty(q, k, v, rpb)
-    impl = load_triton_api() if chosen == 'triton' else reference
+    impl = triton_api if chosen == 'triton' else reference
     return impl.hilbert_slide_attention(q, k, v, *args, **kwargs)
 
 
@@ -144,7 +145,7 @@ def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, 
     chosen, args, kwargs = _resolve_na1d(q, k, v, kernel, scale, rpb=rpb, hw=hw, backend=backend)
     if _is_empty(q):
         return _empty(q, k, v, rpb)
-    impl = load_triton_api() if chosen == 'triton' else reference
+    impl = triton_api if chosen == 'triton' else reference
     return impl.hilbert_neighborhood_attention_1d(q, k, v, *args, **kwargs)
 
 
@@ -161,7 +162,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     chosen, args, kwargs = _resolve_na2d(q, k, v, kernel_size, dilation, rpb, scale, backend=backend)
     if _is_empty(q):
         return _empty(q, k, v, rpb)
-    impl = load_triton_api() if chosen == 'triton' else reference
+    impl = triton_api if chosen == 'triton' else reference
     return impl.neighborhood_attention_2d(q, k, v, *args, **kwargs)
 
 
@@ -176,5 +177,5 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):
     chosen, args, _ = _resolve_routing(q, k, v, n_win, topk, scale, backend=backend)
     if _is_empty(q):
         return _empty(q, k, v)
-    impl = load_triton_api() if chosen == 'triton' else reference
+    impl = triton_api if chosen == 'triton' else reference
     return impl.bilevel_routing_attention(q, k, v, *args)

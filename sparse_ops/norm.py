@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from . import backend as _backend
+from .kernels import norm_triton
 from .reference import norm as _twin
 
 __all__ = ['layer_norm']
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_KERNELS = 'sparse_ops.norm_triton'
 
 
 def _check(x, weight, bias, eps, out_dtype) -> None:
@@ -44,7 +44,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     """LayerNorm of x ``(..., C)`` over C with optional ``weight`` / ``bias`` ``(C,)``; fp32 statistics; returns
     ``(..., C)`` in ``out_dtype`` (default x's dtype). Differentiable in x, weight and bias."""
     _check(x, weight, bias, eps, out_dtype)
-    chosen = _backend.choose_kernel(backend, 'layer_norm', x, lambda: _backend.why_not_kernel(x, _KERNELS))
+    chosen = _backend.choose_kernel(backend, 'layer_norm', x)
     if chosen == 'triton':
-        return _backend.load_triton_module(_KERNELS).layer_norm_triton(x, weight, bias, eps, out_dtype)
+        return norm_triton.layer_norm_triton(x, weight, bias, eps, out_dtype)
     return _twin.layer_norm(x, weight, bias, eps, out_dtype)

@@ -7,7 +7,7 @@ What every backbone block does around its attention: ``qkv = Linear(C, 3C)(x)``,
 the heads for the output projection. Split and merge are views, but autograd records them (a split node, its
 stacked gradient copied into qkv's layout, a merge node) and at feature-map sizes a backbone step is bound by such
 host work. On the Triton path ``qkv_attention`` is ONE autograd node
-(:class:`sparse_ops.block_sparse.PackedBlockSparseAttention`): the kernels read q, k, v in place from qkv, write
+(:class:`sparse_ops.block_sparse.BlockSparseAttention`, packed layout): the kernels read q, k, v in place from qkv, write
 the output in the merged layout and the gradient of qkv as one buffer. On the twin path it is the split, the
 PyTorch twin and the merge. Same values as calling the public function on the split heads.
 """
@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .backend import load_triton_api
-from .block_sparse import split_heads
 from .functional import _resolve_na1d, _resolve_na2d, _resolve_routing, _resolve_slide, _resolve_window
-from .reference._common import check_positive_int
+from .kernels import triton_api
+from .reference._common import check_positive_int, split_heads
 
 __all__ = ['qkv_attention', 'QKV_PATTERNS']
 
@@ -82,6 +81,6 @@ def qkv_attention(qkv, num_heads, pattern, *args, backend=None, **kwargs):
     if qkv.shape[0] == 0:  # batch 0: an empty (B, *S, C) output, connected to qkv
         return qkv.narrow(-1, 0, qkv.shape[-1] // 3) * 0
     if chosen == 'triton':
-        return load_triton_api().qkv_attention(qkv, num_heads, pattern, *args, q_like=q, **kwargs)
+        return triton_api.qkv_attention(qkv, num_heads, pattern, *args, q_like=q, **kwargs)
     out = getattr(reference, fn_name)(*_heads(qkv, num_heads), *args, **kwargs)   # (B, heads, *S, D)
     return out.movedim(1, -2).flatten(-2)

@@ -44,7 +44,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .backend import _interpret_mode
+from .backend import why_not_triton
 from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, tables_from_state
 
 __all__ = ['region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv', 'RoutingLayout',
@@ -231,7 +231,7 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
     pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
     n_qb, n_kb = pairs.shape[1], pairs.shape[2]
     max_kv = min(n_kb, layout.max_kv * topk)
-    if pairs.is_cuda or _interpret_mode():
+    if why_not_triton(pairs, 'routing_tables') is None:
         from .routing_tables import routed_tables  # one launch instead of ~30 small ops
         tables = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
     else:

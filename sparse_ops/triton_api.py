@@ -11,13 +11,11 @@ outputs have q's shape and dtype. Every function takes a keyword-only ``config``
 :class:`~sparse_ops.block_sparse_fwd.Config`, default :func:`~sparse_ops.block_sparse_fwd.default_config`), used by
 the tests to run every config and by the benchmark to tune.
 
-``can_run_triton(q, pattern=..., raise_error=False, **kw)`` is the pattern-level predicate that
-``sparse_ops.backend`` consults: it says why these inputs cannot run here.
+Whether these functions can run given inputs is :func:`sparse_ops.backend.why_not_triton`'s to say (the public
+functions ask it before calling here).
 """
 from __future__ import annotations
 
-import logging
-import os
 from typing import Optional
 
 import torch
@@ -27,58 +25,7 @@ from .block_sparse import block_sparse_attention, packed_block_sparse_attention,
 from .block_sparse_fwd import Config, default_config
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
-           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'routing_qkv_plan',
-           'can_run_triton', 'HEAD_DIMS',
-           'DTYPES']
-
-logger = logging.getLogger(__name__)
-
-HEAD_DIMS = (16, 32, 64, 128)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-PATTERNS = ('window', 'slide', 'na1d', 'na2d', 'routing')
-_MAX_GRID_Y = 65535
-
-
-def _why_not(q: torch.Tensor, pattern: str, rpb=None, **kw) -> Optional[str]:
-    if pattern not in PATTERNS:
-        return f'unknown pattern {pattern!r}, expected one of {PATTERNS}'
-    if q.device.type == 'cpu':
-        if os.environ.get('TRITON_INTERPRET', '0') != '1':
-            return f'CPU tensors need TRITON_INTERPRET=1, got device={q.device}'
-        if q.dtype == torch.bfloat16:
-            return f'bf16 tl.dot is broken in the Triton interpreter, got dtype={q.dtype}'
-    elif q.device.type != 'cuda':
-        return f'needs CUDA tensors, got device={q.device}'
-    if q.dtype not in DTYPES:
-        return f'supports dtypes {DTYPES}, got dtype={q.dtype}'
-    head_dim = q.shape[-1]
-    if head_dim not in HEAD_DIMS:
-        return f'supports head dims {HEAD_DIMS}, got {head_dim=}'
-    want_dim = 5 if pattern in ('na2d', 'routing') else 4
-    if q.dim() != want_dim:
-        return f'pattern {pattern!r} needs {want_dim}-d q, got q.shape={tuple(q.shape)}'
-    bh = q.shape[0] * q.shape[1]
-    if bh > _MAX_GRID_Y:
-        return f'batch * heads must be <= {_MAX_GRID_Y} (grid axis 1), got {bh=}'
-    if rpb is not None and (rpb.dim() != 3 or rpb.shape[0] != q.shape[1]):
-        return f'rpb must be (heads, 2r-1, 2r-1), got rpb.shape={tuple(rpb.shape)}'
-    return None
-
-
-def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, **kw) -> bool:
-    """Whether the Triton core can run ``pattern`` ('window' | 'slide' | 'na1d' | 'na2d' | 'routing') on q.
-
-    ``**kw`` are the pattern's arguments (window, shift, kernel, kernel_size, dilation, n_win, topk, rpb, hw);
-    only ``rpb`` is checked here (every size and pattern parameter runs). With ``raise_error=True`` a ValueError
-    carries the reason; otherwise the reason is logged at debug level and False returned.
-    """
-    reason = _why_not(q, pattern, **kw)
-    if reason is None:
-        return True
-    if raise_error:
-        raise ValueError(f'sparse_ops.triton_api ({pattern}): {reason}')
-    logger.debug('sparse_ops.triton_api (%s): %s', pattern, reason)
-    return False
+           'neighborhood_attention_2d', 'bilevel_routing_attention', 'qkv_attention', 'routing_qkv_plan']
 
 
 def _config(q: torch.Tensor, config: Optional[Config], mask_mode: int) -> Config:

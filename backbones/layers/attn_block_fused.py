@@ -26,12 +26,11 @@ as the modules hold them (``Linear`` ``(out, in)``; Linear weights and biases in
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from sparse_ops.backend import load_triton_module
+from sparse_ops import patterns
+from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd, norm_triton
 
 from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, low_pair, mlp_backward, \
     norm_out, residual
@@ -41,15 +40,11 @@ __all__ = ['AttentionBlockFunction', 'block_params', 'forward_math', 'backward_m
 N_GRADS = 17        # x, spec, s1, s2 and the 13 weights of the block Function's apply
 
 
-@functools.cache
 def kernels():
-    """(norm, patterns, default_config, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
-    loaded where a fused block runs)."""
-    fwd = load_triton_module('sparse_ops.block_sparse_fwd')
-    return (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.patterns'),
-            fwd.default_config, fwd.block_sparse_fwd,
-            load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
-            load_triton_module('sparse_ops.block_sparse').split_heads)
+    """(norm, patterns, default_config, block-sparse fwd, bwd, split_heads): the Triton modules' entry points this
+    Function uses (``sparse_ops.kernels``: None without Triton, where no fused block runs)."""
+    return (norm_triton, patterns, block_sparse_fwd.default_config, block_sparse_fwd.block_sparse_fwd,
+            block_sparse_bwd.block_sparse_bwd, block_sparse.split_heads)
 
 
 def block_params(block, rpb) -> list:

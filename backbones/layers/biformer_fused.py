@@ -22,14 +22,13 @@ in the low dtype ``L`` (``layers.linear.cast_linear_weights``), the norms' in fp
 """
 from __future__ import annotations
 
-import functools
-
 import dataclasses
 
 import torch
 import torch.nn.functional as F
 
-from sparse_ops.backend import load_triton_module
+from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd, dwconv_triton, norm_triton, \
+    triton_api
 
 from .fused_block import GradSink, branch_grad, cached_spec, factor_grad, fused_backward, fused_forward, low_pair, \
     mlp_backward, norm_out, residual
@@ -53,15 +52,11 @@ class BlockSpec:
     lce_on_input: bool = False      # LCE on norm1's output (the global block's AttentionLePE), not on V
 
 
-@functools.cache
 def _kernels():
-    """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads), imported once (Triton modules: only
-    loaded where the fused block runs)."""
-    return (load_triton_module('sparse_ops.norm_triton'), load_triton_module('sparse_ops.dwconv_triton'),
-            load_triton_module('sparse_ops.triton_api'),
-            load_triton_module('sparse_ops.block_sparse_fwd').block_sparse_fwd,
-            load_triton_module('sparse_ops.block_sparse_bwd').block_sparse_bwd,
-            load_triton_module('sparse_ops.block_sparse').split_heads)
+    """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads): the Triton modules' entry points this
+    Function uses (``sparse_ops.kernels``: None without Triton, where no fused block runs)."""
+    return (norm_triton, dwconv_triton, triton_api, block_sparse_fwd.block_sparse_fwd, block_sparse_bwd.block_sparse_bwd,
+            block_sparse.split_heads)
 
 
 def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None, copy_input=False):

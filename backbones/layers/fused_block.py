@@ -32,11 +32,12 @@ __all__ = ['fused_path_applies', 'low_pair', 'cached_spec', 'fused_forward', 'fu
 
 def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: str, key: tuple,
                        triton_runs: Callable[..., bool], *args) -> bool:
-    """Whether ``block`` runs this call as its fused node: the Triton path (``backend``, or the
-    ``sparse_ops.use_backend`` default for the op ``what``: CUDA when None, CPU only when 'triton'), not compiling,
-    x in fp32 or the matmuls' dtype, the Linear weights (``qkv``'s) in the dtype the matmuls run in (under
-    autocast: pre-cast by ``cast_linear_weights``, per backbone or, with ``with_cp``, per block), fewer than 2**31 qkv elements
-    per sample, and ``triton_runs(x, low, backend, *args)`` (the pattern's own check). The answer is cached on the
+    """Whether ``block`` runs this call as its fused node: not compiling, x in fp32 or the matmuls' dtype, the Linear
+    weights (``qkv``'s) in the dtype the matmuls run in (under autocast: pre-cast by ``cast_linear_weights``, per
+    backbone or, with ``with_cp``, per block), fewer than 2**31 qkv elements per sample, and
+    ``triton_runs(x, low, backend, *args)``: the pattern's Triton path, as ``sparse_ops.choose_backend`` decides it
+    (``backend``, or the ``sparse_ops.use_backend`` default for the op ``what``: CUDA when None, CPU only when
+    'triton'; where Triton cannot run, ``sparse_ops.backend.why_not_triton`` says why). The answer is cached on the
     block per (shape, dtypes, device, backend, autocast, ``key``) and logged at DEBUG level when first decided
     (mmengine's current logger: ``log_level='DEBUG'`` in a config shows which path each block takes)."""
     if torch.compiler.is_compiling():
@@ -50,9 +51,8 @@ def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: s
         if len(cache) >= 1024:                 # many input sizes (multi-scale training): keep the dict bounded
             cache.clear()
         want = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        cache[full_key] = fused = (backend != 'torch' and (backend is not None or x.is_cuda)
-                                   and low == want and x.dtype in (torch.float32, low)
-                                   and x[0].numel() * 3 < 2 ** 31 and triton_runs(x, low, backend, *args))
+        cache[full_key] = fused = (low == want and x.dtype in (torch.float32, low) and x[0].numel() * 3 < 2 ** 31
+                                   and triton_runs(x, low, backend, *args))
         print_log(f'{type(block).__name__} {tuple(x.shape)} {x.dtype}, weights {low}, backend {backend}, autocast '
                   f'{autocast}: ' + ('fused node' if fused else 'module composition'), logger='current',
                   level=logging.DEBUG)

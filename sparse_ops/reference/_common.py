@@ -9,11 +9,19 @@ import operator
 import torch
 
 __all__ = ['check_qkv', 'check_positive_int', 'check_rpb', 'check_hw', 'default_scale', 'masked_attention',
-           'rpb_lookup', 'ceil_div']
+           'rpb_lookup', 'ceil_div', 'split_heads']
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``qkv (B, *S, 3C)`` contiguous, channels ``[q | k | v]`` each head-major -> q, k, v ``(B, heads, N, D)`` views,
+    ``N = prod(S)``, ``D = C / heads`` (the layout of a fused ``Linear(C, 3C)``; shared by the twin and kernels)."""
+    b, c3 = qkv.shape[0], qkv.shape[-1]
+    d = c3 // (3 * num_heads)
+    return qkv.view(b, -1, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, name: str) -> None:

@@ -19,6 +19,7 @@ triton = pytest.importorskip('triton')
 if not torch.cuda.is_available() and os.environ.get('TRITON_INTERPRET') != '1':
     pytest.skip('needs CUDA or TRITON_INTERPRET=1', allow_module_level=True)
 
+import sparse_ops  # noqa: E402
 from sparse_ops import reference  # noqa: E402
 from sparse_ops import triton_api  # noqa: E402
 from sparse_ops.block_sparse_fwd import Config, configs_for  # noqa: E402
@@ -276,12 +277,12 @@ def test_strided_inputs_and_outputs():
 
 def test_can_run_triton_explains():
     q = torch.randn(1, 2, 10, 24).to(DEVICE)
-    assert not triton_api.can_run_triton(q, pattern='window')
+    assert not sparse_ops.can_run_triton(q, pattern='window')
     with pytest.raises(ValueError, match='head_dim=24'):
-        triton_api.can_run_triton(q, pattern='window', raise_error=True)
+        sparse_ops.can_run_triton(q, pattern='window', raise_error=True)
     with pytest.raises(ValueError, match='5-d q'):
-        triton_api.can_run_triton(torch.randn(1, 2, 10, 16).to(DEVICE), pattern='na2d', raise_error=True)
-    assert triton_api.can_run_triton(torch.randn(1, 2, 4, 4, 16).to(DEVICE), pattern='routing', n_win=2, topk=1)
+        sparse_ops.can_run_triton(torch.randn(1, 2, 10, 16).to(DEVICE), pattern='na2d', raise_error=True)
+    assert sparse_ops.can_run_triton(torch.randn(1, 2, 4, 4, 16).to(DEVICE), pattern='routing', n_win=2, topk=1)
 
 
 def test_routing_config_takes_small_tiles_for_small_regions(monkeypatch):

@@ -21,7 +21,8 @@ LEAVES = ('x', 'weight', 'bias', 'residual')
 
 
 def _kernels():
-    return sparse_ops.backend.load_triton_module('sparse_ops.dwconv_triton')
+    from sparse_ops.kernels import dwconv_triton
+    return dwconv_triton
 
 
 def make_inputs(b, h, w, c, k, dtype, bias=True, residual=True, res_dtype=None, sliced=False, device=DEVICE,

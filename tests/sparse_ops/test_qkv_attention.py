@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sparse_ops
-from sparse_ops.block_sparse import PackedBlockSparseAttention
+from sparse_ops.block_sparse import BlockSparseAttention
 
 needs_kernels = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get('TRITON_INTERPRET') != '1',
                                    reason='needs CUDA or TRITON_INTERPRET=1')
@@ -59,7 +59,7 @@ def test_triton_matches_twin_in_output_and_gradients(case, dtype):
     got = _run(pattern, qkv, heads, args, kwargs, 'triton', grad_out)
     # the twin in fp32 from the same (rounded) inputs
     want = _run(pattern, qkv.float(), heads, args, kwargs, 'torch', grad_out.float())
-    assert type(got[3]).__name__ == PackedBlockSparseAttention.__name__ + 'Backward'
+    assert type(got[3]).__name__ == BlockSparseAttention.__name__ + 'Backward'
     assert got[0].shape == qkv.shape[:-1] + (heads * dim,) and got[0].dtype == dtype and got[1].dtype == dtype
     # fp32: exact dots in the interpreter, tf32 (Triton's fp32 dot) on a GPU
     exact = dtype == torch.float32 and device == 'cpu'
@@ -129,7 +129,39 @@ def test_gpu_routing_biformer_stage3_bf16():
     kw = dict(scale=(heads * dim) ** -0.5)
     got = _run('routing', qkv, heads, (16, 16), kw, 'triton', grad_out)
     want = _run('routing', qkv.float(), heads, (16, 16), kw, 'torch', grad_out.float())
-    assert type(got[3]).__name__ == PackedBlockSparseAttention.__name__ + 'Backward'
+    assert type(got[3]).__name__ == BlockSparseAttention.__name__ + 'Backward'
     for g, w, name in zip(got[:2], want[:2], ('out', 'dqkv')):
         err = (g.float() - w).abs().max().item()
         assert err <= 0.02 * w.abs().max().item() + 1e-2, (name, err)
+
+
+@needs_kernels
+@pytest.mark.parametrize('case', ['window-shift-rpb', 'na2d-dil2-rpb', 'routing-ragged'])
+def test_one_function_serves_both_layouts(case):
+    """The public function on separate q, k, v and ``qkv_attention`` on the packed qkv both run as ONE
+    ``BlockSparseAttention`` node and equal the twin (fp32 interpreter: exact dots), output and gradients of q, k,
+    v (= the packed qkv gradient) and of the bias table."""
+    pattern, spatial, heads, dim, args, kwargs_of = CASES[case]
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    qkv, kwargs = _inputs(pattern, spatial, heads, dim, kwargs_of, device, torch.float32)
+    fn = {'window': sparse_ops.hilbert_window_attention, 'na2d': sparse_ops.neighborhood_attention_2d,
+          'routing': sparse_ops.bilevel_routing_attention}[pattern]
+    grad_out = torch.randn(qkv.shape[:-1] + (heads * dim,), device=device)
+    packed = _run(pattern, qkv, heads, args, kwargs, 'triton', grad_out)
+
+    def separate(backend):
+        leaf = qkv.detach().clone().requires_grad_()
+        kw = {k: (v.detach().clone().requires_grad_() if k == 'rpb' else v) for k, v in kwargs.items()}
+        q, k, v = (t.unflatten(2, spatial) if pattern in _2D else t
+                   for t in sparse_ops.packed.split_heads(leaf, heads))
+        out = fn(q, k, v, *args, backend=backend, **kw)                     # (B, heads, *S, D)
+        out.movedim(1, -2).flatten(-2).backward(grad_out)
+        return out.movedim(1, -2).flatten(-2), leaf.grad, kw['rpb'].grad if 'rpb' in kw else None, out.grad_fn
+
+    split, twin = separate('triton'), separate('torch')
+    for got in (packed, split):
+        node = got[3] if pattern in ('window', 'slide', 'na1d') or got is packed else got[3].next_functions[0][0]
+        assert type(node).__name__ == BlockSparseAttention.__name__ + 'Backward'
+        for a, b in zip(got[:3], twin[:3]):
+            if b is not None:
+                torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
