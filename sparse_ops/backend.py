@@ -123,7 +123,8 @@ def why_not_triton(x: torch.Tensor, op: str, *, rpb=None, residual=None, **_patt
 
 
 def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, **kw) -> bool:
-    """Whether the Triton core can run ``pattern`` on q (``(B, heads, N, D)`` or ``(B, heads, H, W, D)``):
+    """Whether the Triton kernels can run ``pattern`` (an attention pattern or a :data:`KERNEL_OPS` op) on q
+    (attention: ``(B, heads, N, D)`` or ``(B, heads, H, W, D)``):
     :func:`why_not_triton` is None. ``**kw``: the pattern's arguments (``rpb`` is checked). Logs the reason at debug
     level when not; with ``raise_error=True`` raises ValueError with the reason instead of returning False.
     """
@@ -132,23 +133,30 @@ def can_run_triton(q: torch.Tensor, *, pattern: str, raise_error: bool = False, 
         return True
     logger.debug('sparse_ops: Triton skipped for %s: %s', pattern, reason)
     if raise_error:
-        raise ValueError(f"sparse_ops {pattern}: backend='triton' cannot run: {reason}")
+        name = f'sparse_ops.{pattern}' if pattern in KERNEL_OPS else f'sparse_ops {pattern}'
+        raise ValueError(f"{name}: backend='triton' cannot run: {reason}")
     return False
 
 
 def choose_kernel(backend: str | None, what: str, x: torch.Tensor, **kw) -> str:
-    """``'triton'`` or ``'torch'`` for the non-attention op ``sparse_ops.<what>`` (one of :data:`KERNEL_OPS`) on x;
-    ``**kw`` go to :func:`why_not_triton`. ``'triton'`` where the kernels cannot run raises a ValueError with the
-    reason; None takes the kernels for CUDA tensors they can run, else the twin (CPU always the twin unless
-    forced)."""
-    chosen = requested_backend(backend, what)
+    """``'triton'`` or ``'torch'`` for the non-attention op ``sparse_ops.<what>`` (one of :data:`KERNEL_OPS`) on x,
+    by the rule of :func:`choose_backend`; ``**kw`` go to :func:`why_not_triton`."""
+    return _choose(backend, what, x, kw)
+
+
+def _choose(backend: str | None, op: str, x: torch.Tensor, kw: dict) -> str:
+    """The backend rule (module doc) for ``op`` on x: ``'torch'``; ``'triton'`` or a ValueError with
+    :func:`why_not_triton`'s reason; None: Triton for CUDA tensors it can run, else the twin."""
+    chosen = requested_backend(backend, op)
+    if chosen == 'torch':
+        return 'torch'
     if chosen == 'triton':
-        reason = why_not_triton(x, what, **kw)
-        if reason is not None:
-            raise ValueError(f"sparse_ops.{what}: backend='triton' cannot run: {reason}")
-    elif chosen is None:
-        chosen = 'triton' if x.is_cuda and why_not_triton(x, what, **kw) is None else 'torch'
-    return chosen
+        can_run_triton(x, pattern=op, raise_error=True, **kw)
+        return 'triton'
+    if not x.is_cuda:
+        logger.debug('sparse_ops: torch twin for %s on %s tensors (Triton only when forced)', op, x.device)
+        return 'torch'
+    return 'triton' if can_run_triton(x, pattern=op, **kw) else 'torch'
 
 
 def requested_backend(backend: str | None, what: str) -> str | None:
@@ -159,14 +167,6 @@ def requested_backend(backend: str | None, what: str) -> str | None:
 
 
 def choose_backend(backend: str | None, q: torch.Tensor, pattern: str, **kw) -> str:
-    """Resolve ``backend`` (``'triton' | 'torch' | None``) to ``'triton'`` or ``'torch'`` (see module doc)."""
-    backend = requested_backend(backend, pattern)
-    if backend == 'torch':
-        return 'torch'
-    if backend == 'triton':
-        can_run_triton(q, pattern=pattern, raise_error=True, **kw)
-        return 'triton'
-    if not q.is_cuda:
-        logger.debug('sparse_ops: torch twin for %s on %s tensors (Triton only when forced)', pattern, q.device)
-        return 'torch'
-    return 'triton' if can_run_triton(q, pattern=pattern, **kw) else 'torch'
+    """Resolve ``backend`` (``'triton' | 'torch' | None``) to ``'triton'`` or ``'torch'`` for the attention
+    ``pattern`` on q (see module doc); ``**kw``: the pattern's arguments."""
+    return _choose(backend, pattern, q, kw)

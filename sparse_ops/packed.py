@@ -7,8 +7,8 @@ What every backbone block does around its attention: ``qkv = Linear(C, 3C)(x)``,
 the heads for the output projection. Split and merge are views, but autograd records them (a split node, its
 stacked gradient copied into qkv's layout, a merge node) and at feature-map sizes a backbone step is bound by such
 host work. On the Triton path ``qkv_attention`` is ONE autograd node
-(:class:`sparse_ops.block_sparse.BlockSparseAttention`, packed layout): the kernels read q, k, v in place from qkv, write
-the output in the merged layout and the gradient of qkv as one buffer. On the twin path it is the split, the
+(:class:`sparse_ops.block_sparse.BlockSparseAttention`, packed layout): the kernels read q, k, v in place from qkv,
+write the output in the merged layout and the gradient of qkv as one buffer. On the twin path it is the split, the
 PyTorch twin and the merge. Same values as calling the public function on the split heads.
 """
 from __future__ import annotations

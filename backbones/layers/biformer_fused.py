@@ -55,8 +55,8 @@ class BlockSpec:
 def _kernels():
     """(norm, dwconv, attention api, block-sparse fwd, bwd, split_heads): the Triton modules' entry points this
     Function uses (``sparse_ops.kernels``: None without Triton, where no fused block runs)."""
-    return (norm_triton, dwconv_triton, triton_api, block_sparse_fwd.block_sparse_fwd, block_sparse_bwd.block_sparse_bwd,
-            block_sparse.split_heads)
+    return (norm_triton, dwconv_triton, triton_api, block_sparse_fwd.block_sparse_fwd,
+            block_sparse_bwd.block_sparse_bwd, block_sparse.split_heads)
 
 
 def forward_math(x, spec: BlockSpec, s1, s2, params, need_s1: bool, need_s2: bool, out=None, copy_input=False):
