@@ -13,16 +13,18 @@ Ratios, not absolute times, are the result. ``--models`` / ``--modes`` split a r
 
 Issue 19 runs on one H200, each call well under 10 minutes (merge the JSON files; each has its own Swin-T rows):
 
-    python tools/benchmark_backbone.py --sizes 1024x1024 1333x800 --models Swin-T \
+    python tools/benchmark_backbone.py --sizes 1024x1024 1333x800 --models Swin-T \\
         --modes eager compile reduce-overhead --json bb_swin.json
-    python tools/benchmark_backbone.py --sizes 1024x1024 1333x800 --models Swin-T HWT-T HNT-T \
+    python tools/benchmark_backbone.py --sizes 1024x1024 1333x800 --models Swin-T HWT-T HNT-T \\
         --modes eager default no-graphs --json bb_hwt.json
-    python tools/benchmark_backbone.py --sizes 1024x1024 1333x800 --models Swin-T BiFormer-S NAT-T DiNAT-T \
+    python tools/benchmark_backbone.py --sizes 1024x1024 1333x800 --models Swin-T BiFormer-S NAT-T DiNAT-T \\
         --modes eager default no-graphs --json bb_others.json
-    python tools/benchmark_backbone.py --sizes --varying --models Swin-T HWT-T HNT-T BiFormer-S NAT-T DiNAT-T \
+    python tools/benchmark_backbone.py --sizes --varying --models Swin-T HWT-T HNT-T BiFormer-S NAT-T DiNAT-T \\
         --json bb_varying.json
 
-Needs a CUDA device (it exits with a clear message otherwise, unless --device cpu is given for a smoke run at tiny
+    python tools/benchmark_backbone.py --merge bb_swin.json bb_hwt.json bb_others.json bb_varying.json
+
+(the last prints the tables together, ratios against the best Swin-T mode over all files). Needs a CUDA device (it exits with a clear message otherwise, unless --device cpu is given for a smoke run at tiny
 sizes, e.g. ``--device cpu --sizes 64x64 --iters 1 --warmup 0``).
 """
 import argparse
@@ -213,6 +215,13 @@ def format_varying(rows):
     return '\n'.join(lines)
 
 
+def _first_of_each(rows):
+    """``rows`` with only the first row of each (model, mode, size): split runs each measure Swin-T eager."""
+    seen = set()
+    return [r for r in rows if not ((r['model'], r['mode'], r['size']) in seen
+                                    or seen.add((r['model'], r['mode'], r['size'])))]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', nargs='+', default=[SWIN] + list(MODELS), choices=[SWIN] + list(MODELS),
@@ -240,7 +249,20 @@ def main(argv=None):
                              'the busiest GPU kernels and GPU-busy time against wall time')
     parser.add_argument('--json')
     parser.add_argument('--png')
+    parser.add_argument('--merge', nargs='+', metavar='JSON',
+                        help='measure nothing: print the tables of these --json files together (a run split over '
+                             'several calls), ratios against the best Swin-T mode of all of them')
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = [json.load(open(p)) for p in args.merge]
+        for run in runs:
+            print(run['header'])
+        rows, varying = _first_of_each([r for run in runs for r in run['rows']]), \
+            _first_of_each([r for run in runs for r in run.get('varying', [])])
+        print(format_table(rows))
+        if varying:
+            print('\n' + format_varying(varying))
+        return
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('benchmark_backbone.py needs a CUDA device (pass --device cpu for a smoke run)')
