@@ -4,13 +4,41 @@ Synthetic inputs of a fixed size (no dataset needed; the table's HxW columns giv
 after the data preprocessor, which pads: mmseg's to the config's crop in training): random images and, for
 training, random ground truth (boxes with rectangular masks for mmdet, a random label map for mmseg). Per config
 and phase (inference in ``predict`` mode; a training step = loss, backward, AdamW step): warm-up, then timed
-iterations (median and mean ms) and the phase's peak memory (``torch.cuda.max_memory_allocated`` on GPU; on CPU
-the process' peak RSS, which only grows). Prints one table with a machine header; ``--out`` writes JSON,
-``--chart`` a PNG bar chart.
+iterations (``_timing.time_steps``: median wall ms, host clock around synchronised steps, next to GPU ms from CUDA
+events) and the phase's peak memory (``torch.cuda.max_memory_allocated`` on GPU; on CPU the process' peak RSS,
+which only grows). Where the training step goes: after the training phase the backbone alone runs fwd+bwd on the
+same preprocessed input (same autocast, loss = sum of its outputs' means), timed the same way; "rest" = train step
+- backbone = neck, heads, losses, target assignment and the optimizer step. (A separate run rather than hooks inside
+the step: hooks would add synchronisation to the step they measure.) Configs are paths or stock configs of the
+installed packages as ``mmdet::...`` / ``mmseg::...`` (their backbone's pretrained ``init_cfg`` is dropped: no
+download). ``--compile-backbone`` wraps each model's backbone in ``torch.compile`` (default mode; compiled during
+the warm-up iterations). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a PNG bar chart.
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
-        [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--out bench.json] [--chart bench.png]
-        [--cfg-options k=v ...]
+        [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--compile-backbone] [--out bench.json]
+        [--chart bench.png] [--cfg-options k=v ...]
+
+Issue 19's training-step runs (one H200, AMP, batch 2; each call well under 10 minutes; ours vs stock Swin-T eager,
+then Swin-T with its backbone compiled):
+
+    SWIN_DET=mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py
+    SWIN_SEG=mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py
+    T="--mode train --batch-size 2 --amp fp16 --iters 20 --warmup 5"
+    python tools/benchmark.py configs/hwt/mask-rcnn_hwt-t_fpn_1x_coco.py $SWIN_DET --shape 800 1333 $T --out st_det.json
+    python tools/benchmark.py $SWIN_DET --shape 800 1333 $T --compile-backbone --out st_det_c.json
+    python tools/benchmark.py configs/hwt/mask-rcnn_hwt-t_fpn_1x_coco-2048.py $SWIN_DET --shape 1280 2048 $T \\
+        --out st_det2048.json
+    python tools/benchmark.py $SWIN_DET --shape 1280 2048 $T --compile-backbone --out st_det2048_c.json
+    python tools/benchmark.py configs/hwt/upernet_hwt-t_8xb2-160k_ade20k-512x512.py $SWIN_SEG --shape 512 512 $T \\
+        --out st_seg512.json
+    python tools/benchmark.py $SWIN_SEG --shape 512 512 $T --compile-backbone --out st_seg512_c.json
+    python tools/benchmark.py configs/hwt/upernet_hwt-t_8xb2-160k_ade20k-1024x1024.py $SWIN_SEG --shape 1024 1024 $T \\
+        --out st_seg1024.json
+    python tools/benchmark.py $SWIN_SEG --shape 1024 1024 $T --compile-backbone --out st_seg1024_c.json
+
+(The 2048-px config trains at long side 1600..2048 and tests at 2048 x 1280, hence ``--shape 1280 2048``. The
+stock Swin-T UperNet config has a 512 crop; at ``--shape 1024 1024`` its preprocessor leaves the 1024 input as is,
+which the table's HxW column shows.)
 
 Example (stock UperNet vs our routing-context UperHead at 1024^2 on a GPU):
 
@@ -25,10 +53,8 @@ import argparse
 import json
 import os.path as osp
 import platform
-import resource
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
@@ -39,15 +65,28 @@ import torch  # noqa: E402
 import _cfg  # noqa: E402
 import _necks  # noqa: E402
 import _runtime  # noqa: E402
+import _timing  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------- model + data
 def load_cfg(path: str, options: dict | None = None):
     """Config with its scope's modules registered (and custom_imports imported), ``--cfg-options`` applied
-    (``data_root=`` moves the dataset paths) and the neck widths checked; returns (cfg, scope)."""
-    cfg, scope = _cfg.read_config(path, options)
+    (``data_root=`` moves the dataset paths) and the neck widths checked; returns (cfg, scope). ``path`` may name a
+    stock config as ``mmdet::swin/....py`` / ``mmseg::swin/....py``; its backbone's pretrained ``init_cfg`` is
+    dropped."""
+    stock = path.split('::')[0] in ('mmdet', 'mmseg')
+    cfg, scope = _cfg.read_config(stock_config_path(path) if stock else path, options)
+    if stock and cfg.model.get('backbone', {}).get('init_cfg'):
+        cfg.model.backbone.init_cfg = None  # no pretrained download (init_weights is not called here anyway)
     _necks.check_neck_widths(cfg, scope)
     return cfg, scope
+
+
+def stock_config_path(name: str) -> str:
+    """``'mmdet::swin/x.py'`` -> the file of that config inside the installed mmdet (or mmseg) package."""
+    import importlib
+    package, rel = name.split('::', 1)
+    return osp.join(osp.dirname(importlib.import_module(package).__file__), '.mim', 'configs', rel)
 
 
 def build_model(cfg, scope: str, device: str) -> torch.nn.Module:
@@ -109,40 +148,26 @@ def synthetic_batch(scope: str, batch: int, h: int, w: int, num_classes: int, wi
 
 
 # ------------------------------------------------------------------------------------------------- measurement
-def _sync(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device: str) -> float:
-    if device.startswith('cuda'):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _reset_peak(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def _timed(step, n_warmup: int, n_iters: int, device: str, label: str) -> dict:
-    """Run ``step`` n_warmup + n_iters times with a progress bar; ms of the timed ones and the phase's peak MB."""
+    """Run ``step`` n_warmup + n_iters times with a progress bar; ``_timing.time_steps``' wall and GPU ms (medians
+    of the timed ones, also as ``median_ms`` = wall) and the phase's peak MB, plus the wall mean."""
     from mmengine.utils import ProgressBar
     print(f'  {label}: {n_warmup} warm-up + {n_iters} timed iterations', flush=True)
     bar = ProgressBar(n_warmup + n_iters, file=sys.stdout)
-    _reset_peak(device)
-    times = []
-    for i in range(n_warmup + n_iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        if i >= n_warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-        bar.update()
+    r = _timing.time_steps(step, device, n_warmup, n_iters, on_step=bar.update)
     sys.stdout.write('\n')
-    return dict(median_ms=statistics.median(times), mean_ms=statistics.fmean(times), peak_mb=_peak_mb(device))
+    return dict(median_ms=r['wall_ms'], mean_ms=statistics.fmean(r['walls_ms']), gpu_ms=r['gpu_ms'],
+                peak_mb=r['peak_mib'])
+
+
+def _backbone_step(model, inputs, autocast):
+    """One fwd+bwd of ``model.backbone`` alone on the preprocessed ``inputs`` (loss = sum of the outputs' means)."""
+    def step():
+        with autocast():
+            outs = model.backbone(inputs)
+        sum(o.float().mean() for o in outs).backward()
+        model.zero_grad(set_to_none=True)
+    return step
 
 
 def benchmark_config(path: str, args, options: dict | None) -> dict:
@@ -150,12 +175,15 @@ def benchmark_config(path: str, args, options: dict | None) -> dict:
     cfg, scope = load_cfg(path, options)
     device = args.device
     model = build_model(cfg, scope, device)
+    if args.compile_backbone:
+        model.backbone = torch.compile(model.backbone)
     h, w = args.shape
     amp_dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
     autocast = (lambda: torch.autocast(device_type=device.split(':')[0], dtype=amp_dtype)) if amp_dtype \
         else nullcontext
     result = dict(config=path, scope=scope, params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-                  shape=[h, w], batch=args.batch_size, amp=args.amp, device=device)
+                  shape=[h, w], batch=args.batch_size, amp=args.amp, device=device,
+                  compiled_backbone=args.compile_backbone)
     print(f'{osp.basename(path)} ({scope}, {result["params_m"]:.1f} M parameters)', flush=True)
     ncls = num_classes_of(cfg)
 
@@ -186,6 +214,10 @@ def benchmark_config(path: str, args, options: dict | None) -> dict:
 
         r = _timed(train_step, args.warmup, args.iters, device, 'train step')
         result['train'] = dict(r, imgs_per_s=args.batch_size * 1e3 / r['median_ms'], input_shape=_ran_at(data, h, w))
+        optim.zero_grad(set_to_none=True)
+        bb = _timed(_backbone_step(model, data['inputs'], autocast), args.warmup, args.iters, device,
+                    'backbone fwd+bwd alone')
+        result['backbone'] = dict(bb, share=bb['median_ms'] / r['median_ms'])
     del model
     return result
 
@@ -211,28 +243,38 @@ def machine_header(device: str) -> str:
 
 def format_table(results: list[dict], device: str) -> str:
     cols = ['config', 'params M', 'infer HxW', 'infer ms', 'FPS', 'infer peak MB', 'train HxW', 'train ms',
-            'train img/s', 'train peak MB']
+            'train GPU ms', 'train img/s', 'train peak MB', 'backbone ms', 'rest ms', 'backbone share']
     rows = []
 
     def hw(phase):
         return 'x'.join(map(str, phase['input_shape'][-2:])) if phase else '-'
 
     for r in results:
-        i, t = r.get('infer', {}), r.get('train', {})
-        rows.append([osp.splitext(osp.basename(r['config']))[0], f"{r['params_m']:.1f}", hw(i),
+        i, t, b = r.get('infer', {}), r.get('train', {}), r.get('backbone', {})
+        name = _name(r)
+        rows.append([name, f"{r['params_m']:.1f}", hw(i),
                      f"{i['median_ms']:.1f}" if i else '-', f"{i['fps']:.2f}" if i else '-',
                      f"{i['peak_mb']:.0f}" if i else '-', hw(t), f"{t['median_ms']:.1f}" if t else '-',
-                     f"{t['imgs_per_s']:.2f}" if t else '-', f"{t['peak_mb']:.0f}" if t else '-'])
+                     f"{t['gpu_ms']:.1f}" if t else '-', f"{t['imgs_per_s']:.2f}" if t else '-',
+                     f"{t['peak_mb']:.0f}" if t else '-', f"{b['median_ms']:.1f}" if b else '-',
+                     f"{t['median_ms'] - b['median_ms']:.1f}" if b else '-', f"{b['share']:.2f}" if b else '-'])
     widths = [max(len(c), *(len(row[k]) for row in rows)) for k, c in enumerate(cols)]
     r0 = results[0]
     lines = [machine_header(device),
              f"# batch {r0['batch']}, --shape {r0['shape'][0]} {r0['shape'][1]} (HxW: what the model received), "
              f"amp {r0['amp']}, median of timed "
-             'iterations' + ('' if device.startswith('cuda') else '; CPU peak = process peak RSS (cumulative)'),
+             'iterations (wall; GPU: CUDA events); backbone = its fwd+bwd alone on the same input, rest = train - '
+             'backbone' + ('' if device.startswith('cuda') else '; CPU peak = process peak RSS (cumulative)'),
              ' | '.join(c.ljust(wd) for c, wd in zip(cols, widths)),
              '-|-'.join('-' * wd for wd in widths)]
     lines += [' | '.join(v.ljust(wd) for v, wd in zip(row, widths)) for row in rows]
     return '\n'.join(lines)
+
+
+def _name(result: dict) -> str:
+    """Table name of a result: the config's file name, '+ compiled backbone' with --compile-backbone."""
+    name = osp.splitext(osp.basename(result['config']))[0]
+    return name + (' + compiled backbone' if result.get('compiled_backbone') else '')
 
 
 def write_chart(results: list[dict], path: str, header: str) -> None:
@@ -240,7 +282,7 @@ def write_chart(results: list[dict], path: str, header: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    names = [osp.splitext(osp.basename(r['config']))[0] for r in results]
+    names = [_name(r) for r in results]
     panels = [('inference ms', [r.get('infer', {}).get('median_ms', 0) for r in results]),
               ('train step ms', [r.get('train', {}).get('median_ms', 0) for r in results]),
               ('peak MB', [r.get('train', r.get('infer', {})).get('peak_mb', 0) for r in results])]
@@ -270,6 +312,9 @@ def parse_args(argv=None):
     ap.add_argument('--iters', type=int, default=20, help='timed iterations per phase')
     ap.add_argument('--warmup', type=int, default=5, help='untimed iterations before them')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--compile-backbone', action='store_true',
+                    help="wrap every model's backbone in torch.compile (default mode); its compilation falls in the "
+                    'warm-up iterations')
     ap.add_argument('--out', help='write the results as JSON here')
     ap.add_argument('--chart', help='write a PNG bar chart here')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,

@@ -126,9 +126,15 @@ def test_benchmark_measures_detector_and_segmentor_side_by_side(demo_root, tmp_p
     assert [r['scope'] for r in res] == ['mmdet', 'mmseg']
     for r in res:
         assert r['infer']['fps'] > 0 and r['train']['median_ms'] > 0 and r['train']['peak_mb'] > 0
+        assert r['backbone']['median_ms'] > 0 and r['backbone']['share'] == pytest.approx(
+            r['backbone']['median_ms'] / r['train']['median_ms'])
+        assert r['compiled_backbone'] is False
     assert _read(tmp_path / 'bench.png').std() > 5
     table = capsys.readouterr().out
     assert 'mask-rcnn_hwt-demo_fpn_shapes-coco' in table and 'upernet_hwt-demo_shapes-ade-128x128' in table
+    header = next(line for line in table.splitlines() if line.startswith('config '))
+    assert [c.strip() for c in header.split('|')][-6:] == ['train GPU ms', 'train img/s', 'train peak MB',
+                                                          'backbone ms', 'rest ms', 'backbone share']
 
 
 # ------------------------------------------------------------------------------------------------- get_flops

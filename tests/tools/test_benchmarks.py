@@ -1,0 +1,95 @@
+"""CPU smoke runs of the issue-19 benchmark scripts at tiny sizes: the tables have the expected rows and columns
+(no timing assertions: CPU times say nothing about the GPU)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import load_tool
+
+COLUMNS = ['model', 'mode', 'size', 'wall ms', 'GPU ms', 'img/s', 'peak MiB', 'first step s',
+           'vs Swin-T best img/s', 'vs Swin-T least MiB', 'note']
+
+
+def _table(out: str, first: str) -> list[list[str]]:
+    """The markdown table of ``out`` whose header starts with ``| first``, as rows of cells (header first)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f'| {first}'))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith('|'):
+            break
+        if not line.startswith('|---'):
+            rows.append([c.strip() for c in line.strip('|').split('|')])
+    return rows
+
+
+def test_backbone_benchmark_rows_and_a_failing_mode(tmp_path, capsys, monkeypatch):
+    bench = load_tool('benchmark_backbone')
+    build = bench.build
+
+    def no_graphs_fails(cfg):
+        if cfg.get('cuda_graphs') is False:
+            raise RuntimeError('graphs off is broken here')
+        return build(cfg)
+
+    monkeypatch.setattr(bench, 'build', no_graphs_fails)
+    bench.main(['--device', 'cpu', '--sizes', '64x64', '64x96', '--iters', '1', '--warmup', '0',
+                '--models', 'Swin-T', 'HWT-T', '--modes', 'eager', 'default', 'no-graphs',
+                '--json', str(tmp_path / 'bb.json')])
+    table = _table(capsys.readouterr().out, 'model')
+    assert table[0] == COLUMNS
+    assert [r[:3] for r in table[1:]] == [[m, mode, size] for size in ('64x64', '64x96')
+                                          for m, mode in (('Swin-T', 'eager'), ('HWT-T', 'default'),
+                                                          ('HWT-T', 'no-graphs'))]
+    for r in table[1:]:
+        if r[1] == 'no-graphs':  # a row with the error, no numbers
+            assert r[3] == 'nan' and r[-1] == 'RuntimeError: graphs off is broken here'
+        else:
+            assert float(r[3]) > 0 and float(r[7]) >= 0 and r[-1] == ''
+        if r[0] == 'Swin-T':
+            assert r[8] == '1.00' and r[9] == '1.00'  # its only mode is the best one
+    rows = json.loads((tmp_path / 'bb.json').read_text())['rows']
+    assert [r['mode'] for r in rows] == ['eager', 'default', 'no-graphs'] * 2
+
+
+def test_varying_sizes_are_sixteen_distinct_multiples_of_32_in_range():
+    sizes = load_tool('benchmark_backbone').varying_sizes()
+    assert len(sizes) == len(set(sizes)) == 16
+    assert all(480 <= h <= 800 and 640 <= w <= 1333 and h % 32 == w % 32 == 0 for h, w in sizes)
+    assert sizes == load_tool('benchmark_backbone').varying_sizes()  # fixed seed
+
+
+@pytest.mark.slow
+def test_backbone_benchmark_compiled_modes_varying_and_merge(tmp_path, capsys, monkeypatch):
+    bench = load_tool('benchmark_backbone')
+    monkeypatch.setattr(bench, 'varying_sizes', lambda: [(32, 32), (64, 32)])  # the real 16 are too big for a CPU
+    common = ['--device', 'cpu', '--sizes', '64x64', '--iters', '1', '--warmup', '0']
+    bench.main(common + ['--models', 'Swin-T', '--modes', 'eager', 'compile', 'reduce-overhead',
+                         '--json', str(tmp_path / 'swin.json')])
+    bench.main(common + ['--models', 'Swin-T', 'HWT-T', '--modes', 'eager', 'default', '--varying',
+                         '--json', str(tmp_path / 'ours.json')])
+    capsys.readouterr()
+    bench.main(['--merge', str(tmp_path / 'swin.json'), str(tmp_path / 'ours.json')])
+    out = capsys.readouterr().out
+    table = _table(out, 'model')
+    assert [r[:2] for r in table[1:]] == [['Swin-T', 'eager'], ['Swin-T', 'compile'], ['Swin-T', 'reduce-overhead'],
+                                          ['HWT-T', 'default']]  # the second Swin-T eager row is dropped
+    assert max(float(r[8]) for r in table[1:4] if r[8] != 'nan') == 1.0  # ratios against the best Swin-T mode
+    varying = _table(out, 'model | mode | sizes')
+    assert [r[:3] for r in varying[1:]] == [['Swin-T', 'eager', '2 sizes'], ['HWT-T', 'default', '2 sizes']]
+    assert varying[1][5] == '1.00' and float(varying[2][4]) > 0
+
+
+@pytest.mark.slow
+def test_training_step_benchmark_of_a_stock_swin_config_with_compiled_backbone(tmp_path, capsys):
+    rc = load_tool('benchmark').main(
+        ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', '--shape', '64', '64', '--batch-size', '2',
+         '--mode', 'train', '--iters', '1', '--warmup', '1', '--device', 'cpu', '--compile-backbone',
+         '--out', str(tmp_path / 'st.json')])
+    assert rc == 0
+    res = json.loads((tmp_path / 'st.json').read_text())['results'][0]
+    assert res['compiled_backbone'] and res['scope'] == 'mmdet' and res['train']['input_shape'] == [2, 3, 64, 64]
+    assert 0 < res['backbone']['median_ms'] and res['backbone']['share'] > 0
+    assert 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco + compiled backbone' in capsys.readouterr().out
