@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import reference
 from .backend import choose_backend
+from .routing import clamp_routing
 from .kernels import triton_api
 from .reference._common import ceil_div, check_hw, check_na2d_args, check_positive_int, check_qkv, check_rpb
 
@@ -79,7 +80,7 @@ def _resolve_routing(q, k, v, n_win, topk, scale=None, *, backend=None):
     topk = check_positive_int(topk, 'topk', name)
     if topk > n_win * n_win:
         raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
-    n_win, topk = _clamp_routing(n_win, topk, *q.shape[2:4])
+    n_win, topk = clamp_routing(n_win, topk, *q.shape[2:4])
     chosen = choose_backend(backend, q, 'routing', n_win=n_win, topk=topk)
     return chosen, (n_win, topk, scale), {}
 
@@ -96,14 +97,6 @@ def _clamp_na2d(kernel_size: int, dilation: int, rpb, h: int, w: int):
             rpb = rpb[:, kernel_size - cap:kernel_size + cap - 1, kernel_size - cap:kernel_size + cap - 1]
         kernel_size = cap
     return kernel_size, dilation, rpb
-
-
-def _clamp_routing(n_win: int, topk: int, h: int, w: int) -> tuple[int, int]:
-    """The smallest ``n_win`` with the same row / column bands (``ceil(H/n_win)`` rows, ``ceil(W/n_win)`` columns):
-    bands past the input are empty. ``topk`` beyond the number of non-empty regions only adds empty ones."""
-    rh, rw = ceil_div(h, n_win), ceil_div(w, n_win)
-    rows, cols = ceil_div(h, rh), ceil_div(w, rw)
-    return max(rows, cols), min(topk, rows * cols)
 
 
 def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=None, hw=None, backend=None):

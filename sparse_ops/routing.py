@@ -47,8 +47,18 @@ import torch.nn.functional as F
 from .backend import why_not_triton
 from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, tables_from_state
 
-__all__ = ['region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv', 'RoutingLayout',
+__all__ = ['clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv', 'RoutingLayout',
            'routing_layout', 'routed_state', 'routing_pattern']
+
+
+def clamp_routing(n_win: int, topk: int, h: int, w: int) -> tuple[int, int]:
+    """``(n_win, topk)`` for an ``(H, W)`` map: the smallest ``n_win`` with the same row / column bands
+    (``ceil(H/n_win)`` rows, ``ceil(W/n_win)`` columns; bands past the input are empty) and ``topk`` capped at the
+    number of non-empty regions (beyond it, top-k only adds empty ones). The same partition and routes, with memory
+    and time that follow the tokens, not ``n_win``; every routing path (twin, Triton op, fused block) applies it."""
+    rh, rw = -(-h // n_win), -(-w // n_win)
+    rows, cols = -(-h // rh), -(-w // rw)
+    return max(rows, cols), min(topk, rows * cols)
 
 
 def region_means(x: torch.Tensor, n_win: int, layout: Optional['RoutingLayout'] = None) -> torch.Tensor:

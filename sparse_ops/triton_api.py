@@ -153,8 +153,10 @@ def routing_qkv_plan(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int,
                      config: Optional[Config] = None) -> tuple[patterns.BlockPattern, Config]:
     """(pattern, config) of BiFormer routing on the heads of ``qkv (B, H, W, 3C)``: the routes of
     ``routing.route_qkv`` (two Triton launches: region means, affinity + top-k + route rows), then the block tables
-    on the device (no host sync). Arguments already checked by the caller."""
+    on the device (no host sync). Arguments already checked by the caller; ``n_win`` / ``topk`` are clamped to the
+    map (``routing.clamp_routing``)."""
     b, hh, ww, c3 = qkv.shape
+    n_win, topk = routing.clamp_routing(n_win, topk, hh, ww)
     return _routing_plan((b, num_heads, hh, ww, c3 // (3 * num_heads)), qkv.device, n_win, topk,
                          lambda layout: routing.route_qkv(qkv, n_win, topk), config)
 

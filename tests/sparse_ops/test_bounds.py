@@ -143,3 +143,20 @@ def test_clamp_is_exact_on_the_triton_path():
     ]
     for got, want in pairs:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_plan_of_the_fused_block_is_clamped_like_the_op():
+    """``routing_qkv_plan`` (the packed op and the fused BiFormer block) routes over the regions of
+    ``clamp_routing``, as the twin and the unfused op do: a 4 x 3 map with ``n_win`` 8 / 10**4 has 12 non-empty
+    1-pixel regions and the pattern's tables are those of ``n_win`` 4, ``topk`` 12 (before, 64 / 10**8 regions)."""
+    from sparse_ops.kernels import triton_api as tri
+    from sparse_ops.routing import clamp_routing
+    heads, d = 2, 16
+    qkv = torch.randn(1, 4, 3, 3 * heads * d, generator=torch.Generator().manual_seed(0))
+    assert clamp_routing(8, 16, 4, 3) == (4, 12) and clamp_routing(10**4, 10**4, 4, 3) == (4, 12)
+    want, _ = tri.routing_qkv_plan(qkv, heads, 4, 12)
+    for n_win, topk in ((8, 16), (10**4, 10**4)):
+        got, _ = tri.routing_qkv_plan(qkv, heads, n_win, topk)
+        for name in ('kv_num', 'kv_idx', 'q_num', 'q_idx'):
+            a, b = getattr(got, name), getattr(want, name)
+            assert a is not None and torch.equal(a, b), f'n_win={n_win}: {name} differs from the clamped plan'
