@@ -14,10 +14,10 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import N_GRADS, AttentionBlockFunction, block_params, kernels
-from .fused_block import cached_spec
+from .attn_block_fused import AttentionBlockFunction, block_weights, kernels
+from .fused_block import cached_spec, fused_apply
 
-__all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block', 'N_GRADS']
+__all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class WindowBlockSpec:
 
 
 class FusedWindowBlock(AttentionBlockFunction):
-    """``apply(x, spec, s1, s2, *13 weights) -> (B, N, C)``: an HWT block (module docstring;
+    """``apply(x, spec, s1, s2, *weights) -> (B, N, C)``: an HWT block (module docstring;
     arguments as :class:`~.attn_block_fused.AttentionBlockFunction`, ``spec`` a :class:`WindowBlockSpec`)."""
 
 
@@ -58,5 +58,5 @@ def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:
     :class:`FusedWindowBlock`; the caller has checked that it applies (``HWTBlock._fused``)."""
     s1, v1 = block.drop_path.factor(x)
     s2, v2 = block.drop_path.factor(x)
-    params = block_params(block, block.attn.relative_position_bias_table)
-    return FusedWindowBlock.apply(x, _spec(block, hw, v1, v2), s1, s2, *params)
+    weights = block_weights(block, block.attn.relative_position_bias_table)
+    return fused_apply(FusedWindowBlock, x, _spec(block, hw, v1, v2), s1, s2, weights)

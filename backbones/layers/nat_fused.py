@@ -16,8 +16,8 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import AttentionBlockFunction, block_params, kernels
-from .fused_block import cached_spec
+from .attn_block_fused import AttentionBlockFunction, block_weights, kernels
+from .fused_block import cached_spec, fused_apply
 
 __all__ = ['FusedNeighborhoodBlock', 'NeighborhoodBlockSpec', 'fused_neighborhood_block']
 
@@ -43,7 +43,7 @@ class NeighborhoodBlockSpec:
 
 
 class FusedNeighborhoodBlock(AttentionBlockFunction):
-    """``apply(x, spec, s1, s2, *13 weights) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block
+    """``apply(x, spec, s1, s2, *weights) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block
     (module docstring; arguments as :class:`~.attn_block_fused.AttentionBlockFunction`, ``spec`` a
     :class:`NeighborhoodBlockSpec`)."""
 
@@ -64,6 +64,6 @@ def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
     tokens = x.reshape(b, h * w, c)
     s1, v1 = block.drop_path.factor(tokens, block.gamma1)
     s2, v2 = block.drop_path.factor(tokens, block.gamma2)
-    out = FusedNeighborhoodBlock.apply(tokens, _spec(block, (h, w), v1, v2), s1, s2,
-                                       *block_params(block, block.attn.rpb))
+    out = fused_apply(FusedNeighborhoodBlock, tokens, _spec(block, (h, w), v1, v2), s1, s2,
+                      block_weights(block, block.attn.rpb))
     return out.view(b, h, w, c)
