@@ -1,6 +1,8 @@
-"""The math of a pre-norm attention block as one autograd node on the Triton path, shared by the fused HWT and
-NAT / DiNAT blocks (``hwt_fused``, ``nat_fused``): ``x -> x2 = x + s1 * proj(attn(ln1(x))) -> x2 + s2 * mlp(ln2(x2))``
-with the attention a block-sparse pattern (``sparse_ops.patterns``) with a 2D relative position bias.
+"""A pre-norm attention block as one autograd node on the Triton path, shared by the fused HWT and NAT / DiNAT blocks
+(``hwt_fused``, ``nat_fused``): ``block_math.attention_block`` (``x -> x2 = x + s1 * proj(attn(ln1(x))) -> x2 + s2 *
+mlp(ln2(x2))``, the math the module composition follows too) run on the kernels (:class:`AttentionKernelOps`), and
+its one hand-written backward (:func:`backward_math`); the attention a block-sparse pattern (``sparse_ops.patterns``)
+with a 2D relative position bias.
 
 Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU (HWT-T's batch-1 step did
 not grow from 512² to 1024² before this Function: docs/benchmarks.md at 167f716, session 10). Here the kernels are
@@ -8,13 +10,14 @@ called directly with a hand-written backward: no autograd node per op, no argume
 backward, the attention's dq, dk, dv written into one qkv-shaped gradient. The backbone's CUDA graphs (``backbones/graphs.py``)
 capture these nodes like any other op.
 
-Same math as the module composition (the op it calls at each step, in the same dtypes: fp32 residual stream, the
+Same math as the module composition (the same ``attention_block``; at each step the op the composition calls, in the
+same dtypes: fp32 residual stream, the
 low-precision dtype of the pre-cast weights for the matmuls and the attention), except that both LayerNorms always
 take the Triton kernel (``PreNorm`` takes PyTorch's norm below ``PreNorm.min_elements``: same fp32 statistics,
 another summation order) and the first norm's input gradient is written with the residual gradient added in its
 kernel.
 
-The block's ``spec`` (a frozen dataclass) gives ``num_heads``, ``eps1`` / ``eps2`` (the norms'), ``value1`` /
+The block's ``spec`` (a frozen dataclass) gives ``num_heads``, ``eps`` (``(('norm1', eps), ('norm2', eps))``), ``value1`` /
 ``value2`` (the residual branches' addcmul values) and ``plan(n, head_dim, device) -> (pattern, config)``: the
 attention's (cached) ``BlockPattern``, with token coordinates for the bias, and its kernel config.
 
@@ -27,15 +30,16 @@ modules hold them (``Linear`` ``(out, in)``; Linear weights and biases in the lo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from sparse_ops import patterns
 from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd, norm_triton
 
-from .fused_block import GradSink, branch_grad, factor_grad, fused_backward, fused_forward, linear_weights, \
-    mlp_backward, norm_out, residual
+from .block_math import attention_block
+from .fused_block import GradSink, KernelOps, branch_grad, factor_grad, fused_backward, fused_forward, \
+    linear_weights, mlp_backward, norm_out, saved_norm
 
-__all__ = ['AttentionBlockFunction', 'block_weights', 'forward_math', 'backward_math', 'kernels', 'WEIGHT_NAMES']
+__all__ = ['AttentionBlockFunction', 'AttentionKernelOps', 'block_weights', 'norm_eps', 'forward_math', 'backward_math', 'kernels',
+           'WEIGHT_NAMES']
 
 WEIGHT_NAMES = ('norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.rpb', 'attn.proj.weight',
                 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight',
@@ -62,61 +66,62 @@ def block_weights(block, rpb) -> dict:
             'norm2.bias': block.norm2.bias, **linear_weights(mlp.fc1, 'mlp.fc1'), **linear_weights(mlp.fc2, 'mlp.fc2')}
 
 
+class AttentionKernelOps(KernelOps):
+    """``block_math``'s ops on the kernels for this family: ``fused_block.KernelOps`` plus the block-sparse
+    attention."""
+
+    def attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        """qkv ``(B, N, 3C)`` -> ``(B, N, C)`` (heads merged: a view of O's buffer). Saves ``attn.qkv``,
+        ``attn.o``, ``attn.lse``; ``aux``: the pattern, its kernel config and the scale."""
+        _, _, _, fwd, _, split = kernels()
+        b, n, c3 = qkv.shape
+        c, heads = c3 // 3, self.spec.num_heads
+        p, cfg = self.spec.plan(n, c // heads, qkv.device)
+        scale = (c // heads) ** -0.5
+        o, lse = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, self.w['attn.rpb'], p.rows,
+                     scale, p.mask_mode, p.n_groups, cfg, None, heads_last=True)
+        self.saved.update({'attn.qkv': qkv, 'attn.o': o, 'attn.lse': lse})
+        self.aux.update(pattern=p, config=cfg, scale=scale)
+        return o.transpose(1, 2).reshape(b, n, c)
+
+
+def norm_eps(block) -> tuple:
+    """``(('norm1', eps), ('norm2', eps))`` of the block's norms (the spec's ``eps``)."""
+    return ('norm1', block.norm1.eps), ('norm2', block.norm2.eps)
+
+
 def forward_math(x, spec, s1, s2, w: dict, need: dict):
-    """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors by name and ``aux``
-    the rest that :func:`backward_math` needs. ``w``: the weights by name (:data:`WEIGHT_NAMES`); ``need``: which
-    arguments want a gradient (``fused_block``)."""
-    norm, _, _, fwd, _, split = kernels()
-    low = w['attn.qkv.weight'].dtype
-    b, n, c = x.shape
-    m, heads = b * n, spec.num_heads
-    save_xhat = low.itemsize < x.dtype.itemsize
-    y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x.view(m, c), w['norm1.weight'], w['norm1.bias'], spec.eps1, low,
-                                                  save_xhat)
-    qkv = F.linear(y1, w['attn.qkv.weight'], w['attn.qkv.bias']).view(b, n, 3 * c)
-    p, cfg = spec.plan(n, c // heads, x.device)
-    scale = (c // heads) ** -0.5
-    o, lse = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, w['attn.rpb'], p.rows, scale,
-                 p.mask_mode, p.n_groups, cfg, None, heads_last=True)
-    a = o.transpose(1, 2).reshape(m, c)                                   # heads merged: a view of o's buffer
-    y = F.linear(a, w['attn.proj.weight'], w['attn.proj.bias']).view(b, n, c)
-    x2 = residual(x, y, s1, spec.value1)
-    y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), w['norm2.weight'], w['norm2.bias'], spec.eps2, low,
-                                                  save_xhat)
-    u = F.linear(y2, w['mlp.fc1.weight'], w['mlp.fc1.bias'])
-    mlp = F.linear(F.gelu(u), w['mlp.fc2.weight'], w['mlp.fc2.bias']).view(b, n, c)
-    out = residual(x2, mlp, s2, spec.value2)
-    # the norms' outputs y1, y2 are not kept: the backward recomputes them from xhat (or x, mean, rstd)
-    saved = dict(ln1_x=xhat1 if save_xhat else x.view(m, c), ln1_mean=None if save_xhat else mean1, ln1_rstd=rstd1,
-                 qkv=qkv, o=o, lse=lse, y=y if need['s1'] else None, ln2_x=xhat2 if save_xhat else x2.view(m, c),
-                 ln2_mean=None if save_xhat else mean2, ln2_rstd=rstd2, u=u, mlp=mlp if need['s2'] else None, s1=s1,
-                 s2=s2)
-    return out, saved, (p, cfg, scale)
+    """The block's forward (``block_math.attention_block``) on the kernels: ``(out, saved, aux)``, what
+    :func:`backward_math` needs by name (:class:`AttentionKernelOps`). ``w``: the weights by name
+    (:data:`WEIGHT_NAMES`); ``need``: which arguments want a gradient (``fused_block``)."""
+    ops = AttentionKernelOps(spec, w, s1, s2, need, x, norm_triton)
+    out = attention_block(ops, x)
+    return out, ops.saved, ops.aux
 
 
-def backward_math(spec, sink: GradSink, w: dict, saved: dict, aux, dout) -> None:
-    """The block's backward on the kernels from :func:`forward_math`'s ``saved`` / ``aux``: the gradients of x,
-    s1, s2 and the weights by name into ``sink`` (where it needs them)."""
-    p, cfg, scale = aux
+def backward_math(spec, sink: GradSink, w: dict, saved: dict, aux: dict, dout) -> None:
+    """``block_math.attention_block`` backwards on the kernels, from what :func:`forward_math` saved: the gradients
+    of x, s1, s2 and the weights by name into ``sink`` (where it needs them)."""
     norm, _, _, _, bwd, split = kernels()
+    p, cfg = aux['pattern'], aux['config']
     low = w['attn.qkv.weight'].dtype
-    qkv, o, s1 = saved['qkv'], saved['o'], saved['s1']
+    qkv, o, s1 = saved['attn.qkv'], saved['attn.o'], saved['s1']
     b, n, c3 = qkv.shape
     c, m, heads = c3 // 3, b * n, spec.num_heads
-    ln1 = saved['ln1_x'], saved['ln1_mean'], saved['ln1_rstd']
-    ln2 = saved['ln2_x'], saved['ln2_mean'], saved['ln2_rstd']
-    # MLP branch: out = x2 + s2 * mlp
+    ln1, ln2 = saved_norm(saved, 'norm1'), saved_norm(saved, 'norm2')
+    # MLP branch: out = x2 + s2 * mlp(norm2(x2))
     ln2_out = norm_out(ln2, w['norm2.weight'], w['norm2.bias'], low)
-    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['mlp'], saved['u'], ln2_out)
+    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['branch2'], saved['mlp.fc1'], ln2_out)
     dx2 = sink.norm(norm, dy2, ln2, 'norm2', dout)                       # (B, N, C) like x
-    # attention branch: x2 = x + s1 * proj(attn(qkv))
-    sink.put('s1', lambda: factor_grad(dx2, saved['y'], s1, spec.value1))
+    # attention branch: x2 = x + s1 * attn.proj(attention(attn.qkv(norm1(x))))
+    sink.put('s1', lambda: factor_grad(dx2, saved['branch1'], s1, spec.value1))
     dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
     da = sink.linear(dy, o.transpose(1, 2).reshape(m, c), 'attn.proj')
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     do = da.view(b, n, heads, c // heads).transpose(1, 2)
-    *_, drpb = bwd(do, *split(qkv, heads), o, saved['lse'], p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin, p.tok,
-                   p.route, w['attn.rpb'], p.rows, scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, heads))
+    *_, drpb = bwd(do, *split(qkv, heads), o, saved['attn.lse'], p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin,
+                   p.tok, p.route, w['attn.rpb'], p.rows, aux['scale'], p.mask_mode, p.n_groups, cfg,
+                   out=split(dqkv, heads))
     sink.put('attn.rpb', lambda: drpb)
     ln1_out = norm_out(ln1, w['norm1.weight'], w['norm1.bias'], low)
     dy1 = sink.linear(dqkv.view(m, c3), ln1_out, 'attn.qkv')

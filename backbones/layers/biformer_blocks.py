@@ -26,6 +26,7 @@ from torch import nn
 import sparse_ops
 
 from .biformer_fused import fused_block
+from .block_math import ModuleOps, routing_block
 from .fused_block import fused_path_applies
 from .drop_path import ResidualDropPath
 from .linear import Conv2d, Linear
@@ -126,15 +127,17 @@ class BiLevelRoutingAttention(nn.Module):
         """``topk`` clamped to the ``n_win ** 2`` regions there are."""
         return min(self.topk, self.n_win * self.n_win)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        c = x.shape[-1]
-        qkv = self.qkv(x)
-        # heads concatenated head-major in the output, as the official
+    def attend(self, qkv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The routing attention on the heads of ``qkv (B, H, W, 3C)`` plus ``lepe(v)`` (v: qkv's V channels)
+        -> ``(B, H, W, C)``, heads concatenated head-major, as the official."""
         out = sparse_ops.qkv_attention(qkv, self.num_heads, 'routing', self.n_win, self.routed_topk, scale=self.scale,
                                        backend=self.backend)
-        out = conv_add(self.lepe, qkv[..., 2 * c:], out, self.backend)
-        return self.proj(out)
+        return conv_add(self.lepe, v, out, self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        qkv = self.qkv(x)
+        return self.proj(self.attend(qkv, qkv[..., 2 * x.shape[-1]:]))
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
@@ -169,24 +172,40 @@ class GlobalAttentionLePE(nn.Module):
         self.lepe = Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        b, h, w, c = x.shape
-        q, k, v = self.qkv(x).view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    def attend(self, qkv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The dense attention on the heads of ``qkv (B, H, W, 3C)`` plus ``lepe(x)`` (x: the attention input)
+        -> ``(B, H, W, C)``."""
+        b, h, w, c3 = qkv.shape
+        c = c3 // 3
+        q, k, v = qkv.view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, HW, C/heads)
         out = out.transpose(1, 2).reshape(b, h, w, c)
-        out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj(out)
+        return out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        return self.proj(self.attend(self.qkv(x), x))
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+class _BlockOps(ModuleOps):
+    """``block_math``'s ops on a ``BiFormerBlock``'s modules, with ``conv_add`` (the position embedding)."""
+
+    __slots__ = ()
+
+    def conv_add(self, name: str, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return conv_add(self.module(name), x, residual, self.block.backend)
 
 
 class BiFormerBlock(nn.Module):
     """BiFormer block: ``(B, C, H, W) -> (B, C, H, W)``.
 
     ``x = x + pos_embed(x)``; then channels-last ``x = x + dp(g1 * attn(norm1(x)))``,
-    ``x = x + dp(g2 * mlp(norm2(x)))`` (``g1, g2`` = layer scale when ``layer_scale_init_value > 0``, else 1).
+    ``x = x + dp(g2 * mlp(norm2(x)))`` (``g1, g2`` = layer scale when ``layer_scale_init_value > 0``, else 1):
+    ``block_math.routing_block`` on the modules (the attention module's ``attend`` between ``attn.qkv`` and
+    ``attn.proj``), or one fused node on the Triton path.
 
     Args:
         dim: channels.
@@ -246,11 +265,7 @@ class BiFormerBlock(nn.Module):
         x = x.permute(0, 2, 3, 1)
         if self._fused(x):
             return fused_block(self, x).permute(0, 3, 1, 2)
-        x = conv_add(self.pos_embed, x, x, self.backend)
-        y = self.attn(self.norm1(x))
-        x = self.drop_path(x, y, self.gamma1)
-        x = self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)
-        return x.permute(0, 3, 1, 2)
+        return routing_block(_BlockOps(self), x, self.attn.lce_on_input).permute(0, 3, 1, 2)
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -1,4 +1,6 @@
-"""A whole BiFormer block as one autograd node on the Triton path (``fused_block``): routing blocks, and the last
+"""A whole BiFormer block as one autograd node on the Triton path (``fused_block``): ``block_math.routing_block`` (the
+math the module composition follows too) run on the kernels (:class:`RoutingKernelOps`) with its one hand-written
+backward (:func:`backward_math`). Routing blocks, and the last
 stage's global-attention blocks as routing with one region (``n_win = topk = 1``: every query attends to every
 key, through the same block-sparse kernels), their LCE on the attention input instead of V (``lce_on_input``).
 
@@ -25,15 +27,15 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 
 from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd, dwconv_triton, norm_triton, \
     triton_api
 
-from .fused_block import GradSink, branch_grad, cached_spec, factor_grad, fused_apply, fused_backward, \
-    fused_forward, linear_weights, mlp_backward, norm_out, residual
+from .block_math import routing_block
+from .fused_block import GradSink, KernelOps, branch_grad, cached_spec, factor_grad, fused_apply, fused_backward, \
+    fused_forward, linear_weights, mlp_backward, norm_out, saved_norm
 
-__all__ = ['FusedRoutingBlock', 'BlockSpec', 'block_weights', 'fused_block', 'WEIGHT_NAMES']
+__all__ = ['FusedRoutingBlock', 'BlockSpec', 'RoutingKernelOps', 'block_weights', 'fused_block', 'WEIGHT_NAMES']
 
 WEIGHT_NAMES = ('pos_embed.weight', 'pos_embed.bias', 'norm1.weight', 'norm1.bias', 'attn.qkv.weight',
                 'attn.qkv.bias', 'attn.lepe.weight', 'attn.lepe.bias', 'attn.proj.weight', 'attn.proj.bias',
@@ -48,8 +50,7 @@ class BlockSpec:
     n_win: int
     topk: int
     scale: float            # attention scale
-    eps1: float             # norm1 / norm2 eps
-    eps2: float
+    eps: tuple              # (('norm1', eps), ('norm2', eps))
     value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
     value2: float
     lce_on_input: bool = False      # LCE on norm1's output (the global block's AttentionLePE), not on V
@@ -73,65 +74,69 @@ def block_weights(block) -> dict:
             **linear_weights(mlp.fc2, 'mlp.fc2')}
 
 
+class RoutingKernelOps(KernelOps):
+    """``block_math``'s ops on the kernels for BiFormer: ``fused_block.KernelOps`` plus the routed (or one-region)
+    block-sparse attention with its LCE, and the depthwise conv + residual of the position embedding."""
+
+    def conv_add(self, name: str, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + conv(x)`` ``(B, H, W, C)`` for the depthwise conv ``name``, in the residual's dtype, x cast
+        to ``low`` first (as autocast's conv would). Saves ``name.x`` (the cast x, for the weight gradient)."""
+        xl = self.saved[name + '.x'] = x.to(self.low)
+        return dwconv_triton.dwconv_fwd(xl, self.w[name + '.weight'], self.w[name + '.bias'], residual,
+                                        residual.dtype)
+
+    def attention(self, qkv: torch.Tensor, lce_in: torch.Tensor) -> torch.Tensor:
+        """qkv ``(B, H, W, 3C)``, lce_in ``(B, H, W, C)`` -> the attention plus ``attn.lepe(lce_in)``, heads
+        merged, ``(B, H, W, C)`` in ``low``: the conv's kernel reads O in place (fp32 where ``low`` is narrower:
+        one rounding, after the sum). Saves ``attn.qkv``, ``attn.o``, ``attn.lse``, ``attn.out`` (the result, the
+        input of ``attn.proj``); ``aux``: the pattern and its kernel config."""
+        _, _, api, fwd, _, split = _kernels()
+        spec, low = self.spec, self.low
+        b, h, wd, c3 = qkv.shape
+        c = c3 // 3
+        p, cfg = api.routing_qkv_plan(qkv, spec.num_heads, spec.n_win, spec.topk)
+        o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
+                     spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if low != torch.float32 else None,
+                     heads_last=True)
+        a = dwconv_triton.dwconv_fwd(lce_in, self.w['attn.lepe.weight'], self.w['attn.lepe.bias'],
+                                     o.transpose(1, 2).view(b, h, wd, c), low)
+        self.saved.update({'attn.qkv': qkv, 'attn.o': o, 'attn.lse': lse, 'attn.out': a})
+        self.aux.update(pattern=p, config=cfg)
+        return a
+
+
 def forward_math(x, spec: BlockSpec, s1, s2, w: dict, need: dict):
-    """The block's forward on the kernels: ``(out, saved, aux)`` with ``saved`` the tensors by name and ``aux``
-    the rest that :func:`backward_math` needs. ``w``: the weights by name (:data:`WEIGHT_NAMES`); ``need``: which
-    arguments want a gradient (``fused_block``)."""
-    norm, dw, api, fwd, _, split = _kernels()
-    low = w['attn.qkv.weight'].dtype
-    b, h, wd, c = x.shape
-    m = b * h * wd
-    xl = x.to(low)
-    x1 = dw.dwconv_fwd(xl, w['pos_embed.weight'], w['pos_embed.bias'], x, x.dtype)     # x + pos(x), (B, H, W, C)
-    save_xhat = low.itemsize < x.dtype.itemsize
-    y1, mean1, rstd1, xhat1 = norm.layer_norm_fwd(x1.view(m, c), w['norm1.weight'], w['norm1.bias'], spec.eps1, low,
-                                                  save_xhat)
-    qkv = F.linear(y1, w['attn.qkv.weight'], w['attn.qkv.bias']).view(b, h, wd, 3 * c)
-    p, cfg = api.routing_qkv_plan(qkv, spec.num_heads, spec.n_win, spec.topk)
-    o_fp32 = low != torch.float32
-    o, lse = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
-                 spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if o_fp32 else None, heads_last=True)
-    lce_in = y1.view(b, h, wd, c) if spec.lce_on_input else qkv[..., 2 * c:]
-    # attn + lce(v or y1), heads merged; the kernel reads the fp32 O in place (no rounded copy of it)
-    a = dw.dwconv_fwd(lce_in, w['attn.lepe.weight'], w['attn.lepe.bias'], o.transpose(1, 2).view(b, h, wd, c), low)
-    y = F.linear(a.view(m, c), w['attn.proj.weight'], w['attn.proj.bias']).view(b, h, wd, c)
-    x2 = residual(x1, y, s1, spec.value1)
-    y2, mean2, rstd2, xhat2 = norm.layer_norm_fwd(x2.view(m, c), w['norm2.weight'], w['norm2.bias'], spec.eps2, low,
-                                                  save_xhat)
-    u = F.linear(y2, w['mlp.fc1.weight'], w['mlp.fc1.bias'])
-    mlp = F.linear(F.gelu(u), w['mlp.fc2.weight'], w['mlp.fc2.bias']).view(b, h, wd, c)
-    out = residual(x2, mlp, s2, spec.value2)
-    # the norms' outputs y1, y2 are not kept: the backward recomputes them from xhat (or x, mean, rstd)
-    saved = dict(xl=xl, ln1_x=xhat1 if save_xhat else x1.view(m, c), ln1_mean=None if save_xhat else mean1,
-                 ln1_rstd=rstd1, qkv=qkv, o=o, lse=lse, a=a, y=y if need['s1'] else None,
-                 ln2_x=xhat2 if save_xhat else x2.view(m, c), ln2_mean=None if save_xhat else mean2, ln2_rstd=rstd2,
-                 u=u, mlp=mlp if need['s2'] else None, s1=s1, s2=s2)
-    return out, saved, (p, cfg)
+    """The block's forward (``block_math.routing_block``) on the kernels: ``(out, saved, aux)``, what
+    :func:`backward_math` needs by name (:class:`RoutingKernelOps`). ``w``: the weights by name
+    (:data:`WEIGHT_NAMES`); ``need``: which arguments want a gradient (``fused_block``)."""
+    ops = RoutingKernelOps(spec, w, s1, s2, need, x, norm_triton)
+    out = routing_block(ops, x, spec.lce_on_input)
+    return out, ops.saved, ops.aux
 
 
-def backward_math(spec: BlockSpec, sink: GradSink, w: dict, saved: dict, aux, dout) -> None:
-    """The block's backward on the kernels from :func:`forward_math`'s ``saved`` / ``aux``: the gradients of x,
-    s1, s2 and the weights by name into ``sink`` (where it needs them)."""
-    p, cfg = aux
+def backward_math(spec: BlockSpec, sink: GradSink, w: dict, saved: dict, aux: dict, dout) -> None:
+    """``block_math.routing_block`` backwards on the kernels, from what :func:`forward_math` saved: the gradients
+    of x, s1, s2 and the weights by name into ``sink`` (where it needs them)."""
     norm, dw, _, _, bwd, split = _kernels()
+    p, cfg = aux['pattern'], aux['config']
     low = w['attn.qkv.weight'].dtype
-    xl, qkv, s1 = saved['xl'], saved['qkv'], saved['s1']
+    xl, qkv, s1 = saved['pos_embed.x'], saved['attn.qkv'], saved['s1']
     b, h, wd, c = xl.shape
     m = b * h * wd
-    ln1 = saved['ln1_x'], saved['ln1_mean'], saved['ln1_rstd']
-    ln2 = saved['ln2_x'], saved['ln2_mean'], saved['ln2_rstd']
-    # MLP branch: out = x2 + s2 * mlp
+    ln1, ln2 = saved_norm(saved, 'norm1'), saved_norm(saved, 'norm2')
+    # MLP branch: out = x2 + s2 * mlp(norm2(x2))
     ln2_out = norm_out(ln2, w['norm2.weight'], w['norm2.bias'], low)
-    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['mlp'], saved['u'], ln2_out)
+    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['branch2'], saved['mlp.fc1'], ln2_out)
     dx2 = sink.norm(norm, dy2, ln2, 'norm2', dout)                       # (B, H, W, C) like x
-    # attention branch: x2 = x1 + s1 * proj(attn(qkv) + lce(v))
-    sink.put('s1', lambda: factor_grad(dx2, saved['y'], s1, spec.value1))
+    # attention branch: x2 = x1 + s1 * attn.proj(attention(qkv) + attn.lepe(v or norm1's output))
+    sink.put('s1', lambda: factor_grad(dx2, saved['branch1'], s1, spec.value1))
     dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
-    da = sink.linear(dy, saved['a'].view(m, c), 'attn.proj').view(b, h, wd, c)
+    da = sink.linear(dy, saved['attn.out'].view(m, c), 'attn.proj').view(b, h, wd, c)
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     do = da.view(b, h * wd, spec.num_heads, c // spec.num_heads).transpose(1, 2)
-    bwd(do, *split(qkv, spec.num_heads), saved['o'], saved['lse'], p.kv_num, p.kv_idx, p.q_num, p.q_idx, p.qwin,
-        p.tok, p.route, None, p.rows, spec.scale, p.mask_mode, p.n_groups, cfg, out=split(dqkv, spec.num_heads))
+    bwd(do, *split(qkv, spec.num_heads), saved['attn.o'], saved['attn.lse'], p.kv_num, p.kv_idx, p.q_num, p.q_idx,
+        p.qwin, p.tok, p.route, None, p.rows, spec.scale, p.mask_mode, p.n_groups, cfg,
+        out=split(dqkv, spec.num_heads))
     ln1_out = norm_out(ln1, w['norm1.weight'], w['norm1.bias'], low)
     lepe_w = w['attn.lepe.weight']
     if not spec.lce_on_input:   # a = attn + lce(v): v's gradient gets the conv's
@@ -142,7 +147,7 @@ def backward_math(spec: BlockSpec, sink: GradSink, w: dict, saved: dict, aux, do
         sink.conv(dw, da, ln1_out.view(b, h, wd, c), 'attn.lepe')
         dy1 = dw.dwconv_fwd(da, lepe_w, None, dy1.view(b, h, wd, c), low, flip=True).view(m, c)
     dx1 = sink.norm(norm, dy1, ln1, 'norm1', dx2)
-    # pos embed: x1 = x + pos(x)
+    # pos embed: x1 = x + pos_embed(x)
     sink.conv(dw, dx1, xl, 'pos_embed')
     sink.put('x', lambda: dw.dwconv_fwd(dx1, w['pos_embed.weight'], None, dx1, dx1.dtype, flip=True))
 
@@ -170,9 +175,9 @@ class FusedRoutingBlock(torch.autograd.Function):
 def _spec(block, v1: float, v2: float) -> BlockSpec:
     """The block's :class:`BlockSpec` for branch values v1, v2 (cached on the block: two cases per block)."""
     attn = block.attn
+    eps = ('norm1', block.norm1.eps), ('norm2', block.norm2.eps)
     return cached_spec(block, (v1, v2), lambda: BlockSpec(attn.num_heads, attn.n_win, attn.routed_topk, attn.scale,
-                                                          block.norm1.eps, block.norm2.eps, v1, v2,
-                                                          attn.lce_on_input))
+                                                          eps, v1, v2, attn.lce_on_input))
 
 
 def fused_block(block, x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from mmengine.logging import print_log
 from sparse_ops.backend import requested_backend
 
 __all__ = ['fused_path_applies', 'low_pair', 'linear_weights', 'cached_spec', 'fused_apply', 'fused_forward',
-           'fused_backward', 'GradSink', 'residual', 'branch_grad', 'factor_grad', 'norm_out', 'mlp_backward',
+           'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad', 'norm_out', 'mlp_backward',
            'column_sums', 'BIAS_MATMUL_ROWS']
 
 
@@ -122,6 +122,59 @@ def fused_backward(ctx, dout: torch.Tensor) -> tuple:
             *(grads.get(name) for name in ctx.function.weight_names))
 
 
+class KernelOps:
+    """The ``ops`` of ``block_math`` for a fused node's forward, on the Triton kernels (the shared ones; each
+    family's subclass adds ``attention`` and, for BiFormer, ``conv_add``). Every op records by name in ``saved``
+    (tensors) and ``aux`` (the rest) what the family's hand-written backward needs.
+
+    ``w``: the weights by name; ``s1``, ``s2`` and ``spec.value1`` / ``value2``: the residual branches' factors and
+    values; ``spec.eps``: ``((norm name, eps), ...)``; ``need``: which arguments want a gradient; x the block's
+    input (fp32 residual stream, or the low dtype itself). Matmuls and the attention run in the dtype of the
+    Linear weights (``low``); with ``low`` narrower than x the norms keep their normalised rows (``save_xhat``),
+    else the rows and their means. Shapes: the ops keep x's ``(B, ..., C)`` shape."""
+
+    def __init__(self, spec, w: dict, s1, s2, need: dict, x: torch.Tensor, norm_kernels) -> None:
+        self.spec, self.w, self.need, self.norm_kernels = spec, w, need, norm_kernels
+        self.factors = (None, (s1, spec.value1), (s2, spec.value2))
+        self.eps = dict(spec.eps)
+        self.low = w['attn.qkv.weight'].dtype
+        self.save_xhat = self.low.itemsize < x.dtype.itemsize
+        self.saved, self.aux = {'s1': s1, 's2': s2}, {}
+
+    def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Saves ``name.x`` (xhat or x), ``name.mean`` (None with xhat) and ``name.rstd`` ``(M,)``; the output
+        ``(..., C)`` in ``low`` is not kept (``norm_out`` recomputes it)."""
+        c = x.shape[-1]
+        y, mean, rstd, xhat = self.norm_kernels.layer_norm_fwd(
+            x.view(-1, c), self.w[name + '.weight'], self.w[name + '.bias'], self.eps[name], self.low,
+            self.save_xhat)
+        self.saved.update({name + '.x': xhat if self.save_xhat else x.view(-1, c),
+                           name + '.mean': None if self.save_xhat else mean, name + '.rstd': rstd})
+        return y.view(x.shape)
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Saves nothing: the backward has the input (a norm's recomputed output, the attention's O)."""
+        return F.linear(x, self.w[name + '.weight'], self.w[name + '.bias'])
+
+    def residual(self, i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Saves ``branch{i}`` (y) where ``s{i}`` needs a gradient."""
+        s, value = self.factors[i]
+        self.saved[f'branch{i}'] = y if self.need[f's{i}'] else None
+        return residual(x, y, s, value)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """Saves ``mlp.fc1`` (fc1's output; the backward recomputes GELU from it)."""
+        u = self.saved['mlp.fc1'] = self.linear('mlp.fc1', x)
+        return self.linear('mlp.fc2', F.gelu(u))
+
+
+
+def saved_norm(saved: dict, name: str) -> tuple:
+    """``(x or xhat, mean or None, rstd)`` that :meth:`KernelOps.norm` saved for the norm ``name`` (what
+    ``GradSink.norm`` and ``norm_out`` take)."""
+    return saved[name + '.x'], saved[name + '.mean'], saved[name + '.rstd']
+
+
 BIAS_MATMUL_ROWS = 16384
 """On CUDA, bias gradients of at least this many rows are a matmul with a ones vector, faster than ``sum(0)`` there
 and slower below (measured at BiFormer-S's stage-1 rows: docs/benchmarks.md at 167f716, session 13)."""
@@ -212,7 +265,8 @@ def mlp_backward(sink: GradSink, dout: torch.Tensor, s2, value2: float, mlp, u: 
     """The MLP branch ``out = x2 + s2 * mlp.fc2(gelu(mlp.fc1(ln2(x2))))`` back to the gradient of ln2's output
     ``(M, C)``: the gradients of ``s2`` and of ``mlp.fc1`` / ``mlp.fc2``'s weights and biases into ``sink``.
     ``mlp``: the branch's output ``(..., C)`` (None unless s2 needs a gradient); ``u``: fc1's output
-    ``(M, hidden)`` (GELU is recomputed from it); ``ln_out``: ln2's output ``(M, C)`` in the matmuls' dtype."""
+    ``(..., hidden)`` (GELU is recomputed from it); ``ln_out``: ln2's output ``(M, C)`` in the matmuls' dtype."""
+    u = u.view(-1, u.shape[-1])
     sink.put('s2', lambda: factor_grad(dout, mlp, s2, value2))
     dmlp = branch_grad(dout, s2, value2).to(sink.w['mlp.fc2.weight'].dtype).view(ln_out.shape)
     dg = sink.linear(dmlp, F.gelu(u), 'mlp.fc2')

@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import AttentionBlockFunction, block_weights, kernels
+from .attn_block_fused import AttentionBlockFunction, block_weights, kernels, norm_eps
 from .fused_block import cached_spec, fused_apply
 
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block']
@@ -27,8 +27,7 @@ class WindowBlockSpec:
     window: int             # tokens per chunk (HilbertWindowAttention.chunking: window_size ** 2 or min(H, W) ** 2)
     shift: bool             # chunk boundaries at window - window // 2 + m * window
     hw: tuple               # (H, W) of the stage's map (the position bias's pixel offsets)
-    eps1: float             # norm1 / norm2 eps
-    eps2: float
+    eps: tuple              # (('norm1', eps), ('norm2', eps))
     value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
     value2: float
 
@@ -50,7 +49,7 @@ def _spec(block, hw: tuple, v1: float, v2: float) -> WindowBlockSpec:
     """The block's :class:`WindowBlockSpec` for the map size hw and branch values v1, v2 (cached on the block)."""
     attn = block.attn
     return cached_spec(block, (hw, v1, v2), lambda: WindowBlockSpec(
-        attn.num_heads, *attn.chunking(hw), hw, block.norm1.eps, block.norm2.eps, v1, v2))
+        attn.num_heads, *attn.chunking(hw), hw, norm_eps(block), v1, v2))
 
 
 def fused_window_block(block, x: torch.Tensor, hw: tuple) -> torch.Tensor:

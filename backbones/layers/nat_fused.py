@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import AttentionBlockFunction, block_weights, kernels
+from .attn_block_fused import AttentionBlockFunction, block_weights, kernels, norm_eps
 from .fused_block import cached_spec, fused_apply
 
 __all__ = ['FusedNeighborhoodBlock', 'NeighborhoodBlockSpec', 'fused_neighborhood_block']
@@ -29,8 +29,7 @@ class NeighborhoodBlockSpec:
     kernel_size: int        # neighbourhood side k
     dilation: int           # the dilation used on this map (``NeighborhoodAttention2d.effective_dilation``)
     hw: tuple               # (H, W) of the map
-    eps1: float             # norm1 / norm2 eps
-    eps2: float
+    eps: tuple              # (('norm1', eps), ('norm2', eps))
     value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
     value2: float
 
@@ -53,8 +52,7 @@ def _spec(block, hw: tuple, v1: float, v2: float) -> NeighborhoodBlockSpec:
     block)."""
     attn = block.attn
     return cached_spec(block, (hw, v1, v2), lambda: NeighborhoodBlockSpec(
-        attn.num_heads, attn.kernel_size, attn.effective_dilation(*hw), hw, block.norm1.eps, block.norm2.eps, v1,
-        v2))
+        attn.num_heads, attn.kernel_size, attn.effective_dilation(*hw), hw, norm_eps(block), v1, v2))
 
 
 def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
