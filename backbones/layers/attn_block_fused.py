@@ -17,9 +17,9 @@ take the Triton kernel (``PreNorm`` takes PyTorch's norm below ``PreNorm.min_ele
 another summation order) and the first norm's input gradient is written with the residual gradient added in its
 kernel.
 
-The block's ``spec`` (a frozen dataclass) gives ``num_heads``, ``eps`` (``(('norm1', eps), ('norm2', eps))``), ``value1`` /
-``value2`` (the residual branches' addcmul values) and ``plan(n, head_dim, device) -> (pattern, config)``: the
-attention's (cached) ``BlockPattern``, with token coordinates for the bias, and its kernel config.
+The block's ``spec`` (a frozen dataclass) gives ``num_heads``, ``eps`` (``(('norm1', eps), ('norm2', eps))``),
+``value1`` / ``value2`` (the residual branches' addcmul values) and ``plan(n, head_dim, device) -> (pattern,
+config)``: the attention's (cached) ``BlockPattern``, with token coordinates for the bias, and its kernel config.
 
 Shapes: x ``(B, N, C)`` tokens in the pattern's memory order (channel stride 1), fp32 residual stream (or the low
 dtype itself without autocast); weights by name (:data:`WEIGHT_NAMES`, built by :func:`block_weights`) as the
@@ -38,8 +38,8 @@ from .block_math import attention_block
 from .fused_block import GradSink, KernelOps, branch_grad, factor_grad, fused_backward, fused_forward, \
     linear_weights, mlp_backward, norm_out, saved_norm
 
-__all__ = ['AttentionBlockFunction', 'AttentionKernelOps', 'block_weights', 'norm_eps', 'forward_math', 'backward_math', 'kernels',
-           'WEIGHT_NAMES']
+__all__ = ['AttentionBlockFunction', 'AttentionKernelOps', 'block_weights', 'norm_eps', 'forward_math', 'backward_math',
+           'kernels', 'WEIGHT_NAMES']
 
 WEIGHT_NAMES = ('norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.rpb', 'attn.proj.weight',
                 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight',

@@ -19,8 +19,9 @@ pos-embed conv's input gradient is added to the residual gradient in fp32 withou
 dtype.
 
 Shapes: x ``(B, H, W, C)`` (channel stride 1), fp32 residual stream (or the low dtype itself without autocast);
-weights by name (:data:`WEIGHT_NAMES`, built by :func:`block_weights`) as the modules hold them (``Linear`` ``(out, in)``, depthwise ``(C, 1, k, k)``), the Linear / conv ones
-in the low dtype ``L`` (``layers.linear.cast_linear_weights``), the norms' in fp32; returns ``(B, H, W, C)`` like x.
+weights by name (:data:`WEIGHT_NAMES`, built by :func:`block_weights`) as the modules hold them (``Linear``
+``(out, in)``, depthwise ``(C, 1, k, k)``), the Linear / conv ones in the low dtype ``L``
+(``layers.linear.cast_linear_weights``), the norms' in fp32; returns ``(B, H, W, C)`` like x.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What the hand-written block nodes share (``biformer_fused``, ``hwt_fused``, ``nat_fused``): whether a call takes
 the fused node (``fused_path_applies``), the weights it reads by name (``linear_weights``), the autograd Function's
-body around a block's ``forward_math`` / ``backward_math``, and the backward's bookkeeping (``GradSink``).
+body around a block's ``forward_math`` / ``backward_math``, the ops of ``block_math`` on the kernels that every
+family shares (``KernelOps``), and the backward's bookkeeping (``GradSink``).
 
 A fused block is a ``torch.autograd.Function`` with a class attribute ``weight_names``, the names of its weights
 (the block's parameter paths: ``'norm1.weight'``, ``'attn.qkv.bias'``, ...). :func:`fused_apply` calls it with the
@@ -10,9 +11,10 @@ residual branches' factors (``ResidualDropPath.factor``: None, a layer scale ``(
 applied as ``addcmul(x, y, s, value)`` with the spec's ``value1`` / ``value2``). Its ``forward`` / ``backward`` are
 :func:`fused_forward` / :func:`fused_backward`, given the block's
 
-- ``forward_math(x, spec, s1, s2, w, need) -> (out, saved, aux)``: ``w`` the weights ``{name: tensor or None}``,
-  ``need`` which arguments want a gradient (``{'x' | 's1' | 's2' | weight name: bool}``); ``saved`` the tensors
-  ``{name: tensor or None}`` and ``aux`` the rest the backward needs;
+- ``forward_math(x, spec, s1, s2, w, need) -> (out, saved, aux)``: the block's ``block_math`` function on its
+  ``KernelOps``; ``w`` the weights ``{name: tensor or None}``, ``need`` which arguments want a gradient
+  (``{'x' | 's1' | 's2' | weight name: bool}``); ``saved`` the tensors ``{name: tensor or None}`` and ``aux`` the
+  rest the backward needs, as the ops recorded them;
 - ``backward_math(spec, sink, w, saved, aux, dout)``: fills ``sink`` (a :class:`GradSink`) with the gradients by
   name.
 """
@@ -29,8 +31,8 @@ from mmengine.logging import print_log
 from sparse_ops.backend import requested_backend
 
 __all__ = ['fused_path_applies', 'low_pair', 'linear_weights', 'cached_spec', 'fused_apply', 'fused_forward',
-           'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad', 'norm_out', 'mlp_backward',
-           'column_sums', 'BIAS_MATMUL_ROWS']
+           'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad',
+           'norm_out', 'mlp_backward', 'column_sums', 'BIAS_MATMUL_ROWS']
 
 
 def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: str, key: tuple,

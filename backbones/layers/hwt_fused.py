@@ -1,8 +1,8 @@
 """A whole HWT block as one autograd node on the Triton path (``fused_window_block``).
 
-The block ``x -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with Hilbert window attention and its 2D position bias, run by
-``attn_block_fused``'s forward and backward math (why, and how it matches the module composition in
-``backbones/hwt.py``, is said there).
+The block ``x -> x + attn(ln1(x)) -> x + mlp(ln2(x))`` with Hilbert window attention and its 2D position bias:
+``block_math.attention_block`` run by ``attn_block_fused``'s kernel ops and backward (why, and how it matches the
+module composition in ``backbones/hwt.py``, is said there).
 
 Shapes: x ``(B, N, C)`` Hilbert tokens (channel stride 1); weights as the modules hold them (Linear weights and
 biases pre-cast by ``layers.linear.cast_linear_weights``), the position-bias table ``(heads, 2R+1, 2R+1)`` in fp32;

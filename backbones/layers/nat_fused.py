@@ -1,9 +1,10 @@
 """A whole NAT / DiNAT block as one autograd node on the Triton path (``fused_neighborhood_block``).
 
 The block ``x -> x + g1 * attn(ln1(x)) -> x + g2 * mlp(ln2(x))`` (``g*``: the layer scale, or none) with exact 2D
-(dilated) neighbourhood attention and its relative position bias, run by ``attn_block_fused``'s forward and
-backward math (why, and how it matches the module composition in ``layers/nat_blocks.py``, is said there). The
-attention reads the row-major map through the na2d pattern's ``rows`` (sub-grid-major Hilbert order), as
+(dilated) neighbourhood attention and its relative position bias: ``block_math.attention_block`` run by
+``attn_block_fused``'s kernel ops and backward (why, and how it matches the module composition in
+``layers/nat_blocks.py``, is said there). The attention reads the row-major map through the na2d pattern's
+``rows`` (sub-grid-major Hilbert order), as
 ``sparse_ops.neighborhood_attention_2d`` does.
 
 Shapes: x ``(B, H, W, C)`` channels-last map, seen as ``(B, H * W, C)`` tokens inside; weights as the modules hold
