@@ -15,8 +15,10 @@ from backbones.hwt import HWTBlock
 from backbones.layers import attn_block_fused, biformer_blocks, biformer_fused, block_math, nat_blocks
 from backbones.layers.biformer_blocks import GLOBAL, BiFormerBlock
 from backbones.layers.nat_blocks import NATBlock, NeighborhoodAttention2d
+from _checks import rel_err
 
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
+TOL = 5e-3 if DEV == 'cuda' else 1e-5      # tf32 attention dots on the GPU, exact in the interpreter
 
 
 def _hwt():
@@ -104,4 +106,4 @@ def test_composition_and_fused_node_follow_one_block_math(monkeypatch, make, x_s
         assert any('Fused' in n for n in nodes) == (backend == 'triton'), nodes
         logs[backend + '_out'] = out.detach()
     assert logs['torch'] == logs['triton'] and len(logs['torch']) >= 8
-    assert torch.allclose(logs['triton_out'], logs['torch_out'], rtol=1e-4, atol=1e-5)
+    assert rel_err(logs['triton_out'], logs['torch_out']) < TOL
