@@ -38,8 +38,8 @@ from .block_math import attention_block
 from .fused_block import GradSink, KernelOps, branch_grad, factor_grad, fused_backward, fused_forward, \
     linear_weights, mlp_backward, norm_out, saved_norm
 
-__all__ = ['AttentionBlockFunction', 'AttentionKernelOps', 'block_weights', 'norm_eps', 'forward_math', 'backward_math',
-           'kernels', 'WEIGHT_NAMES']
+__all__ = ['AttentionBlockFunction', 'AttentionKernelOps', 'block_weights', 'forward_math', 'backward_math', 'kernels',
+           'WEIGHT_NAMES']
 
 WEIGHT_NAMES = ('norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.rpb', 'attn.proj.weight',
                 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight',
@@ -83,11 +83,6 @@ class AttentionKernelOps(KernelOps):
         self.saved.update({'attn.qkv': qkv, 'attn.o': o, 'attn.lse': lse})
         self.aux.update(pattern=p, config=cfg, scale=scale)
         return o.transpose(1, 2).reshape(b, n, c)
-
-
-def norm_eps(block) -> tuple:
-    """``(('norm1', eps), ('norm2', eps))`` of the block's norms (the spec's ``eps``)."""
-    return ('norm1', block.norm1.eps), ('norm2', block.norm2.eps)
 
 
 def forward_math(x, spec, s1, s2, w: dict, need: dict):

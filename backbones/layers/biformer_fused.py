@@ -34,7 +34,7 @@ from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd,
 
 from .block_math import routing_block
 from .fused_block import GradSink, KernelOps, branch_grad, cached_spec, factor_grad, fused_apply, fused_backward, \
-    fused_forward, linear_weights, mlp_backward, norm_out, saved_norm
+    fused_forward, linear_weights, mlp_backward, norm_eps, norm_out, saved_norm
 
 __all__ = ['FusedRoutingBlock', 'BlockSpec', 'RoutingKernelOps', 'block_weights', 'fused_block', 'WEIGHT_NAMES']
 
@@ -176,9 +176,8 @@ class FusedRoutingBlock(torch.autograd.Function):
 def _spec(block, v1: float, v2: float) -> BlockSpec:
     """The block's :class:`BlockSpec` for branch values v1, v2 (cached on the block: two cases per block)."""
     attn = block.attn
-    eps = ('norm1', block.norm1.eps), ('norm2', block.norm2.eps)
     return cached_spec(block, (v1, v2), lambda: BlockSpec(attn.num_heads, attn.n_win, attn.routed_topk, attn.scale,
-                                                          eps, v1, v2, attn.lce_on_input))
+                                                          norm_eps(block), v1, v2, attn.lce_on_input))
 
 
 def fused_block(block, x: torch.Tensor) -> torch.Tensor:

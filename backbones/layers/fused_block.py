@@ -30,8 +30,8 @@ from mmengine.logging import print_log
 
 from sparse_ops.backend import requested_backend
 
-__all__ = ['fused_path_applies', 'low_pair', 'linear_weights', 'cached_spec', 'fused_apply', 'fused_forward',
-           'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad',
+__all__ = ['fused_path_applies', 'low_pair', 'linear_weights', 'norm_eps', 'cached_spec', 'fused_apply',
+           'fused_forward', 'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad',
            'norm_out', 'mlp_backward', 'column_sums', 'BIAS_MATMUL_ROWS']
 
 
@@ -76,6 +76,11 @@ def linear_weights(module, name: str) -> dict:
     a bias): its :func:`low_pair`."""
     weight, bias = low_pair(module)
     return {name + '.weight': weight, name + '.bias': bias}
+
+
+def norm_eps(block) -> tuple:
+    """``(('norm1', eps), ('norm2', eps))`` of the block's two norms: a spec's ``eps`` (:class:`KernelOps`)."""
+    return ('norm1', block.norm1.eps), ('norm2', block.norm2.eps)
 
 
 def cached_spec(block, key: tuple, build: Callable[[], Any]):

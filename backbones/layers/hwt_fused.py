@@ -14,8 +14,8 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import AttentionBlockFunction, block_weights, kernels, norm_eps
-from .fused_block import cached_spec, fused_apply
+from .attn_block_fused import AttentionBlockFunction, block_weights, kernels
+from .fused_block import cached_spec, fused_apply, norm_eps
 
 __all__ = ['FusedWindowBlock', 'WindowBlockSpec', 'fused_window_block']
 
