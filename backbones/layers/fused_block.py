@@ -97,7 +97,7 @@ def cached_spec(block, key: tuple, build: Callable[[], Any]):
 
 def fused_apply(function, x: torch.Tensor, spec, s1, s2, weights: dict) -> torch.Tensor:
     """``function.apply`` with the weights ``{name: tensor or None}`` passed in ``function.weight_names`` order."""
-    return function.apply(x, spec, s1, s2, *(weights[name] for name in function.weight_names))
+    return function.apply(x, spec, s1, s2, *[weights[name] for name in function.weight_names])
 
 
 def fused_forward(ctx, function, x: torch.Tensor, spec, s1, s2, weights: tuple) -> torch.Tensor:
@@ -126,7 +126,7 @@ def fused_backward(ctx, dout: torch.Tensor) -> tuple:
     ctx.function.backward_math(ctx.spec, sink, w, saved, ctx.aux, dout.contiguous())
     grads = sink.grads
     return (grads.get('x'), None, grads.get('s1'), grads.get('s2'),
-            *(grads.get(name) for name in ctx.function.weight_names))
+            *[grads.get(name) for name in ctx.function.weight_names])
 
 
 class KernelOps:
@@ -210,10 +210,12 @@ class GradSink:
     def linear(self, dy: torch.Tensor, inp: torch.Tensor, name: str) -> torch.Tensor:
         """``F.linear(inp, w[name.weight], w[name.bias])`` with output gradient dy ``(M, out)``: its weight and bias
         gradients by name; returns the input gradient ``(M, in)``."""
-        self.put(name + '.weight', lambda: dy.t() @ inp)
-        if self.w[name + '.bias'] is not None:
-            self.put(name + '.bias', lambda: column_sums(dy))
-        return dy @ self.w[name + '.weight']
+        weight, bias = name + '.weight', name + '.bias'
+        if self.need[weight]:
+            self.grads[weight] = dy.t() @ inp
+        if self.need[bias] and self.w[bias] is not None:
+            self.grads[bias] = column_sums(dy)
+        return dy @ self.w[weight]
 
     def norm(self, kernels, dy: torch.Tensor, ln: tuple, name: str, residual_grad: torch.Tensor) -> torch.Tensor:
         """The backward of the LayerNorm ``name`` (``kernels``: ``sparse_ops.norm_triton``) on ``(M, C)`` rows
@@ -224,9 +226,10 @@ class GradSink:
         weight, bias = self.w[name + '.weight'], self.w[name + '.bias']
         dx, sums = kernels.layer_norm_bwd(dy, x_or_xhat, weight, mean, rstd, residual_grad.dtype, mean is None,
                                           residual_grad.view(m, c))
-        self.put(name + '.weight', lambda: sums[0].to(weight.dtype))
-        if bias is not None:
-            self.put(name + '.bias', lambda: sums[1].to(bias.dtype))
+        if self.need[name + '.weight']:
+            self.grads[name + '.weight'] = sums[0].to(weight.dtype)
+        if bias is not None and self.need[name + '.bias']:
+            self.grads[name + '.bias'] = sums[1].to(bias.dtype)
         return dx.view(residual_grad.shape)
 
     def conv(self, kernels, dy: torch.Tensor, inp: torch.Tensor, name: str) -> None:
@@ -237,7 +240,8 @@ class GradSink:
         if self.need[name + '.weight'] or need_bias:
             k = weight.shape[-1]
             dweight, dbias = kernels.weight_grads(kernels.dwconv_dw(dy, inp, k), k, weight.dtype)
-            self.put(name + '.weight', lambda: dweight)
+            if self.need[name + '.weight']:
+                self.grads[name + '.weight'] = dweight
             if need_bias:
                 self.grads[name + '.bias'] = dbias.to(bias.dtype)
 
