@@ -28,7 +28,7 @@ both tables hold and fills the others from the nearest official entry.
 On the Triton path (CUDA) each block runs as one autograd node with a hand-written backward
 (``layers/hwt_fused.py``), and with ``cuda_graphs`` a training step whose input size repeats is replayed as CUDA
 graphs (``graphs.py``); the twin path (CPU, ``sparse_ops.use_backend('torch')``) is the module
-composition below.
+composition below. Both follow the one description of the block's math, ``layers/block_math.py``.
 
 Presets (Swin-T/S/B layout, window 7 -> 49-token chunks, MLP ratio 4). ``drop_path_rate=None`` uses the preset's
 value: tiny 0.2, small 0.3, base 0.5 (Swin's ImageNet values); an arch dict without it uses 0.1.
@@ -47,6 +47,7 @@ import sparse_ops
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDropPath, from_hilbert, nhwc_to_nchw,
                      to_hilbert)
+from .layers.block_math import ModuleOps, attention_block
 from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
 
@@ -99,18 +100,22 @@ class HilbertWindowAttention(nn.Module):
             return short * short, False
         return self.window_size ** 2, self.shift
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The attention on the heads of ``qkv (B, N, 3C)`` -> ``(B, N, C)`` (heads merged)."""
         window, shift = self.chunking(hw)
-        out = sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'window', window, shift=shift,
-                                       rpb=self.relative_position_bias_table, hw=tuple(hw))
-        return self.proj(out)
+        return sparse_ops.qkv_attention(qkv, self.num_heads, 'window', window, shift=shift,
+                                        rpb=self.relative_position_bias_table, hw=tuple(hw))
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return self.proj(self.attend(self.qkv(x), hw))
 
     def extra_repr(self) -> str:
         return f'dims={self.dims}, num_heads={self.num_heads}, window={self.window_size}**2, shift={self.shift}'
 
 
 class HWTBlock(nn.Module):
-    """Pre-norm transformer block on Hilbert tokens: ``x + DP(attn(norm1(x)))``, then ``x + DP(mlp(norm2(x)))``.
+    """Pre-norm transformer block on Hilbert tokens: ``x + DP(attn(norm1(x)))``, then ``x + DP(mlp(norm2(x)))``
+    (``layers.block_math.attention_block``: the module composition, or one fused node on the Triton path).
 
     ``forward(x: (B, N, C), hw=(H, W)) -> (B, N, C)``. ``shift`` (odd blocks) moves the chunk boundaries by
     ``ceil(L/2)`` tokens, except on small maps (:meth:`HilbertWindowAttention.chunking`).
@@ -142,8 +147,7 @@ class HWTBlock(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         if self._fused(x, hw):
             return fused_window_block(self, x, tuple(hw))
-        x = self.drop_path(x, self.attn(self.norm1(x), hw))
-        return self.drop_path(x, self.mlp(self.norm2(x)))
+        return attention_block(ModuleOps(self, hw), x)
 
 
 class HWTStage(nn.Module):

@@ -13,9 +13,10 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 
 Architecture-family blocks live beside them and are imported from their modules directly:
 ``nat_blocks`` (NAT / DiNAT / HNT attention, block, stage) and ``biformer_blocks`` (BiFormer stem, block, BRA).
-Blocks as one autograd node on the Triton path: ``biformer_fused`` (routing block), ``hwt_fused`` (HWT block),
-``nat_fused`` (NAT / DiNAT block), with the math of the last two in ``attn_block_fused`` and what all share in
-``fused_block``. CUDA-graph replay of whole training steps: ``backbones/graphs.py``.
+The blocks' math, written once for every path: ``block_math``. Blocks as one autograd node on the Triton path:
+``biformer_fused`` (routing block), ``hwt_fused`` (HWT block), ``nat_fused`` (NAT / DiNAT block), with the kernels
+and backward of the last two in ``attn_block_fused`` and what all share in ``fused_block``. CUDA-graph replay of
+whole training steps: ``backbones/graphs.py``.
 """
 from .drop_path import ResidualDropPath
 from .downsample import ConvDownsampler, PatchMerging

@@ -26,6 +26,7 @@ from torch import nn
 import sparse_ops
 
 from .biformer_fused import fused_block
+from .block_math import ModuleOps, routing_block
 from .fused_block import fused_path_applies
 from .drop_path import ResidualDropPath
 from .linear import Conv2d, Linear
@@ -47,23 +48,26 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     """``residual + conv(x)`` for a depthwise ``conv`` and channels-last maps x, residual ``(B, H, W, C)`` (x may be
     a channel slice: channel stride 1, any pixel strides).
 
-    On CUDA maps of >= ``DWCONV_MIN_ELEMENTS`` elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN
-    depthwise kernels and the add cost more GPU time than the fused op; on smaller maps the step waits for the
-    host anyway), or with ``backend='triton'``, one ``sparse_ops.depthwise_conv2d`` call reads x in place and
-    adds the residual (fp32 math; under autocast x is first cast to autocast's dtype, as the conv would be, so the
-    tensor saved for the backward keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path
-    (``backend`` / ``use_backend('torch')``: the gather version keeps the official composition) the conv module on
-    an NCHW view plus the add; also when x or residual has strided channels (an NCHW-contiguous map).
+    With ``backend='triton'`` (or ``use_backend('triton')``), or by default on maps of >= ``DWCONV_MIN_ELEMENTS``
+    elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN depthwise kernels and the add cost more GPU time
+    than the fused op; on smaller maps the step waits for the host anyway) where the Triton kernel can run
+    (``sparse_ops.backend.choose_kernel``: CUDA, or CPU only when forced; a forced 'triton' that cannot run raises
+    there), one Triton ``sparse_ops.depthwise_conv2d`` call reads x in place and adds the residual (fp32 math;
+    under autocast x is first cast to autocast's dtype, as the conv would be, so the tensor saved for the backward
+    keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
+    ``use_backend('torch')``: the gather version keeps the official composition) the conv module on an NCHW view
+    plus the add; also when x or residual has strided channels (an NCHW-contiguous map).
     """
     requested = sparse_ops.backend.requested_backend(backend, 'depthwise_conv2d')
     # a stage's first block gets an NCHW-contiguous map from the downsampling conv: its channels are strided
     channels_last = x.stride(-1) == 1 and residual.stride(-1) == 1
     if channels_last and not torch.compiler.is_compiling() and (
-            requested == 'triton' or (requested is None and x.is_cuda and x.numel() >= DWCONV_MIN_ELEMENTS)):
+            requested == 'triton' or (requested is None and x.numel() >= DWCONV_MIN_ELEMENTS)) and \
+            sparse_ops.backend.choose_kernel(requested, 'depthwise_conv2d', x, residual=residual) == 'triton':
         weight, bias = conv._low if conv._low is not None else (conv.weight, conv.bias)
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))    # a no-op for V, already in that dtype
-        return sparse_ops.depthwise_conv2d(x, weight, bias, residual)
+        return sparse_ops.depthwise_conv2d(x, weight, bias, residual, backend='triton')
     return residual + conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -126,15 +130,17 @@ class BiLevelRoutingAttention(nn.Module):
         """``topk`` clamped to the ``n_win ** 2`` regions there are."""
         return min(self.topk, self.n_win * self.n_win)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        c = x.shape[-1]
-        qkv = self.qkv(x)
-        # heads concatenated head-major in the output, as the official
+    def attend(self, qkv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The routing attention on the heads of ``qkv (B, H, W, 3C)`` plus ``lepe(v)`` (v: qkv's V channels)
+        -> ``(B, H, W, C)``, heads concatenated head-major, as the official."""
         out = sparse_ops.qkv_attention(qkv, self.num_heads, 'routing', self.n_win, self.routed_topk, scale=self.scale,
                                        backend=self.backend)
-        out = conv_add(self.lepe, qkv[..., 2 * c:], out, self.backend)
-        return self.proj(out)
+        return conv_add(self.lepe, v, out, self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        qkv = self.qkv(x)
+        return self.proj(self.attend(qkv, qkv[..., 2 * x.shape[-1]:]))
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
@@ -169,24 +175,40 @@ class GlobalAttentionLePE(nn.Module):
         self.lepe = Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        b, h, w, c = x.shape
-        q, k, v = self.qkv(x).view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    def attend(self, qkv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The dense attention on the heads of ``qkv (B, H, W, 3C)`` plus ``lepe(x)`` (x: the attention input)
+        -> ``(B, H, W, C)``."""
+        b, h, w, c3 = qkv.shape
+        c = c3 // 3
+        q, k, v = qkv.view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, HW, C/heads)
         out = out.transpose(1, 2).reshape(b, h, w, c)
-        out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj(out)
+        return out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        return self.proj(self.attend(self.qkv(x), x))
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+class _BlockOps(ModuleOps):
+    """``block_math``'s ops on a ``BiFormerBlock``'s modules, with ``conv_add`` (the position embedding)."""
+
+    __slots__ = ()
+
+    def conv_add(self, name: str, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return conv_add(self.module(name), x, residual, self.block.backend)
 
 
 class BiFormerBlock(nn.Module):
     """BiFormer block: ``(B, C, H, W) -> (B, C, H, W)``.
 
     ``x = x + pos_embed(x)``; then channels-last ``x = x + dp(g1 * attn(norm1(x)))``,
-    ``x = x + dp(g2 * mlp(norm2(x)))`` (``g1, g2`` = layer scale when ``layer_scale_init_value > 0``, else 1).
+    ``x = x + dp(g2 * mlp(norm2(x)))`` (``g1, g2`` = layer scale when ``layer_scale_init_value > 0``, else 1):
+    ``block_math.routing_block`` on the modules (the attention module's ``attend`` between ``attn.qkv`` and
+    ``attn.proj``), or one fused node on the Triton path.
 
     Args:
         dim: channels.
@@ -246,11 +268,7 @@ class BiFormerBlock(nn.Module):
         x = x.permute(0, 2, 3, 1)
         if self._fused(x):
             return fused_block(self, x).permute(0, 3, 1, 2)
-        x = conv_add(self.pos_embed, x, x, self.backend)
-        y = self.attn(self.norm1(x))
-        x = self.drop_path(x, y, self.gamma1)
-        x = self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)
-        return x.permute(0, 3, 1, 2)
+        return routing_block(_BlockOps(self), x, self.attn.lce_on_input).permute(0, 3, 1, 2)
 
 
 class LayerNorm2d(nn.LayerNorm):

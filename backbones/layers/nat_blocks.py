@@ -32,6 +32,7 @@ from torch import nn
 
 import sparse_ops
 
+from .block_math import ModuleOps, attention_block
 from .drop_path import ResidualDropPath
 from .fused_block import fused_path_applies
 from .linear import Linear
@@ -107,12 +108,14 @@ class NeighborhoodAttention2d(nn.Module):
         """Dilation used on an ``height x width`` map (see ``clip_dilation``)."""
         return clip_dilation(self.dilation, self.kernel_size, height, width)
 
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The attention on the heads of ``qkv (B, H, W, 3C)`` -> ``(B, H, W, C)`` (heads merged)."""
+        _, h, w, _ = qkv.shape
+        return sparse_ops.qkv_attention(qkv, self.num_heads, 'na2d', self.kernel_size,
+                                        dilation=self.effective_dilation(h, w), rpb=self.rpb)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h, w, _ = x.shape
-        # (B, H, W, 3C) -> heads -> (B, H, W, C)
-        out = sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'na2d', self.kernel_size,
-                                       dilation=self.effective_dilation(h, w), rpb=self.rpb)
-        return self.proj(out)
+        return self.proj(self.attend(self.qkv(x)))
 
     def extra_repr(self) -> str:
         return (f'num_heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}, '
@@ -159,13 +162,16 @@ class HilbertNeighborhoodAttention1d(nn.Module):
         pad = self.kernel_size - 1
         return F.pad(self.rpb.unsqueeze(1), (0, 0, pad, pad))
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        n = x.shape[1]
+    def attend(self, qkv: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The attention on the heads of ``qkv (B, N, 3C)`` -> ``(B, N, C)`` (heads merged), ``N == H * W``."""
+        n = qkv.shape[1]
         if hw[0] * hw[1] != n:
             raise ValueError(f'hw={tuple(hw)} does not match the sequence length N={n}')
-        # (B, N, 3C) -> heads -> (B, N, C)
         bias = dict(rpb=self._bias_table(), hw=(1, n)) if self.rpb is not None else {}
-        return self.proj(sparse_ops.qkv_attention(self.qkv(x), self.num_heads, 'na1d', self.kernel_size, **bias))
+        return sparse_ops.qkv_attention(qkv, self.num_heads, 'na1d', self.kernel_size, **bias)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return self.proj(self.attend(self.qkv(x), hw))
 
     def extra_repr(self) -> str:
         return f'num_heads={self.num_heads}, kernel_size={self.kernel_size}, rel_pos_bias={self.rpb is not None}'
@@ -175,12 +181,14 @@ class NATBlock(nn.Module):
     """Pre-norm transformer block around a given attention module; ``(..., C) -> (..., C)``.
 
     ``forward(x, *attn_args)`` computes ``x = x + drop_path(gamma1 * attn(norm1(x), *attn_args))`` and
-    ``x = x + drop_path(gamma2 * mlp(norm2(x)))`` (no ``gamma*`` when ``layer_scale`` is None). ``gamma1``,
+    ``x = x + drop_path(gamma2 * mlp(norm2(x)))`` (no ``gamma*`` when ``layer_scale`` is None):
+    ``block_math.attention_block`` on the modules (``attn.attend(qkv, *attn_args)`` between ``attn.qkv`` and
+    ``attn.proj``), or one fused node on the Triton path. ``gamma1``,
     ``gamma2`` have shape ``(C,)`` and start at ``layer_scale``.
 
     Args:
         dim: channels ``C``.
-        attn: attention module mapping ``(..., C)`` to ``(..., C)``.
+        attn: attention module with ``qkv`` / ``proj`` Linears and ``attend(qkv, *attn_args)`` (heads merged).
         mlp_ratio: MLP hidden width is ``int(C * mlp_ratio)``.
         drop_path: stochastic depth rate of both residual branches.
         layer_scale: initial value of ``gamma1`` / ``gamma2``, or None for no layer scale.
@@ -226,9 +234,7 @@ class NATBlock(nn.Module):
     def forward(self, x: torch.Tensor, *attn_args) -> torch.Tensor:
         if self._fused(x, attn_args):
             return fused_neighborhood_block(self, x)
-        y = self.attn(self.norm1(x), *attn_args)
-        x = self.drop_path(x, y, self.gamma1)
-        return self.drop_path(x, self.mlp(self.norm2(x)), self.gamma2)
+        return attention_block(ModuleOps(self, *attn_args), x)
 
 
 class NATStage(nn.Module):

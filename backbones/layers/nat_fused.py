@@ -1,9 +1,10 @@
 """A whole NAT / DiNAT block as one autograd node on the Triton path (``fused_neighborhood_block``).
 
 The block ``x -> x + g1 * attn(ln1(x)) -> x + g2 * mlp(ln2(x))`` (``g*``: the layer scale, or none) with exact 2D
-(dilated) neighbourhood attention and its relative position bias, run by ``attn_block_fused``'s forward and
-backward math (why, and how it matches the module composition in ``layers/nat_blocks.py``, is said there). The
-attention reads the row-major map through the na2d pattern's ``rows`` (sub-grid-major Hilbert order), as
+(dilated) neighbourhood attention and its relative position bias: ``block_math.attention_block`` run by
+``attn_block_fused``'s kernel ops and backward (why, and how it matches the module composition in
+``layers/nat_blocks.py``, is said there). The attention reads the row-major map through the na2d pattern's
+``rows`` (sub-grid-major Hilbert order), as
 ``sparse_ops.neighborhood_attention_2d`` does.
 
 Shapes: x ``(B, H, W, C)`` channels-last map, seen as ``(B, H * W, C)`` tokens inside; weights as the modules hold
@@ -16,8 +17,8 @@ import dataclasses
 
 import torch
 
-from .attn_block_fused import AttentionBlockFunction, block_params, kernels
-from .fused_block import cached_spec
+from .attn_block_fused import AttentionBlockFunction, block_weights, kernels
+from .fused_block import cached_spec, fused_apply, norm_eps
 
 __all__ = ['FusedNeighborhoodBlock', 'NeighborhoodBlockSpec', 'fused_neighborhood_block']
 
@@ -29,8 +30,7 @@ class NeighborhoodBlockSpec:
     kernel_size: int        # neighbourhood side k
     dilation: int           # the dilation used on this map (``NeighborhoodAttention2d.effective_dilation``)
     hw: tuple               # (H, W) of the map
-    eps1: float             # norm1 / norm2 eps
-    eps2: float
+    eps: tuple              # (('norm1', eps), ('norm2', eps))
     value1: float           # addcmul value of the two residual branches (1 / keep_prob, or 1)
     value2: float
 
@@ -43,7 +43,7 @@ class NeighborhoodBlockSpec:
 
 
 class FusedNeighborhoodBlock(AttentionBlockFunction):
-    """``apply(x, spec, s1, s2, *13 weights) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block
+    """``apply(x, spec, s1, s2, *weights) -> (B, N, C)`` on tokens x ``(B, N, C)``: a NAT block
     (module docstring; arguments as :class:`~.attn_block_fused.AttentionBlockFunction`, ``spec`` a
     :class:`NeighborhoodBlockSpec`)."""
 
@@ -53,8 +53,7 @@ def _spec(block, hw: tuple, v1: float, v2: float) -> NeighborhoodBlockSpec:
     block)."""
     attn = block.attn
     return cached_spec(block, (hw, v1, v2), lambda: NeighborhoodBlockSpec(
-        attn.num_heads, attn.kernel_size, attn.effective_dilation(*hw), hw, block.norm1.eps, block.norm2.eps, v1,
-        v2))
+        attn.num_heads, attn.kernel_size, attn.effective_dilation(*hw), hw, norm_eps(block), v1, v2))
 
 
 def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +63,6 @@ def fused_neighborhood_block(block, x: torch.Tensor) -> torch.Tensor:
     tokens = x.reshape(b, h * w, c)
     s1, v1 = block.drop_path.factor(tokens, block.gamma1)
     s2, v2 = block.drop_path.factor(tokens, block.gamma2)
-    out = FusedNeighborhoodBlock.apply(tokens, _spec(block, (h, w), v1, v2), s1, s2,
-                                       *block_params(block, block.attn.rpb))
+    out = fused_apply(FusedNeighborhoodBlock, tokens, _spec(block, (h, w), v1, v2), s1, s2,
+                      block_weights(block, block.attn.rpb))
     return out.view(b, h, w, c)

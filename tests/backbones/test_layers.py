@@ -342,8 +342,9 @@ def test_grouped_cast_leaves_frozen_layers_out_of_autograd():
 
 @pytest.mark.parametrize('strided', [False, True, 'nchw'], ids=['pos_embed', 'lce_on_v_slice', 'nchw_memory'])
 def test_biformer_conv_add_kernel_path_equals_the_module_composition(strided):
-    """``conv_add`` on the fused depthwise op (forced 'triton': the interpreter on CPU) equals ``residual +
-    conv(x)`` through the module in values and in the gradients of x, residual, weight and bias (fp32)."""
+    """``conv_add`` on the fused depthwise op (forced 'triton' as the ``backend`` argument: the interpreter on CPU)
+    equals ``residual + conv(x)`` through the module in values and in the gradients of x, residual, weight and bias
+    (fp32)."""
     import os
 
     from backbones.layers.biformer_blocks import conv_add
@@ -361,6 +362,8 @@ def test_biformer_conv_add_kernel_path_equals_the_module_composition(strided):
     for backend in ('triton', 'torch'):
         x = base.permute(0, 2, 3, 1) if strided == 'nchw' else base[..., 2 * c:] if strided is True else base
         out = conv_add(conv, x, res, backend)
+        # the strided-channel (NCHW memory) map always takes the module; else 'triton' is the Triton op's node
+        assert ('DepthwiseConv2d' in type(out.grad_fn).__name__) == (backend == 'triton' and strided != 'nchw')
         grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), device=dev).view_as(out)).sum(),
                                          (base, res, conv.weight, conv.bias)))
         outs.append(out.detach())

@@ -355,20 +355,21 @@ def test_hnt_feeds_blocks_the_hilbert_sequence():
     import sparse_ops
     model = HNT(arch=dict(TINY['HNT'], depths=(1, 1, 1, 1)), out_indices=(0,)).eval()
     seen = []
+    attn = model.levels[0].blocks[0].attn
 
-    class Spy(torch.nn.Module):
-        def forward(self, x, hw):
-            seen.append((x.clone(), hw))
-            return torch.zeros_like(x)
+    def spy(qkv, hw):       # the attention core between attn.qkv and attn.proj
+        seen.append((qkv.clone(), hw))
+        return torch.zeros_like(qkv[..., :qkv.shape[-1] // 3])
 
-    model.levels[0].blocks[0].attn = Spy()
+    attn.attend = spy
     img = torch.randn(1, 3, 44, 24)
     with torch.no_grad():
         model(img)
         grid = model.levels[0].blocks[0].norm1(model.patch_embed(img))  # (1, 11, 6, 8)
-    x, hw = seen[0]
+        want = attn.qkv(grid.reshape(1, 66, 8)[:, sparse_ops.hilbert_order(11, 6)])
+    qkv, hw = seen[0]
     assert hw == (11, 6)
-    torch.testing.assert_close(x, grid.reshape(1, 66, 8)[:, sparse_ops.hilbert_order(11, 6)])
+    torch.testing.assert_close(qkv, want)
 
 
 def test_hnt_attention_only_sees_curve_neighbours():
