@@ -220,6 +220,10 @@ class BackboneGraphs:
         # the capture's warm-up step must leave no trace: random state and buffers (BatchNorm statistics) restored
         buffers = [(b, b.clone()) for b in backbone.buffers()]
         try:
+            if len(list(body.parameters())) != len(params) or any(a is not b for a, b in zip(body.parameters(), params)):
+                # the graph reads the parameters by the names of its body (the children): one held by the backbone
+                # itself would be missed or misaligned
+                raise RuntimeError('a parameter is held by the backbone itself, not by one of its child modules')
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
                 fn = self.capture_fn(body, x.detach().clone().requires_grad_(x.requires_grad), params)
         except Exception as error:          # noqa: BLE001 (a real bug fails again in the eager call that follows)

@@ -205,3 +205,16 @@ def test_failed_capture_warns_and_runs_eagerly():
     assert not model.graphs.enabled and len(outs) == 2
     with sparse_ops.use_backend('torch'):
         _step(model, x)
+
+
+def test_parameter_outside_the_children_is_refused_not_misaligned():
+    """The graph reads parameters by the names of its body (the backbone's children): a parameter held by the
+    backbone itself would shift every name; the capture refuses (warning, eager from then on) instead."""
+    cap = _Counter()
+    model = _model(cap)
+    model.extra = torch.nn.Parameter(torch.zeros(()))       # registered on the backbone, before every child's
+    x = torch.randn(1, 3, 20, 24)
+    _step(model, x)
+    with pytest.warns(UserWarning, match='held by the backbone itself'):
+        outs = _step(model, x)
+    assert not model.graphs.enabled and not cap.bodies and len(outs) == 2
