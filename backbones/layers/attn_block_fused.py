@@ -35,8 +35,8 @@ from sparse_ops import patterns
 from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd, norm_triton
 
 from .block_math import attention_block
-from .fused_block import GradSink, KernelOps, branch_grad, factor_grad, fused_backward, fused_forward, \
-    linear_weights, mlp_backward, norm_out, saved_norm
+from .fused_block import GradSink, KernelOps, branches_backward, fused_backward, fused_forward, linear_weights, \
+    norm_out, saved_norm
 
 __all__ = ['AttentionBlockFunction', 'AttentionKernelOps', 'block_weights', 'forward_math', 'backward_math', 'kernels',
            'WEIGHT_NAMES']
@@ -100,17 +100,12 @@ def backward_math(spec, sink: GradSink, w: dict, saved: dict, aux: dict, dout) -
     norm, _, _, _, bwd, split = kernels()
     p, cfg = aux['pattern'], aux['config']
     low = w['attn.qkv.weight'].dtype
-    qkv, o, s1 = saved['attn.qkv'], saved['attn.o'], saved['s1']
+    qkv, o = saved['attn.qkv'], saved['attn.o']
     b, n, c3 = qkv.shape
     c, m, heads = c3 // 3, b * n, spec.num_heads
-    ln1, ln2 = saved_norm(saved, 'norm1'), saved_norm(saved, 'norm2')
-    # MLP branch: out = x2 + s2 * mlp(norm2(x2))
-    ln2_out = norm_out(ln2, w['norm2.weight'], w['norm2.bias'], low)
-    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['branch2'], saved['mlp.fc1'], ln2_out)
-    dx2 = sink.norm(norm, dy2, ln2, 'norm2', dout)                       # (B, N, C) like x
-    # attention branch: x2 = x + s1 * attn.proj(attention(attn.qkv(norm1(x))))
-    sink.put('s1', lambda: factor_grad(dx2, saved['branch1'], s1, spec.value1))
-    dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
+    ln1 = saved_norm(saved, 'norm1')
+    # MLP branch and the attention branch's residual: x2 = x + s1 * attn.proj(attention(attn.qkv(norm1(x))))
+    dx2, dy = branches_backward(norm, sink, spec, w, saved, dout, low)     # dx2 (B, N, C) like x
     da = sink.linear(dy, o.transpose(1, 2).reshape(m, c), 'attn.proj')
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     do = da.view(b, n, heads, c // heads).transpose(1, 2)

@@ -48,11 +48,11 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     """``residual + conv(x)`` for a depthwise ``conv`` and channels-last maps x, residual ``(B, H, W, C)`` (x may be
     a channel slice: channel stride 1, any pixel strides).
 
-    With ``backend='triton'`` (or ``use_backend('triton')``), or by default on maps of >= ``DWCONV_MIN_ELEMENTS``
-    elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN depthwise kernels and the add cost more GPU time
-    than the fused op; on smaller maps the step waits for the host anyway) where the Triton kernel can run
-    (``sparse_ops.backend.choose_kernel``: CUDA, or CPU only when forced; a forced 'triton' that cannot run raises
-    there), one Triton ``sparse_ops.depthwise_conv2d`` call reads x in place and adds the residual (fp32 math;
+    With ``backend='triton'`` (or ``use_backend('triton')``), or by default on CUDA maps of >=
+    ``DWCONV_MIN_ELEMENTS`` elements (BiFormer-S stages 1-2 at 1024², where native / cuDNN depthwise kernels and the
+    add cost more GPU time than the fused op; on smaller maps the step waits for the host anyway), one
+    ``sparse_ops.depthwise_conv2d`` call with that ``backend`` (its ``choose_kernel`` picks the Triton kernel where
+    it runs; a forced 'triton' that cannot run raises there) reads x in place and adds the residual (fp32 math;
     under autocast x is first cast to autocast's dtype, as the conv would be, so the tensor saved for the backward
     keeps autocast's size). Otherwise, under ``torch.compile`` and on the twin path (``backend`` /
     ``use_backend('torch')``: the gather version keeps the official composition) the conv module on an NCHW view
@@ -62,12 +62,11 @@ def conv_add(conv: Conv2d, x: torch.Tensor, residual: torch.Tensor, backend: str
     # a stage's first block gets an NCHW-contiguous map from the downsampling conv: its channels are strided
     channels_last = x.stride(-1) == 1 and residual.stride(-1) == 1
     if channels_last and not torch.compiler.is_compiling() and (
-            requested == 'triton' or (requested is None and x.numel() >= DWCONV_MIN_ELEMENTS)) and \
-            sparse_ops.backend.choose_kernel(requested, 'depthwise_conv2d', x, residual=residual) == 'triton':
+            requested == 'triton' or (requested is None and x.is_cuda and x.numel() >= DWCONV_MIN_ELEMENTS)):
         weight, bias = conv._low if conv._low is not None else (conv.weight, conv.bias)
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))    # a no-op for V, already in that dtype
-        return sparse_ops.depthwise_conv2d(x, weight, bias, residual, backend='triton')
+        return sparse_ops.depthwise_conv2d(x, weight, bias, residual, backend=requested)
     return residual + conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 

@@ -33,8 +33,8 @@ from sparse_ops.kernels import block_sparse, block_sparse_bwd, block_sparse_fwd,
     triton_api
 
 from .block_math import routing_block
-from .fused_block import GradSink, KernelOps, branch_grad, cached_spec, factor_grad, fused_apply, fused_backward, \
-    fused_forward, linear_weights, mlp_backward, norm_eps, norm_out, saved_norm
+from .fused_block import GradSink, KernelOps, branches_backward, cached_spec, fused_apply, fused_backward, \
+    fused_forward, linear_weights, norm_eps, norm_out, saved_norm
 
 __all__ = ['FusedRoutingBlock', 'BlockSpec', 'RoutingKernelOps', 'block_weights', 'fused_block', 'WEIGHT_NAMES']
 
@@ -121,17 +121,12 @@ def backward_math(spec: BlockSpec, sink: GradSink, w: dict, saved: dict, aux: di
     norm, dw, _, _, bwd, split = _kernels()
     p, cfg = aux['pattern'], aux['config']
     low = w['attn.qkv.weight'].dtype
-    xl, qkv, s1 = saved['pos_embed.x'], saved['attn.qkv'], saved['s1']
+    xl, qkv = saved['pos_embed.x'], saved['attn.qkv']
     b, h, wd, c = xl.shape
     m = b * h * wd
-    ln1, ln2 = saved_norm(saved, 'norm1'), saved_norm(saved, 'norm2')
-    # MLP branch: out = x2 + s2 * mlp(norm2(x2))
-    ln2_out = norm_out(ln2, w['norm2.weight'], w['norm2.bias'], low)
-    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['branch2'], saved['mlp.fc1'], ln2_out)
-    dx2 = sink.norm(norm, dy2, ln2, 'norm2', dout)                       # (B, H, W, C) like x
-    # attention branch: x2 = x1 + s1 * attn.proj(attention(qkv) + attn.lepe(v or norm1's output))
-    sink.put('s1', lambda: factor_grad(dx2, saved['branch1'], s1, spec.value1))
-    dy = branch_grad(dx2, s1, spec.value1).to(low).view(m, c)
+    ln1 = saved_norm(saved, 'norm1')
+    # MLP branch and the attention branch's residual: x2 = x1 + s1 * attn.proj(attention(qkv) + attn.lepe(...))
+    dx2, dy = branches_backward(norm, sink, spec, w, saved, dout, low)     # dx2 (B, H, W, C) like x
     da = sink.linear(dy, saved['attn.out'].view(m, c), 'attn.proj').view(b, h, wd, c)
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     do = da.view(b, h * wd, spec.num_heads, c // spec.num_heads).transpose(1, 2)

@@ -32,7 +32,7 @@ from sparse_ops.backend import requested_backend
 
 __all__ = ['fused_path_applies', 'low_pair', 'linear_weights', 'norm_eps', 'cached_spec', 'fused_apply',
            'fused_forward', 'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad',
-           'norm_out', 'mlp_backward', 'column_sums', 'BIAS_MATMUL_ROWS']
+           'norm_out', 'mlp_backward', 'branches_backward', 'column_sums', 'BIAS_MATMUL_ROWS']
 
 
 def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: str, key: tuple,
@@ -175,7 +175,6 @@ class KernelOps:
         return self.linear('mlp.fc2', F.gelu(u))
 
 
-
 def saved_norm(saved: dict, name: str) -> tuple:
     """``(x or xhat, mean or None, rstd)`` that :meth:`KernelOps.norm` saved for the norm ``name`` (what
     ``GradSink.norm`` and ``norm_out`` take)."""
@@ -283,3 +282,17 @@ def mlp_backward(sink: GradSink, dout: torch.Tensor, s2, value2: float, mlp, u: 
     dg = sink.linear(dmlp, F.gelu(u), 'mlp.fc2')
     du = torch.ops.aten.gelu_backward(dg, u)
     return sink.linear(du, ln_out, 'mlp.fc1')
+
+
+def branches_backward(norm_kernels, sink: GradSink, spec, w: dict, saved: dict, dout: torch.Tensor,
+                      low: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every family's backward shares, from ``dout`` (like x) back through ``x2 + s2 * mlp(norm2(x2))`` and
+    the attention branch's residual ``x2 = x1 + s1 * y``: ``(dx2, dy)``, dx2 the residual stream's gradient at x2
+    (like x) and dy y's ``(M, C)`` in ``low``; the gradients of ``s1``, ``s2``, norm2 and the MLP into ``sink``."""
+    ln2 = saved_norm(saved, 'norm2')
+    ln2_out = norm_out(ln2, w['norm2.weight'], w['norm2.bias'], low)
+    dy2 = mlp_backward(sink, dout, saved['s2'], spec.value2, saved['branch2'], saved['mlp.fc1'], ln2_out)
+    dx2 = sink.norm(norm_kernels, dy2, ln2, 'norm2', dout)
+    s1 = saved['s1']
+    sink.put('s1', lambda: factor_grad(dx2, saved['branch1'], s1, spec.value1))
+    return dx2, branch_grad(dx2, s1, spec.value1).to(low).view(-1, dx2.shape[-1])

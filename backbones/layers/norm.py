@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 import sparse_ops
-from sparse_ops.backend import choose_kernel
 
 __all__ = ['PreNorm']
 
@@ -25,9 +24,9 @@ class PreNorm(nn.LayerNorm):
     autocast's dtype.
 
     ``min_elements``: inputs with fewer elements take PyTorch's norm + cast, whose launch costs less host time;
-    there the GPU waits for the host anyway and the kernel's saving would not show. Larger ones take the kernel
-    where ``sparse_ops.backend.choose_kernel`` says it runs (the ``use_backend`` default; a forced 'triton' that
-    cannot run raises there), else PyTorch's norm + cast too (the same values as ``sparse_ops.layer_norm``'s twin).
+    there the GPU waits for the host anyway and the kernel's saving would not show. Larger ones call
+    ``sparse_ops.layer_norm``, whose ``choose_kernel`` (the ``use_backend`` default) picks the kernel where it runs,
+    else its twin (PyTorch's norm + cast); a forced 'triton' that cannot run raises there.
     """
 
     min_elements = 1 << 22
@@ -39,7 +38,6 @@ class PreNorm(nn.LayerNorm):
         if not (x.is_cuda and torch.is_autocast_enabled('cuda')):
             return super().forward(x)
         low = torch.get_autocast_dtype('cuda')
-        if x.numel() >= self.min_elements and not torch.compiler.is_compiling() and \
-                choose_kernel(None, 'layer_norm', x) == 'triton':
-            return sparse_ops.layer_norm(x, self.weight, self.bias, self.eps, out_dtype=low, backend='triton')
+        if x.numel() >= self.min_elements and not torch.compiler.is_compiling():
+            return sparse_ops.layer_norm(x, self.weight, self.bias, self.eps, out_dtype=low)
         return super().forward(x).to(low)
