@@ -11,12 +11,13 @@ same preprocessed input (same autocast, loss = sum of its outputs' means), timed
 - backbone = neck, heads, losses, target assignment and the optimizer step. (A separate run rather than hooks inside
 the step: hooks would add synchronisation to the step they measure.) Configs are paths or stock configs of the
 installed packages as ``mmdet::...`` / ``mmseg::...`` (their backbone's pretrained ``init_cfg`` is dropped: no
-download). ``--compile-backbone`` wraps each model's backbone in ``torch.compile`` (default mode; compiled during
+download). ``--profile N`` then profiles N training steps by part (``_profile_step``: host and GPU ms per part,
+GPU busy time against wall time). ``--compile-backbone`` wraps each model's backbone in ``torch.compile`` (default mode; compiled during
 the warm-up iterations). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a PNG bar chart.
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
         [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--compile-backbone] [--out bench.json]
-        [--chart bench.png] [--cfg-options k=v ...]
+        [--chart bench.png] [--profile N] [--cfg-options k=v ...]
 
 Issue 19's training-step runs (one H200, AMP, batch 2; each call well under 10 minutes; ours vs stock Swin-T eager,
 then Swin-T with its backbone compiled):
@@ -64,6 +65,7 @@ import torch  # noqa: E402
 
 import _cfg  # noqa: E402
 import _necks  # noqa: E402
+import _profile_step  # noqa: E402
 import _runtime  # noqa: E402
 import _timing  # noqa: E402
 
@@ -208,12 +210,17 @@ def benchmark_config(path: str, args, options: dict | None) -> dict:
             with autocast():
                 loss, _ = model.parse_losses(model(**data, mode='loss'))
             optim.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optim)
-            scaler.update()
+            with torch.profiler.record_function('backward'):     # labels for --profile; no cost without it
+                scaler.scale(loss).backward()
+            with torch.profiler.record_function('optimizer'):
+                scaler.step(optim)
+                scaler.update()
 
         r = _timed(train_step, args.warmup, args.iters, device, 'train step')
         result['train'] = dict(r, imgs_per_s=args.batch_size * 1e3 / r['median_ms'], input_shape=_ran_at(data, h, w))
+        if args.profile:
+            result['profile'] = _profile_step.profile_parts(train_step, model, device, args.profile)
+            print(_profile_step.format_parts(_name(result), result['profile']), flush=True)
         optim.zero_grad(set_to_none=True)
         bb = _timed(_backbone_step(model, data['inputs'], autocast), args.warmup, args.iters, device,
                     'backbone fwd+bwd alone')
@@ -315,6 +322,9 @@ def parse_args(argv=None):
     ap.add_argument('--compile-backbone', action='store_true',
                     help="wrap every model's backbone in torch.compile (default mode); its compilation falls in the "
                     'warm-up iterations')
+    ap.add_argument('--profile', type=int, default=0, metavar='N',
+                    help='after the timed training steps, profile N more and print host / GPU ms per part of the '
+                    'model (backbone, neck, each head, backward, optimizer) and the GPU busy time')
     ap.add_argument('--out', help='write the results as JSON here')
     ap.add_argument('--chart', help='write a PNG bar chart here')
     ap.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,

@@ -93,3 +93,33 @@ def test_training_step_benchmark_of_a_stock_swin_config_with_compiled_backbone(t
     assert res['compiled_backbone'] and res['scope'] == 'mmdet' and res['train']['input_shape'] == [2, 3, 64, 64]
     assert 0 < res['backbone']['median_ms'] and res['backbone']['share'] > 0
     assert 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco + compiled backbone' in capsys.readouterr().out
+
+
+def test_training_step_profile_by_part(tmp_path, capsys):
+    """``--profile``: host ms for every part of a detector's step; the labels are gone from the model afterwards."""
+    rc = load_tool('benchmark').main(
+        ['configs/hwt/mask-rcnn_hwt-t_fpn_1x_coco.py', '--shape', '64', '64', '--batch-size', '1', '--mode', 'train',
+         '--iters', '1', '--warmup', '0', '--device', 'cpu', '--profile', '1', '--out', str(tmp_path / 'p.json')])
+    assert rc == 0
+    prof = json.loads((tmp_path / 'p.json').read_text())['results'][0]['profile']
+    parts = prof['parts']
+    for name in ('backbone', 'neck', 'rpn_head', 'roi_head', 'backward', 'optimizer'):
+        assert parts[name]['host_ms'] > 0, name
+    assert sum(parts[k]['host_ms'] for k in ('backbone', 'neck', 'rpn_head', 'roi_head')) < prof['wall_ms']
+    assert 'GPU busy' in capsys.readouterr().out
+
+
+def test_profile_labels_are_removed_and_union_counts_overlap_once():
+    import torch
+    prof = load_tool('_profile_step')
+
+    class Head(torch.nn.Module):
+        def loss(self, x):
+            return x
+
+    model = torch.nn.Module()
+    model.backbone, model.head = torch.nn.Identity(), Head()
+    with prof.labelled_parts(model) as labels:
+        assert labels == ['backbone', 'head'] and 'loss' in vars(model.head)
+    assert 'loss' not in vars(model.head) and 'forward' not in vars(model.backbone)
+    assert prof._union_ms([(0, 1000), (500, 1500), (3000, 4000)]) == 2.5
