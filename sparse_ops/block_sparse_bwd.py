@@ -107,10 +107,11 @@ def _block_sparse_bwd_dkdv_kernel(
     row = Q_IDX + z64 * stride_idxz + pid_n.to(tl.int64) * stride_idxn
     if EXACT:   # the exact pass: only where the dQ pass flagged a query block of this program's list
         flags = FLAG + pid_zh.to(tl.int64) * tl.cdiv(N, BLOCK_M)
-        flagged = tl.zeros([], tl.int32)
-        for it in range(it0, it1):
-            flagged += tl.load(flags + tl.load(row + it) // 2)
-        if flagged == 0:
+        flagged = tl.zeros([64], tl.int32)
+        for it in range(it0, it1, 64):      # 64 entries per step
+            ok = it + tl.arange(0, 64) < it1
+            flagged += tl.load(flags + tl.load(row + it + tl.arange(0, 64), mask=ok, other=0) // 2, mask=ok, other=0)
+        if tl.sum(flagged, 0) == 0:
             return
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -307,12 +308,12 @@ def _block_sparse_bwd_dq_kernel(
 
     if EXACT:
         dq = tl.where(poisoned[:, None], float('nan'), dq)
-    else:       # flag for the exact pass: a result that is not finite
-        bad = ~(tl.sum(tl.abs(dq), 1) < float('inf'))
-        tl.store(FLAG + pid_zh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.max(bad.to(tl.int32), 0))
     dq = dq * sm_scale
     tl.store(DQ + z64 * stride_dqz + h64 * stride_dqh + rows_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqk,
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
+    if not EXACT:       # flag for the exact pass: a result that is not finite
+        bad = ~(tl.sum(tl.abs(dq)) < float('inf'))
+        tl.store(FLAG + pid_zh.to(tl.int64) * tl.num_programs(0) + pid_m, bad.to(tl.int32))
 
 
 MIN_CHUNK = 32
