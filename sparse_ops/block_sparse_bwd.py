@@ -2,7 +2,7 @@
 
 Design note
 -----------
-Two launches (FlashAttention-2 / Triton's fused-attention tutorial use three: a separate preprocess computes
+Two passes (FlashAttention-2 / Triton's fused-attention tutorial use three: a separate preprocess computes
 ``delta = rowsum(dO * O)`` first; here the dQ pass computes the delta of its own query block, which it needs
 anyway, and stores it for the dK/dV pass: one launch less per backward, which at feature-map sizes is host time):
 
