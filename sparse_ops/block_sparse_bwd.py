@@ -2,7 +2,7 @@
 
 Design note
 -----------
-Two launches (FlashAttention-2 / Triton's fused-attention tutorial use three: a separate preprocess computes
+Two passes (FlashAttention-2 / Triton's fused-attention tutorial use three: a separate preprocess computes
 ``delta = rowsum(dO * O)`` first; here the dQ pass computes the delta of its own query block, which it needs
 anyway, and stores it for the dK/dV pass: one launch less per backward, which at feature-map sizes is host time):
 
@@ -30,6 +30,17 @@ anyway, and stores it for the dK/dV pass: one launch less per backward, which at
 ``dK = scale * dS^T Q``, ``dbias = sum dS`` per bias cell. The logits, masks and bias lookup are the forward's
 helpers (``_scores``), so the passes agree bit for bit on which pairs exist.
 
+NaN and inf (docs/design.md, "NaN and inf"): a query row whose ``delta`` is not finite (its output is NaN, or dO
+holds a NaN) is *poisoned*. The dQ and dK/dV kernels run twice, ``EXACT=False`` (the loops above, where ``0 * NaN``
+spreads a poisoned row or a non-finite k / v row over the tile) and then ``EXACT=True`` (own compiled variants).
+The first dQ pass stores a flag per program (dq not finite); the first dK/dV pass stores none: a non-finite row that
+reaches its tiles also makes NaN the dq of every query block in its list, so the exact dK/dV program reads the dQ
+flags of its list's entries (of its chunk, in the split pass). An exact program returns at once when no flag is
+set; else it walks its list again: poisoned rows add nothing, non-finite k rows read as 0, dQ writes the poisoned
+rows NaN and marks their bias cells with NaN atomics (the first pass added every finite ``dS``), dK/dV writes NaN
+into the rows of the keys a poisoned row is allowed (a chunk's partial sums: the reduce, launched after it, keeps
+the NaN). Two extra launches per backward, always (no host sync).
+
 Layout and limits: as the forward (``block_sparse_fwd.py``); dq/dk/dv are written in q/k/v's dtype.
 """
 from __future__ import annotations
@@ -39,7 +50,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv
-from .block_sparse_fwd import Config, _k_meta, _q_meta, _rows, _rpb_index, _scores, _table_strides
+from .block_sparse_fwd import Config, _finite_rows, _k_meta, _q_meta, _rows, _rpb_index, _scores, _table_strides
 
 __all__ = ['block_sparse_bwd', 'split_chunk', 'split_tables_torch', 'MIN_CHUNK']
 
@@ -53,7 +64,7 @@ def _n_chunks(num, chunk):
 
 @triton.jit
 def _block_sparse_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, Q_NUM, Q_IDX, QWIN, TOK, ROUTE, RPB, PERM, CK, CUM, SLOT, SCR,
+    Q, K, V, DO, DK, DV, LSE, DELTA, Q_NUM, Q_IDX, QWIN, TOK, ROUTE, RPB, PERM, CK, CUM, SLOT, SCR, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,
     stride_kz, stride_kh, stride_kn, stride_kk,
     stride_vz, stride_vh, stride_vn, stride_vk,
@@ -65,6 +76,7 @@ def _block_sparse_bwd_dkdv_kernel(
     H, N, n_groups, rpb_r, qk_scale, sm_scale, n_kb, n_slots, chunk,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr, SPLIT: tl.constexpr,
+    EXACT: tl.constexpr,
 ):
     pid_zh = tl.program_id(1)
     z = pid_zh // H
@@ -92,6 +104,15 @@ def _block_sparse_bwd_dkdv_kernel(
         pid_n = tl.program_id(0)
         it0 = 0
         it1 = tl.load(Q_NUM + z64 * stride_numz + pid_n)
+    row = Q_IDX + z64 * stride_idxz + pid_n.to(tl.int64) * stride_idxn
+    if EXACT:   # the exact pass: only where the dQ pass flagged a query block of this program's list
+        flags = FLAG + pid_zh.to(tl.int64) * tl.cdiv(N, BLOCK_M)
+        flagged = tl.zeros([64], tl.int32)
+        for it in range(it0, it1, 64):      # 64 entries per step
+            ok = it + tl.arange(0, 64) < it1
+            flagged += tl.load(flags + tl.load(row + it + tl.arange(0, 64), mask=ok, other=0) // 2, mask=ok, other=0)
+        if tl.sum(flagged, 0) == 0:
+            return
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -104,8 +125,10 @@ def _block_sparse_bwd_dkdv_kernel(
     k_y, k_x, k_g = _k_meta(offs_n, N, TOK, MASK_MODE, HAS_RPB)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    if EXACT:   # non-finite k rows read as 0; hit: the keys that a poisoned query row is allowed
+        k = tl.where(_finite_rows(k)[:, None], k, 0.0)
+        hit = tl.zeros([BLOCK_N], tl.int32) > 0
 
-    row = Q_IDX + z64 * stride_idxz + pid_n.to(tl.int64) * stride_idxn
     for it in range(it0, it1):
         ent = tl.load(row + it)
         start_m = (ent // 2) * BLOCK_M
@@ -119,17 +142,31 @@ def _block_sparse_bwd_dkdv_kernel(
                      other=0.0)
         lse = tl.load(LSE + row_base + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + row_base + offs_m, mask=m_ok, other=0.0)
+        if EXACT:   # poisoned query rows (delta not finite) add nothing
+            poisoned = ~(tl.abs(delta) < float('inf'))
+            q = tl.where(poisoned[:, None], 0.0, q)
+            do = tl.where(poisoned[:, None], 0.0, do)
         q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x = _q_meta(offs_m, N, QWIN, TOK, MASK_MODE, HAS_RPB)
         qk = tl.dot(q, tl.trans(k))
         s = _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x, k_y, k_x, k_g,
                     route_z, rpb_h, N, n_groups, rpb_r, qk_scale, MASK_MODE, HAS_RPB)
         p = tl.math.exp2(s - lse[:, None])
         p = tl.where(m_ok[:, None], p, 0.0)
+        if EXACT:   # finite q, k: a pair is allowed iff its logit is not -inf (the mask's value)
+            allowed = s > float('-inf')
+            hit = hit | (tl.max((allowed & poisoned[:, None]).to(tl.int32), 0) > 0)
+            keep = allowed & ~poisoned[:, None]
+            p = tl.where(keep, p, 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
+        if EXACT:
+            ds = tl.where(keep, ds, 0.0)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
 
+    if EXACT:
+        dk = tl.where(hit[:, None], float('nan'), dk)
+        dv = tl.where(hit[:, None], float('nan'), dv)
     mask = offs_n[:, None] < N
     if SPLIT:
         # a chunk of a longer list: its fp32 partial sums into scratch slot SLOT[kb] + j (summed by the reduce)
@@ -183,7 +220,7 @@ def _block_sparse_bwd_dkdv_reduce_kernel(
 
 @triton.jit
 def _block_sparse_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DELTA, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, DRPB,
+    Q, K, V, O, DO, DQ, LSE, DELTA, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, DRPB, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,
     stride_kz, stride_kh, stride_kn, stride_kk,
     stride_vz, stride_vh, stride_vn, stride_vk,
@@ -194,10 +231,13 @@ def _block_sparse_bwd_dq_kernel(
     stride_rz, stride_rpbh, stride_drc,
     H, N, n_groups, rpb_r, qk_scale, sm_scale, copies,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr,
+    MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr, EXACT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_zh = tl.program_id(1)
+    if EXACT:   # the exact pass: only the programs whose first pass flagged a result that is not finite
+        if tl.load(FLAG + pid_zh.to(tl.int64) * tl.num_programs(0) + pid_m) == 0:
+            return
     z = pid_zh // H
     h = pid_zh % H
     z64 = z.to(tl.int64)
@@ -225,6 +265,10 @@ def _block_sparse_bwd_dq_kernel(
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + row_base + offs_m, delta, mask=m_ok)
     q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x = _q_meta(offs_m, N, QWIN, TOK, MASK_MODE, HAS_RPB)
+    if EXACT:   # poisoned query rows (delta not finite) add nothing
+        poisoned = ~(tl.abs(delta) < float('inf'))
+        q = tl.where(poisoned[:, None], 0.0, q)
+        do = tl.where(poisoned[:, None], 0.0, do)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     drpb_h = DRPB + (pid_m % copies).to(tl.int64) * stride_drc + h64 * (2 * rpb_r - 1) * (2 * rpb_r - 1)
 
@@ -240,6 +284,8 @@ def _block_sparse_bwd_dq_kernel(
                     other=0.0)
         v = tl.load(v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vk, mask=offs_n[:, None] < N,
                     other=0.0)
+        if EXACT:
+            k = tl.where(_finite_rows(k)[:, None], k, 0.0)
         k_y, k_x, k_g = _k_meta(offs_n, N, TOK, MASK_MODE, HAS_RPB)
         qk = tl.dot(q, tl.trans(k))
         s = _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x, k_y, k_x, k_g,
@@ -248,14 +294,26 @@ def _block_sparse_bwd_dq_kernel(
         p = tl.where(m_ok[:, None], p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
+        if EXACT:   # finite q, k: a pair is allowed iff its logit is not -inf (the mask's value)
+            allowed = s > float('-inf')
+            ds = tl.where(allowed & ~poisoned[:, None], ds, 0.0)
         dq += tl.dot(ds.to(k.dtype), k)
         if HAS_RPB:
             idx = _rpb_index(q_y, q_x, k_y, k_x, rpb_r)
-            tl.atomic_add(drpb_h + idx, ds, mask=p > 0.0, sem='relaxed')
+            if EXACT:   # the first pass added every finite dS; NaN into the cells of the poisoned rows' pairs
+                tl.atomic_add(drpb_h + idx, tl.where(allowed, float('nan'), 0.0),
+                              mask=allowed & poisoned[:, None] & m_ok[:, None], sem='relaxed')
+            else:
+                tl.atomic_add(drpb_h + idx, ds, mask=p > 0.0, sem='relaxed')
 
+    if EXACT:
+        dq = tl.where(poisoned[:, None], float('nan'), dq)
     dq = dq * sm_scale
     tl.store(DQ + z64 * stride_dqz + h64 * stride_dqh + rows_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqk,
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
+    if not EXACT:       # flag for the exact pass: a result that is not finite
+        bad = ~(tl.sum(tl.abs(dq)) < float('inf'))
+        tl.store(FLAG + pid_zh.to(tl.int64) * tl.num_programs(0) + pid_m, bad.to(tl.int32))
 
 
 MIN_CHUNK = 32
@@ -361,12 +419,14 @@ def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, to
         drpb_buf = torch.zeros((copies,) + tuple(rpb.shape), device=q.device, dtype=torch.float32)
     else:
         copies, drpb_buf = 1, delta
-    _block_sparse_bwd_dq_kernel[(n_qb, b * h)](
-        q, k, v, o, do, dq, lse, delta, kv_num, kv_idx, *meta, drpb_buf,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
-        *_table_strides(kv_num, kv_idx), s_route, s_rpb,
-        drpb_buf.stride(0) if rpb is not None else 0,
-        h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, copies, **common)
+    flag = torch.empty((b * h, n_qb), device=q.device, dtype=torch.int32)   # written by every program
+    for exact in (False, True):   # the first pass, then the exact pass of the flagged programs (module docstring)
+        _block_sparse_bwd_dq_kernel[(n_qb, b * h)](
+            q, k, v, o, do, dq, lse, delta, kv_num, kv_idx, *meta, drpb_buf, flag,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
+            *_table_strides(kv_num, kv_idx), s_route, s_rpb,
+            drpb_buf.stride(0) if rpb is not None else 0,
+            h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, copies, EXACT=exact, **common)
     chunk = split_chunk(n_qb, kv_idx.shape[-1], n_kb, q_idx.shape[-1], chunk)
     q_strides = _table_strides(q_num, q_idx)     # batch stride 0 when the tables are shared
     if chunk:
@@ -378,12 +438,13 @@ def block_sparse_bwd(do, q, k, v, o, lse, kv_num, kv_idx, q_num, q_idx, qwin, to
         s_ck, s_cum, scr_half = (ck.stride(0), cum.stride(0), scr.stride(0)) if q_strides[0] else (0, 0, scr.stride(0))
     else:
         n_chunks_max, n_slots, split, s_ck, s_cum, scr_half = n_kb, 0, (dummy,) * 4, 0, 0, 0
-    _block_sparse_bwd_dkdv_kernel[(n_chunks_max, b * h)](
-        q, k, v, do, dk, dv, lse, delta, q_num, q_idx, *meta, *split,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        *q_strides, s_route, s_rpb, s_ck, s_cum, scr_half,
-        h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, n_kb, n_slots, max(chunk, 1), SPLIT=bool(chunk),
-        **common)
+    for exact in (False, True):   # the exact pass reads the dQ pass's flags (module docstring)
+        _block_sparse_bwd_dkdv_kernel[(n_chunks_max, b * h)](
+            q, k, v, do, dk, dv, lse, delta, q_num, q_idx, *meta, *split, flag,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+            *q_strides, s_route, s_rpb, s_ck, s_cum, scr_half,
+            h, n, n_groups, rpb_r, scale * 1.4426950408889634, scale, n_kb, n_slots, max(chunk, 1),
+            SPLIT=bool(chunk), EXACT=exact, **common)
     if chunk:
         _block_sparse_bwd_dkdv_reduce_kernel[(n_kb, b * h)](
             dk, dv, q_num, slot, scr, perm, *dk.stride(), *dv.stride(), q_strides[0], s_cum, scr_half, h, n, scale,

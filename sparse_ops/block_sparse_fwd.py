@@ -18,6 +18,15 @@ in sub-grid-major Hilbert order, routing in region order): tiles are gathered ro
 so no permuted copy of q, k, v, o exists; ``lse`` stays in sequence order. Loop-invariant query metadata is loaded
 once per program (``_q_meta``), key metadata per key tile (``_k_meta``).
 
+NaN and inf (the rule: docs/design.md, "NaN and inf"): the launcher runs the kernel twice. ``EXACT=False`` is the
+plain loop, in which a NaN / inf in a v row reaches every query of a tile that loads it (``0 * NaN`` in ``P V``); it
+ends with one reduction over o and stores a flag per program (``FLAG``: o not finite, or a real row that saw no key,
+which a q row of +-inf gives). ``EXACT=True`` (its own compiled variant: its registers do not touch the first
+pass's) returns at once where the flag is 0; a flagged program walks its list again with non-finite q / k / v rows
+read as 0, flags a query whose q row is non-finite or whose allowed pair (logit not -inf) has a non-finite k or v
+row, and rewrites its o tile (flagged rows NaN in every channel) and lse. One extra launch per forward, always (no
+host sync); the backward's dQ pass runs the same scheme (``block_sparse_bwd.py``).
+
 Limits: D in {16, 32, 64, 128} (the tile is exactly D wide); fp16 / bf16; fp32 runs tl.dot in tf32 on GPUs
 (``input_precision`` default; ~1e-3 relative error) and exactly under ``TRITON_INTERPRET=1``. Query rows that see no
 key (only padding rows of the last block) produce 0. Grid axis 1 is ``B * H`` (<= 65535). Its rate on computed
@@ -198,12 +207,18 @@ def _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x
     return s
 
 
+@triton.jit
+def _finite_rows(x):
+    """[rows] bool: every element of the row is finite (False for a NaN or +-inf anywhere in it)."""
+    return tl.min((tl.abs(x) < float('inf')).to(tl.int32), 1) > 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # kernel
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _block_sparse_fwd_kernel(
-    Q, K, V, O, LSE, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM,
+    Q, K, V, O, LSE, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,
     stride_kz, stride_kh, stride_kn, stride_kk,
     stride_vz, stride_vh, stride_vn, stride_vk,
@@ -214,11 +229,15 @@ def _block_sparse_fwd_kernel(
     H, N, n_groups, rpb_r, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr, SPLIT_P: tl.constexpr,
+    EXACT: tl.constexpr,
 ):
     tl.static_assert(HEAD_DIM >= 16)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
     pid_m = tl.program_id(0)
     pid_zh = tl.program_id(1)
+    if EXACT:   # the exact pass: only the programs whose first pass flagged a result that is not finite
+        if tl.load(FLAG + pid_zh.to(tl.int64) * tl.num_programs(0) + pid_m) == 0:
+            return
     z = pid_zh // H
     h = pid_zh % H
     z64 = z.to(tl.int64)
@@ -236,6 +255,9 @@ def _block_sparse_fwd_kernel(
     q = tl.load(q_base + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qk, mask=offs_m[:, None] < N,
                 other=0.0)
     q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x = _q_meta(offs_m, N, QWIN, TOK, MASK_MODE, HAS_RPB)
+    if EXACT:   # non-finite rows read as 0; hit: the queries with a non-finite q row or allowed k / v row
+        hit = ~_finite_rows(q)
+        q = tl.where(hit[:, None], 0.0, q)
 
     m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -253,10 +275,16 @@ def _block_sparse_fwd_kernel(
                     other=0.0)
         v = tl.load(v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vk, mask=offs_n[:, None] < N,
                     other=0.0)
+        if EXACT:
+            kv_ok = _finite_rows(k) & _finite_rows(v)
+            k = tl.where(kv_ok[:, None], k, 0.0)
+            v = tl.where(kv_ok[:, None], v, 0.0)
         k_y, k_x, k_g = _k_meta(offs_n, N, TOK, MASK_MODE, HAS_RPB)
         qk = tl.dot(q, tl.trans(k))
         s = _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x, k_y, k_x, k_g,
                     route_z, rpb_h, N, n_groups, rpb_r, qk_scale, MASK_MODE, HAS_RPB)
+        if EXACT:   # finite q, k: a pair is allowed iff its logit is not -inf (the mask's value)
+            hit = hit | (tl.max(((s > float('-inf')) & ~kv_ok[None, :]).to(tl.int32), 1) > 0)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float('-inf'), 0.0, m_new)      # rows with nothing allowed yet
         p = tl.math.exp2(s - m_use[:, None])
@@ -270,11 +298,16 @@ def _block_sparse_fwd_kernel(
 
     l_use = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_use[:, None]
+    if EXACT:
+        o = tl.where(hit[:, None], float('nan'), o)
     lse = tl.where(m_i == float('-inf'), 0.0, m_i) + tl.math.log2(l_use)
     o_base = O + z64 * stride_oz + h64 * stride_oh
     tl.store(o_base + rows_m[:, None] * stride_om + offs_d[None, :] * stride_ok, o.to(O.dtype.element_ty),
              mask=offs_m[:, None] < N)
     tl.store(LSE + z64 * stride_lz + h64 * stride_lh + offs_m, lse, mask=offs_m < N)
+    if not EXACT:   # flag for the exact pass: a result that is not finite, or a real row that saw no key
+        bad = ~(tl.sum(tl.abs(o), 1) < float('inf')) | ((l_i == 0.0) & (offs_m < N))
+        tl.store(FLAG + pid_zh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.max(bad.to(tl.int32), 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -312,17 +345,21 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
     dummy = kv_num
     rpb_r = (rpb.shape[-1] + 1) // 2 if rpb is not None else 1
     grid = (n_qb, b * h)
-    _block_sparse_fwd_kernel[grid](
-        q, k, v, o, lse, kv_num, kv_idx,
-        qwin if qwin is not None else dummy, tok if tok is not None else dummy,
-        route if route is not None else dummy, rpb if rpb is not None else q, rows if rows is not None else dummy,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), lse.stride(0), lse.stride(1),
-        s_numz, s_idxz, s_idxm,
-        route.stride(0) if route is not None else 0, rpb.stride(0) if rpb is not None else 0,
-        h, n, n_groups, rpb_r, scale * LOG2E,
-        HEAD_DIM=d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, MASK_MODE=mask_mode,
-        HAS_RPB=rpb is not None, HAS_PERM=rows is not None, SPLIT_P=o.dtype == torch.float32 != q.dtype,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
+    flag = torch.empty((b * h, n_qb), device=q.device, dtype=torch.int32)   # written by every program
+    for exact in (False, True):   # the first pass, then the exact pass of the flagged programs (module docstring)
+        _block_sparse_fwd_kernel[grid](
+            q, k, v, o, lse, kv_num, kv_idx,
+            qwin if qwin is not None else dummy, tok if tok is not None else dummy,
+            route if route is not None else dummy, rpb if rpb is not None else q, rows if rows is not None else dummy,
+            flag,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), lse.stride(0), lse.stride(1),
+            s_numz, s_idxz, s_idxm,
+            route.stride(0) if route is not None else 0, rpb.stride(0) if rpb is not None else 0,
+            h, n, n_groups, rpb_r, scale * LOG2E,
+            HEAD_DIM=d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, MASK_MODE=mask_mode,
+            HAS_RPB=rpb is not None, HAS_PERM=rows is not None, SPLIT_P=o.dtype == torch.float32 != q.dtype,
+            EXACT=exact,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )
     return o, lse

@@ -9,6 +9,11 @@ defaults to ``D ** -0.5``.
 Sizes larger than the input can use are clamped here, before either backend sees them, to the smallest value
 that gives the same output (``docs/design.md``, "Sizes larger than the input"), so memory and time follow the
 tokens, not the requested window. A batch (or head count) of 0 returns an empty output.
+
+NaN and inf, the same on both backends (``docs/design.md``, "NaN and inf"): a NaN or inf in ``q[i]`` makes output row
+i NaN (all channels), one in ``k[j]`` or ``v[j]`` makes NaN exactly the output rows of the queries that attend j; no
+other row changes (an inf in k may instead act as a masked key on the Triton path). With a finite upstream gradient,
+dq is NaN on those rows, dk / dv on the keys those queries attend, drpb on the cells of their pairs; the rest finite.
 """
 from __future__ import annotations
 
@@ -107,6 +112,7 @@ def hilbert_window_attention(q, k, v, window, shift=False, scale=None, *, rpb=No
     ``rpb (heads, 2r-1, 2r-1)`` (optional) is added at the clamped 2D offset (key - query) of the tokens'
     pixels; it needs ``hw=(H, W)`` with ``H*W == N`` (token i is pixel ``hilbert_order(H, W)[i]``).
     Returns ``(B, heads, N, D)`` in q's dtype.
+    NaN / inf: exactly the rows of the queries that attend them (module docstring).
     """
     chosen, args, kwargs = _resolve_window(q, k, v, window, shift, scale, rpb=rpb, hw=hw, backend=backend)
     if _is_empty(q):
@@ -120,6 +126,7 @@ def hilbert_slide_attention(q, k, v, window, scale=None, *, rpb=None, hw=None, b
 
     q, k, v ``(B, heads, N, D)``; ``rpb`` / ``hw`` as in :func:`hilbert_window_attention`.
     Returns ``(B, heads, N, D)`` in q's dtype.
+    NaN / inf: exactly the rows of the queries that attend them (module docstring).
     """
     chosen, args, kwargs = _resolve_slide(q, k, v, window, scale, rpb=rpb, hw=hw, backend=backend)
     if _is_empty(q):
@@ -134,6 +141,7 @@ def hilbert_neighborhood_attention_1d(q, k, v, kernel, scale=None, *, rpb=None, 
 
     q, k, v ``(B, heads, N, D)``; ``rpb`` / ``hw`` as in :func:`hilbert_window_attention`.
     Returns ``(B, heads, N, D)`` in q's dtype.
+    NaN / inf: exactly the rows of the queries that attend them (module docstring).
     """
     chosen, args, kwargs = _resolve_na1d(q, k, v, kernel, scale, rpb=rpb, hw=hw, backend=backend)
     if _is_empty(q):
@@ -151,6 +159,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     sub-grid side is shorter than ``kernel_size`` the window covers that side. ``rpb (heads, 2k-1, 2k-1)``
     (optional) is added at ``[h, dy + k - 1, dx + k - 1]``, offsets (key - query) in sub-grid units.
     Returns ``(B, heads, H, W, D)`` in q's dtype.
+    NaN / inf: exactly the rows of the queries that attend them (module docstring).
     """
     chosen, args, kwargs = _resolve_na2d(q, k, v, kernel_size, dilation, rpb, scale, backend=backend)
     if _is_empty(q):
@@ -166,6 +175,9 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):
     ``ceil(W/n_win)`` columns. Routing: detached region means over real tokens (heads concatenated), affinity
     ``q_r @ k_r^T``, top-``topk`` non-empty regions, shared across heads. Each query attends to all real
     tokens of its routed regions. ``1 <= topk <= n_win**2``. Returns ``(B, heads, H, W, D)`` in q's dtype.
+    NaN / inf: exactly the rows of the queries that attend them (module docstring), under the routing of the inputs
+    as given: a NaN region mean ranks first, so a NaN in ``k[j]`` routes every query region to j's region and every
+    row is NaN; a NaN in ``q[i]`` makes row i NaN only.
     """
     chosen, args, _ = _resolve_routing(q, k, v, n_win, topk, scale, backend=backend)
     if _is_empty(q):

@@ -61,6 +61,8 @@ def qkv_attention(qkv, num_heads, pattern, *args, backend=None, **kwargs):
     ``backend`` as there.
     Returns ``(B, N, C)`` / ``(B, H, W, C)`` in qkv's dtype: that function's output with the heads merged
     (channel ``h * D + d``), which is what the output projection reads.
+    NaN / inf in a head's q, k or v row: NaN exactly in that head's output rows of the queries that attend the token
+    (``sparse_ops.functional``'s rule; routing's region choice is shared by the heads).
     """
     name = 'qkv_attention'
     if pattern not in _PATTERNS:

@@ -15,6 +15,8 @@ Routing, detached (no gradient):
    lowest first. A NaN affinity ranks above every number (as ``torch.topk`` ranks it). Empty key regions (-inf)
    are picked only when ``topk`` exceeds the number of non-empty regions, lowest index first. The indices come out
    in that order, so every path returns the same tensor, not only the same set.
+   What a NaN region mean does to the attention (a NaN in k routes every query region to it, so every output row
+   is NaN; a NaN in q only its own row): docs/design.md, "NaN and inf".
 
 This is the official BiFormer rule as it runs on the GPU: ``ops/bra_legacy.py`` (``TopkRouting``) takes
 ``torch.topk(attn_logit, k=topk, dim=-1)`` of the detached region-mean affinity, and PyTorch's CUDA top-k

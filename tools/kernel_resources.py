@@ -13,8 +13,10 @@ Variants: the ones the backbones launch on a CUDA device: forward, dQ, dK/dV (an
 routing), for MASK_INTERVAL (window / band / 1D NA, rows in memory order, rpb or not), MASK_GRID2D (2D NA, rows
 permutation, rpb or not), MASK_ROUTE (rows permutation, no rpb, fp32 O: SPLIT_P), HEAD_DIM 32 / 64, bf16 (+ one fp16),
 with sparse_ops.block_sparse_fwd.default_config's tiles for a CUDA device (routing: the 64 x 32 default and the
-16 x 16 small-region one). Argument specialisation follows Triton's launcher: pointers 16-byte aligned, unit strides
-specialised to the constant 1, other strides / N divisible by 16, other ints plain i32 (rpb fp32: a model parameter).
+16 x 16 small-region one); where a kernel has the constexpr ``EXACT`` (the NaN exact pass, docs/design.md "NaN and
+inf") each of those variants also as ``exact-...`` (the comparison lists variants only ROOT2 has after the others).
+Argument specialisation follows Triton's launcher: pointers 16-byte aligned, unit strides specialised to the constant
+1, other strides / N divisible by 16, other ints plain i32 (rpb fp32: a model parameter).
 Registers from the cubin (cuobjdump -res-usage), spills from `ptxas -v` on the same PTX, shared memory from Triton's
 metadata (dynamic shared memory, what the launch requests).
 """
@@ -86,7 +88,17 @@ def _sig(fn, ptr, ints_d, ones, floats, const, fp32_ptrs=(), i32_ptrs=()):
     return sig, cx, attrs
 
 
-TABLES = {'KV_NUM', 'KV_IDX', 'Q_NUM', 'Q_IDX', 'QWIN', 'TOK', 'ROUTE', 'PERM', 'CK', 'CUM', 'SLOT'}
+TABLES = {'KV_NUM', 'KV_IDX', 'Q_NUM', 'Q_IDX', 'QWIN', 'TOK', 'ROUTE', 'PERM', 'CK', 'CUM', 'SLOT', 'FLAG'}
+
+
+def _passes(fn):
+    """The ``EXACT`` values a kernel has: (False, True) where it has the NaN exact pass (docs/design.md, "NaN and
+    inf"), else (False,) (an older checkout)."""
+    return (False, True) if 'EXACT' in fn.arg_names else (False,)
+
+
+def _tag(exact):
+    return 'exact-' if exact else ''
 
 
 def variants(fwd, bwd, cfg_default, cfg_small):
@@ -113,19 +125,25 @@ def variants(fwd, bwd, cfg_default, cfg_small):
                 ints_d -= {'stride_numz', 'stride_idxz', 'stride_ckz', 'stride_cumz', 'stride_rz', 'stride_rpbh',
                            'stride_drc'}
                 ints_d.discard('N') if mask == 3 else None
-                f = fwd._block_sparse_fwd_kernel
-                s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale'}, dict(base, SPLIT_P=o32),
-                         fp32_ptrs={'LSE'} | set(rp) | ({'O'} if o32 else set()), i32_ptrs=TABLES)
-                out.append(('fwd ' + name, f, *s, cfg.num_warps, cfg.num_stages))
-                f = bwd._block_sparse_bwd_dq_kernel
-                s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale', 'sm_scale'}, base,
-                         fp32_ptrs={'LSE', 'DELTA', 'DRPB'} | set(rp) | ({'O'} if o32 else set()), i32_ptrs=TABLES)
-                out.append(('dq ' + name, f, *s, cfg.num_warps, cfg.num_stages))
+                for exact in _passes(fwd._block_sparse_fwd_kernel):
+                    f = fwd._block_sparse_fwd_kernel
+                    s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale'}, dict(base, SPLIT_P=o32, EXACT=exact),
+                             fp32_ptrs={'LSE'} | set(rp) | ({'O'} if o32 else set()), i32_ptrs=TABLES)
+                    out.append((_tag(exact) + 'fwd ' + name, f, *s, cfg.num_warps, cfg.num_stages))
+                for exact in _passes(bwd._block_sparse_bwd_dq_kernel):
+                    f = bwd._block_sparse_bwd_dq_kernel
+                    s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale', 'sm_scale'}, dict(base, EXACT=exact),
+                             fp32_ptrs={'LSE', 'DELTA', 'DRPB'} | set(rp) | ({'O'} if o32 else set()),
+                             i32_ptrs=TABLES)
+                    out.append((_tag(exact) + 'dq ' + name, f, *s, cfg.num_warps, cfg.num_stages))
                 f = bwd._block_sparse_bwd_dkdv_kernel
-                for split in ((False, True) if mask == 3 else (False,)):
-                    s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale', 'sm_scale'}, dict(base, SPLIT=split),
-                             fp32_ptrs={'LSE', 'DELTA', 'SCR'} | set(rp), i32_ptrs=TABLES)
-                    out.append((('dkdv-split ' if split else 'dkdv ') + name, f, *s, cfg.num_warps, cfg.num_stages))
+                for exact in _passes(f):
+                    for split in ((False, True) if mask == 3 else (False,)):
+                        s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale', 'sm_scale'},
+                                 dict(base, SPLIT=split, EXACT=exact), fp32_ptrs={'LSE', 'DELTA', 'SCR'} | set(rp),
+                                 i32_ptrs=TABLES)
+                        out.append((_tag(exact) + ('dkdv-split ' if split else 'dkdv ') + name, f, *s,
+                                    cfg.num_warps, cfg.num_stages))
                 if mask == 3:
                     f = bwd._block_sparse_bwd_dkdv_reduce_kernel
                     s = _sig(f, ptrt[dt], ints_d, ones, {'sm_scale'},
@@ -169,6 +187,10 @@ def compare(root_a, root_b, only):
         elif ra['ok']:
             flag.append('B FAILS')
         print(f"| {n} | {desc(ra)} | {desc(rb)} | {occ} | {ra['secs']}/{rb['secs']} | {', '.join(flag)} |")
+    for n, rb in b.items():   # variants only B has (e.g. the exact NaN pass)
+        if n not in a:
+            occ = _warps_per_sm(rb, n) if rb['ok'] else ''
+            print(f"| {n} | - | {desc(rb)} | - -> {occ} | -/{rb['secs']} | only B |")
 
 
 def main():

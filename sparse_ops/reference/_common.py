@@ -126,15 +126,52 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     broadcastable to ``(..., M, S)``. Masked logits are replaced (not added) by the dtype's lowest value so
     a row with no allowed key gives finite (unused) values instead of NaN. fp16 / bf16 inputs are computed
     in fp32 and cast back.
+
+    NaN and inf (docs/design.md, "NaN and inf"): a row of q, k or v holding a NaN or an inf is read as 0, and the
+    output row of every query with such a q row or an allowed key with such a k or v row is NaN (all D channels);
+    no other row changes. In the backward (finite upstream gradient) those queries' gradient rows, the gradient rows
+    of every key they are allowed, and the bias cells of their allowed pairs are NaN; the rest is finite. A masked
+    key's value never meets a weight of 0 (``0 * NaN``): the NaN rows come from a carrier term that is 0 on every
+    other row (``_nan_carrier``). Finite CPU inputs skip that bookkeeping (it would add 0).
     """
     out_dtype = q.dtype
     if q.dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
         bias = None if bias is None else bias.float()
+    if _plain_path_applies(q, k, v):
+        return _softmax_attention(q, k, v, allowed, scale, bias).to(out_dtype)
+    q_bad = ~torch.isfinite(q).all(-1)                                         # (..., M)
+    kv_bad = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))        # (..., S)
+    out = _softmax_attention(q.masked_fill(q_bad[..., None], 0), k.masked_fill(kv_bad[..., None], 0),
+                             v.masked_fill(kv_bad[..., None], 0), allowed, scale, bias)
+    hit = q_bad | (allowed & kv_bad[..., None, :]).any(-1)                    # (..., M)
+    return (out + _nan_carrier(hit, q, k, v, allowed, bias)[..., None]).to(out_dtype)
+
+
+def _plain_path_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """True for finite CPU inputs outside ``torch.compile``: the NaN bookkeeping of :func:`masked_attention` then
+    changes nothing (it adds 0), and reading the check costs no device sync. Elsewhere it always runs (no branch)."""
+    if torch.compiler.is_compiling() or any(t.device.type != 'cpu' for t in (q, k, v)):
+        return False
+    return all(bool(torch.isfinite(t).all()) for t in (q, k, v))
+
+
+def _softmax_attention(q, k, v, allowed, scale, bias):
+    """The attention of :func:`masked_attention` on finite inputs (same shapes)."""
     logits = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:
         logits = logits + bias.to(logits.dtype)
     logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-    attn = torch.softmax(logits, dim=-1)
-    return torch.matmul(attn, v).to(out_dtype)
+    return torch.matmul(torch.softmax(logits, dim=-1), v)
 
+
+def _nan_carrier(hit: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """``(..., M)``: NaN where ``hit``, else 0, times a sum over q's row and the allowed keys' k and v rows and bias
+    cells (taken with ``where``, so a masked key adds nothing): its gradient is NaN on exactly those rows and cells
+    of the hit queries and 0 elsewhere."""
+    kv = (k.sum(-1) + v.sum(-1))[..., None, :]                                 # (..., 1, S)
+    if bias is not None:
+        kv = kv + bias.to(kv.dtype)
+    carrier = q.sum(-1) + torch.where(allowed, kv, 0.0).sum(-1)
+    return torch.where(hit, float('nan'), 0.0).to(carrier.dtype) * carrier
