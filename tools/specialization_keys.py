@@ -14,7 +14,8 @@ CUDA device are those of an H100 (132 SMs): attention tiles (``default_config``)
 backward program counts. Not covered: kernels that only CUDA autocast reaches (HNT's ``PreNorm`` kernel).
 
 Usage: python tools/specialization_keys.py [--models HWT-T ...] [--sizes 480x640 ...] [--batch 2] [--keys]
-Prints one table: per backbone and kernel the distinct keys over all sizes and those added after the first size.
+Prints one table: per backbone and kernel the distinct keys over all sizes and those added after the first size;
+``--keys`` also names, per kernel, the arguments in which each added key differs from the closest earlier one.
 """
 from __future__ import annotations
 
@@ -148,12 +149,20 @@ def table(results: dict) -> str:
     return '\n'.join(lines)
 
 
-def varying_args(keys: dict) -> dict:
-    """``{kernel: [argument names whose specialisation differs between its keys]}`` (what to look at)."""
+def new_key_causes(keys: dict) -> dict:
+    """``{kernel: {argument names: count}}``: for each key added after the first size, the arguments in which it
+    differs from the closest key of an earlier size (what to look at)."""
     out = {}
     for kernel, ks in keys.items():
-        columns = list(zip(*[k for k in ks]))
-        out[kernel] = sorted({c[0][0] for c in columns if len(set(c)) > 1 and isinstance(c[0], tuple)})
+        causes = defaultdict(int)
+        for key, first in ks.items():
+            earlier = [k for k, f in ks.items() if f < first]
+            if first == 0 or not earlier:
+                continue
+            diffs = [tuple(x[0] for x, y in zip(key, k) if x != y) for k in earlier]
+            causes[', '.join(min(diffs, key=len))] += 1
+        if causes:
+            out[kernel] = dict(causes)
     return out
 
 
@@ -162,7 +171,7 @@ def main(argv=None):
     ap.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
     ap.add_argument('--sizes', nargs='+', default=None, help='HxW each (default: the 16 multi-scale sizes)')
     ap.add_argument('--batch', type=int, default=2)
-    ap.add_argument('--keys', action='store_true', help='also list the arguments whose specialisation varies')
+    ap.add_argument('--keys', action='store_true', help='also name the arguments that made each new key (stderr)')
     args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes] if args.sizes else SIZES
     torch.set_flush_denormal(True)
@@ -170,8 +179,8 @@ def main(argv=None):
     for name in args.models:
         results[name] = count(MODELS[name], sizes, args.batch)
         if args.keys:
-            for kernel, names in sorted(varying_args(results[name]).items()):
-                print(f'{name} {kernel}: {", ".join(names)}', file=sys.stderr)
+            for kernel, causes in sorted(new_key_causes(results[name]).items()):
+                print(f'{name} {kernel}: {causes}', file=sys.stderr)
     print(f'{len(sizes)} sizes, batch {args.batch}: {", ".join(f"{h}x{w}" for h, w in sizes)}')
     print(table(results))
 
