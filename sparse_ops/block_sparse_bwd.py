@@ -56,8 +56,9 @@ def _n_chunks(num, chunk):
 # in the dK/dV pass, whose divisibility vectorises the lse / delta loads of its inner loop (20-36 registers less
 # for the window and 2D NA variants, tools/kernel_resources.py); N has two states (divisible by 16 or not), so
 # that is at most one more compile per variant over any number of sizes.
-SIZE_ARGS_DQ = ['N', 'copies', 'stride_numz', 'stride_idxz', 'stride_idxm']
-SIZE_ARGS_DKDV = ['n_kb', 'n_slots', 'chunk', 'stride_numz', 'stride_idxz', 'stride_idxn', 'stride_ckz', 'stride_cumz']
+SIZE_ARGS_DQ = ['N', 'n_groups', 'copies', 'stride_numz', 'stride_idxz', 'stride_idxm', 'stride_rz']
+SIZE_ARGS_DKDV = ['n_groups', 'n_kb', 'n_slots', 'chunk', 'stride_numz', 'stride_idxz', 'stride_idxn', 'stride_ckz',
+                  'stride_cumz', 'stride_rz']
 SIZE_ARGS_REDUCE = ['N', 'n_slots', 'chunk', 'stride_numz', 'stride_cumz']
 
 

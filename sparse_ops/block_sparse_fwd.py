@@ -201,11 +201,12 @@ def _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x
 # ----------------------------------------------------------------------------------------------------------------
 # kernel
 # ----------------------------------------------------------------------------------------------------------------
-# Integer arguments that change with the input size (sequence length, table shapes, lse strides) are not specialised
+# Integer arguments that change with the input size (sequence length, table shapes, lse strides, routed regions as
+# clamped to the map) are not specialised
 # (``do_not_specialize``): a new H x W then compiles nothing new (multi-scale training). The q / k / v / o strides and
 # the pointers stay specialised: their divisibility by 16 is what lets the tile loads vectorise, and with a channel
 # count that is a multiple of 16 it does not change with the size (``tools/specialization_keys.py`` counts the keys).
-SIZE_ARGS_FWD = ['N', 'stride_lz', 'stride_lh', 'stride_numz', 'stride_idxz', 'stride_idxm']
+SIZE_ARGS_FWD = ['N', 'n_groups', 'stride_lz', 'stride_lh', 'stride_numz', 'stride_idxz', 'stride_idxm', 'stride_rz']
 
 
 @triton.jit(do_not_specialize=SIZE_ARGS_FWD)

@@ -90,7 +90,7 @@ def _affinity_row(q_row, k_rows, k_ok, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.con
     return score
 
 
-@triton.jit(do_not_specialize=['H', 'W', 'RY', 'RX'])
+@triton.jit(do_not_specialize=['H', 'W', 'RY', 'RX', 'TOPK', 's_ib', 's_ir', 's_rb', 's_rr'])
 def _route_kernel(MEANS, IDX, ROUTE, s_mb, s_mr, s_ib, s_ir, s_rb, s_rr, H, W, RY, RX, N_WIN, C, TOPK,
                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Grid ``(B * R,)``: affinities of query region r of batch b against all R key regions, top-``TOPK`` into
