@@ -62,7 +62,18 @@ def _n_chunks(num, chunk):
     return tl.maximum((num + chunk - 1) // chunk, 1)
 
 
-@triton.jit
+# sizes, table strides and chunk counts: not specialised (see block_sparse_fwd.SIZE_ARGS_FWD). Kept specialised:
+# scr_half, the dV half's offset in the scratch (a multiple of BLOCK_N * HEAD_DIM: vectorised partial sums), and N
+# in the dK/dV pass, whose divisibility vectorises the lse / delta loads of its inner loop (20-36 registers less
+# for the window and 2D NA variants, tools/kernel_resources.py); N has two states (divisible by 16 or not), so
+# that is at most one more compile per variant over any number of sizes.
+SIZE_ARGS_DQ = ['N', 'n_groups', 'copies', 'stride_numz', 'stride_idxz', 'stride_idxm', 'stride_rz']
+SIZE_ARGS_DKDV = ['n_groups', 'n_kb', 'n_slots', 'chunk', 'stride_numz', 'stride_idxz', 'stride_idxn', 'stride_ckz',
+                  'stride_cumz', 'stride_rz']
+SIZE_ARGS_REDUCE = ['N', 'n_slots', 'chunk', 'stride_numz', 'stride_cumz']
+
+
+@triton.jit(do_not_specialize=SIZE_ARGS_DKDV)
 def _block_sparse_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, Q_NUM, Q_IDX, QWIN, TOK, ROUTE, RPB, PERM, CK, CUM, SLOT, SCR, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,
@@ -184,7 +195,7 @@ def _block_sparse_bwd_dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS_REDUCE)
 def _block_sparse_bwd_dkdv_reduce_kernel(
     DK, DV, Q_NUM, SLOT, SCR, PERM,
     stride_dkz, stride_dkh, stride_dkn, stride_dkk,
@@ -218,7 +229,7 @@ def _block_sparse_bwd_dkdv_reduce_kernel(
              dv.to(DV.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS_DQ)
 def _block_sparse_bwd_dq_kernel(
     Q, K, V, O, DO, DQ, LSE, DELTA, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, DRPB, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,
@@ -333,7 +344,7 @@ def split_chunk(n_qb: int, kv_width: int, n_kb: int, q_width: int, chunk: int | 
     return chunk if 0 < chunk < q_width else 0
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['s_num', 's_ck', 's_cum', 'n_kb', 'n_chunks_max', 'chunk', 'n_search'])
 def _split_tables_kernel(Q_NUM, CK, CUM, SLOT, s_num, s_ck, s_cum, n_kb, n_chunks_max, chunk, n_search,
                          BLOCK: tl.constexpr):
     """Program z: :func:`split_tables_torch`'s tables of batch row z (running sums with a carry, then a binary

@@ -216,7 +216,15 @@ def _finite_rows(x):
 # ----------------------------------------------------------------------------------------------------------------
 # kernel
 # ----------------------------------------------------------------------------------------------------------------
-@triton.jit
+# Integer arguments that change with the input size (sequence length, table shapes, lse strides, routed regions as
+# clamped to the map) are not specialised
+# (``do_not_specialize``): a new H x W then compiles nothing new (multi-scale training). The q / k / v / o strides and
+# the pointers stay specialised: their divisibility by 16 is what lets the tile loads vectorise, and with a channel
+# count that is a multiple of 16 it does not change with the size (``tools/specialization_keys.py`` counts the keys).
+SIZE_ARGS_FWD = ['N', 'n_groups', 'stride_lz', 'stride_lh', 'stride_numz', 'stride_idxz', 'stride_idxm', 'stride_rz']
+
+
+@triton.jit(do_not_specialize=SIZE_ARGS_FWD)
 def _block_sparse_fwd_kernel(
     Q, K, V, O, LSE, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,

@@ -110,7 +110,7 @@ def _load_shifted(base, h, w, dh, dw, H, W, c, c_ok, stride_h, stride_w):
     return tl.load(ptr, mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['H', 'W', 'n_th', 'n_tw'])   # sizes: not specialised (docs/design.md)
 def _dwconv_fwd_kernel(X, WT, BIAS, R, Y, H, W, C, n_th, n_tw,
                        stride_xb, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
                        stride_rb, stride_rh, stride_rw,
@@ -142,7 +142,7 @@ def _dwconv_fwd_kernel(X, WT, BIAS, R, Y, H, W, C, n_th, n_tw,
     tl.store(y_ptr, acc.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['H', 'W', 'n_wg', 'n_groups', 'groups_per_prog'])
 def _dwconv_dw_kernel(X, DY, PART, H, W, C, n_wg, n_groups, groups_per_prog,
                       stride_xb, stride_xh, stride_xw, stride_gb, stride_gh, stride_gw, stride_pp,
                       K: tl.constexpr, TAPS_PAD: tl.constexpr, PIX: tl.constexpr, BLOCK_C: tl.constexpr):

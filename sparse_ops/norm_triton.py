@@ -32,7 +32,7 @@ from ._host import cdiv, next_pow2
 __all__ = ['layer_norm_triton', 'LayerNormFunction']
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['M'])   # sizes: not specialised (docs/design.md)
 def _ln_fwd_kernel(X, W, B, Y, XHAT, MEAN, RSTD, M, C, eps, stride_x, stride_y,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, SAVE_XHAT: tl.constexpr, BLOCK_R: tl.constexpr,
                    BLOCK_C: tl.constexpr):
@@ -58,7 +58,7 @@ def _ln_fwd_kernel(X, W, B, Y, XHAT, MEAN, RSTD, M, C, eps, stride_x, stride_y,
     tl.store(RSTD + rows, rstd, mask=r_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['M', 'n_tiles'])
 def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, n_tiles, stride_x, stride_dy, stride_dx, stride_part,
                    stride_res, HAS_W: tl.constexpr, X_IS_XHAT: tl.constexpr, HAS_RES: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):

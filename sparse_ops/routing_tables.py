@@ -52,7 +52,8 @@ def _compact_row(p_row, s_pc, row_cnt, COL_CNT, K_FULL, kf_row, NUM, i_row, C, w
         tl.store(i_row + cols, tl.zeros([CHUNK], tl.int32), mask=(cols >= count) & (cols < width))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['s_pb', 's_pr', 's_kvn', 's_kvb', 's_kvr', 's_qn', 's_qb', 's_qr', 'R', 'C',
+                               'kv_width', 'q_width'])   # sizes: not specialised (docs/design.md)
 def _routed_tables_kernel(PAIRS, N_Q, N_K, K_FULL, KV_NUM, KV_IDX, Q_NUM, Q_IDX, s_pb, s_pr, s_pc,
                           s_kvn, s_kvb, s_kvr, s_qn, s_qb, s_qr, R, C, kv_width, q_width, CHUNK: tl.constexpr):
     """Grid ``(max(R, C), B, 2)``: axis 2 picks the direction (0: query-block rows, 1: key-block rows)."""

@@ -52,7 +52,7 @@ def _band(i, size, extent):
     return tl.minimum(tl.maximum(extent - i * size, 0), size)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['H', 'W', 'RY', 'RX'])   # sizes: not specialised (docs/design.md)
 def _region_means_kernel(QKV, MEANS, s_b, s_h, s_w, s_c, s_mb, s_mr, H, W, RY, RX, N_WIN, C2,
                          BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """Grid ``(B * R, cdiv(2C, BLOCK_C))``: ``MEANS[b, r, chunk]`` = fp32 mean of ``QKV[b, y, x, chunk]`` over the
@@ -90,7 +90,7 @@ def _affinity_row(q_row, k_rows, k_ok, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.con
     return score
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['H', 'W', 'RY', 'RX', 'TOPK', 's_ib', 's_ir', 's_rb', 's_rr'])
 def _route_kernel(MEANS, IDX, ROUTE, s_mb, s_mr, s_ib, s_ir, s_rb, s_rr, H, W, RY, RX, N_WIN, C, TOPK,
                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Grid ``(B * R,)``: affinities of query region r of batch b against all R key regions, top-``TOPK`` into

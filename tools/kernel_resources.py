@@ -16,7 +16,8 @@ with sparse_ops.block_sparse_fwd.default_config's tiles for a CUDA device (routi
 16 x 16 small-region one); where a kernel has the constexpr ``EXACT`` (the NaN exact pass, docs/design.md "NaN and
 inf") each of those variants also as ``exact-...`` (the comparison lists variants only ROOT2 has after the others).
 Argument specialisation follows Triton's launcher: pointers 16-byte aligned, unit strides specialised to the constant
-1, other strides / N divisible by 16, other ints plain i32 (rpb fp32: a model parameter).
+1, other strides / N divisible by 16 unless the kernel names them in ``do_not_specialize``, other ints plain i32 (rpb
+fp32: a model parameter).
 Registers from the cubin (cuobjdump -res-usage), spills from `ptxas -v` on the same PTX, shared memory from Triton's
 metadata (dynamic shared memory, what the launch requests).
 """
@@ -69,8 +70,10 @@ def _resources(c):
 def _sig(fn, ptr, ints_d, ones, floats, const, fp32_ptrs=(), i32_ptrs=()):
     """signature, constexprs, attrs for ASTSource: ``ptr`` the 16-bit pointer type; names in ``ones`` are the
     constant 1, in ``ints_d`` i32 divisible by 16, in ``floats`` fp32, in ``const`` constexprs; pointer names in
-    ``fp32_ptrs`` / ``i32_ptrs`` get that type; other ints plain i32."""
+    ``fp32_ptrs`` / ``i32_ptrs`` get that type; other ints (and those in the kernel's ``do_not_specialize``) plain
+    i32."""
     sig, cx, attrs = {}, {}, {}
+    plain = set(getattr(fn, 'do_not_specialize', None) or ())
     for i, a in enumerate(fn.arg_names):
         if a in const:
             sig[a], cx[a] = 'constexpr', const[a]
@@ -83,7 +86,7 @@ def _sig(fn, ptr, ints_d, ones, floats, const, fp32_ptrs=(), i32_ptrs=()):
             attrs[(i,)] = [['tt.divisibility', 16]]
         else:
             sig[a] = 'i32'
-            if a in ints_d:
+            if a in ints_d and a not in plain:
                 attrs[(i,)] = [['tt.divisibility', 16]]
     return sig, cx, attrs
 
