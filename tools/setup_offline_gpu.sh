@@ -2,8 +2,8 @@
 # Offline setup for a CUDA machine with no package registry (source this file).
 #
 # Expects a folder of wheels (default .whl/: mmengine, mmdet, mmsegmentation, their pure-Python
-# needs, setuptools<70) plus the mmcv-2.1.0 sdist, all fetched on a machine with a registry:
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl <names>
+# needs, setuptools<70) plus the mmcv-2.1.0 sdist, all fetched on a machine with a registry by
+#   bash tools/fetch_offline_wheels.sh .whl 3.12      (3.12: the CUDA machine's Python)
 # Installs them into /tmp/site, builds mmcv's CUDA ops in place (~4 min on 16 cores) and puts
 # both and this project on PYTHONPATH.
 WHEELS=${WHEELS:-.whl}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -194,3 +196,15 @@ def test_slurm_train_builds_one_task_per_gpu(tmp_path):
         assert part in line, (part, line)
     bad = subprocess.run(['bash', str(TOOLS / 'slurm_train.sh'), 'gpu'], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and 'PARTITION' in bad.stderr
+
+
+def test_gpu_validate_names_existing_tests_and_refuses_a_cpu_machine():
+    """tools/gpu_validate.sh: every test file it runs exists (a rename would silently shrink the GPU check), and on a
+    machine without CUDA, or with a misspelt stage, it stops with one line and status 2."""
+    script = TOOLS / 'gpu_validate.sh'
+    named = set(re.findall(r'tests/\S+?\.py', script.read_text()))
+    assert len(named) >= 9 and all((TOOLS.parent / p).is_file() for p in named), named
+    for args, says in (([], 'sees no CUDA device'), (['tset'], "stage must be tests, train or all, got 'tset'")):
+        r = subprocess.run(['bash', str(script), *args], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, 'PYTHON': sys.executable})
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
