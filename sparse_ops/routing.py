@@ -40,17 +40,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ._host import cdiv
 from .backend import why_not_triton
 from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, tables_from_state
 
-__all__ = ['clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv', 'RoutingLayout',
+__all__ = ['region_size', 'clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv', 'RoutingLayout',
            'routing_layout', 'routed_state', 'routing_pattern']
+
+
+def region_size(h: int, w: int, n_win: int) -> tuple[int, int]:
+    """``(ry, rx)``: rows and columns of a region of an ``(H, W)`` map cut into ``n_win`` x ``n_win`` bands,
+    ``(ceil(H / n_win), ceil(W / n_win))``; the last bands may be shorter or empty. Every routing path uses it."""
+    return cdiv(h, n_win), cdiv(w, n_win)
 
 
 def clamp_routing(n_win: int, topk: int, h: int, w: int) -> tuple[int, int]:
@@ -58,8 +64,8 @@ def clamp_routing(n_win: int, topk: int, h: int, w: int) -> tuple[int, int]:
     (``ceil(H/n_win)`` rows, ``ceil(W/n_win)`` columns; bands past the input are empty) and ``topk`` capped at the
     number of non-empty regions (beyond it, top-k only adds empty ones). The same partition and routes, with memory
     and time that follow the tokens, not ``n_win``; every routing path (twin, Triton op, fused block) applies it."""
-    rh, rw = -(-h // n_win), -(-w // n_win)
-    rows, cols = -(-h // rh), -(-w // rw)
+    rh, rw = region_size(h, w, n_win)
+    rows, cols = cdiv(h, rh), cdiv(w, rw)
     return max(rows, cols), min(topk, rows * cols)
 
 
@@ -68,7 +74,7 @@ def region_means(x: torch.Tensor, n_win: int, layout: Optional['RoutingLayout'] 
     fp32 (fp64 for fp64 x); 0 for an empty region. ``layout`` (optional): the map's :class:`RoutingLayout`,
     whose cached divisor saves two small kernels."""
     b, hh, ww = x.shape[:3]
-    rh, rw = -(-hh // n_win), -(-ww // n_win)
+    rh, rw = region_size(hh, ww, n_win)
     dtype = torch.promote_types(x.dtype, torch.float32)
     pad_h, pad_w = n_win * rh - hh, n_win * rw - ww
     if pad_h or pad_w:                                  # zero padding adds nothing to the sums
@@ -83,8 +89,8 @@ def region_means(x: torch.Tensor, n_win: int, layout: Optional['RoutingLayout'] 
 
 def _empty_regions(h: int, w: int, n_win: int, device) -> Optional[torch.Tensor]:
     """``(R,)`` bool on ``device``, True where a region has no real token, or None when none is empty."""
-    rh, rw = -(-h // n_win), -(-w // n_win)
-    if -(-h // rh) == n_win and -(-w // rw) == n_win:
+    rh, rw = region_size(h, w, n_win)
+    if cdiv(h, rh) == n_win and cdiv(w, rw) == n_win:
         return None
     bands = torch.arange(n_win, device=device)
     return (~((bands * rh < h)[:, None] & (bands * rw < w)[None, :])).reshape(-1)
@@ -181,7 +187,7 @@ def _overlap(region: torch.Tensor, n: int, b: int, r: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=128)
 def _routing_layout(h, w, n_win, bm, bn, device):
     n, r = h * w, n_win * n_win
-    ry, rx = math.ceil(h / n_win), math.ceil(w / n_win)
+    ry, rx = region_size(h, w, n_win)
     y, x = torch.arange(h)[:, None].expand(h, w), torch.arange(w)[None, :].expand(h, w)
     reg_rm = ((y // ry) * n_win + x // rx).reshape(-1)
     perm = torch.argsort(reg_rm * n + torch.arange(n))               # region-major, row-major inside

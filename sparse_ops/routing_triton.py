@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_pow2
+from .routing import region_size
 
 __all__ = ['route_topk_triton', 'region_means_triton']
 
@@ -123,7 +124,7 @@ def _plan(h: int, w: int, n_win: int, c: int) -> tuple:
     r = n_win * n_win
     block_r = next_pow2(r)
     block_c = max(1, min(next_pow2(c), _ROUTE_TILE // block_r))
-    return (-(-h // n_win), -(-w // n_win), r, cdiv(2 * c, _BLOCK_C_MEANS), block_r, block_c,
+    return (*region_size(h, w, n_win), r, cdiv(2 * c, _BLOCK_C_MEANS), block_r, block_c,
             4 if block_r <= 1024 else 8)
 
 

@@ -122,7 +122,8 @@ def qkv_attention(qkv, num_heads, pattern, *args, config: Optional[Config] = Non
 def routing_config(q_shape, device, n_win: int) -> Config:
     """Default tiles of routed regions for q ``(B, heads, H, W, D)``: :func:`default_config` given the tokens of
     the largest region, ``ceil(H / n_win) * ceil(W / n_win)`` (16 x 16 tiles for small regions on the GPU)."""
-    region_tokens = -(-q_shape[2] // n_win) * -(-q_shape[3] // n_win)
+    ry, rx = routing.region_size(q_shape[2], q_shape[3], n_win)
+    region_tokens = ry * rx
     return default_config(q_shape[-1], device, patterns.MASK_ROUTE, region_tokens)
 
 
