@@ -9,7 +9,8 @@ Routing, detached (no gradient):
 1. pooling, :func:`region_means`: mean of q and of k over each region's real tokens with all heads concatenated
    head-major, ``(B, R, heads*D)``, accumulated in fp32 (fp64 inputs: fp64); an empty region's mean is 0;
 2. affinity, :func:`affinity`: ``q_mean @ k_mean^T`` ``(B, R, R)`` in fp32 with autocast disabled (bf16 / fp16
-   would round near-ties into exact ties, tests/sparse_ops/test_routing_regression.py); empty key regions -inf;
+   would round near-ties into exact ties, tests/sparse_ops/test_routing_regression.py), every score the same
+   channel sum (identical regions score bit-identically); empty key regions -inf;
 3. selection, :func:`select_regions` -- THE tie rule: the ``topk`` key regions of a query region are the first
    ``topk`` of its key regions ordered by affinity, highest first, and among equal affinities by region index,
    lowest first. A NaN affinity ranks above every number (as ``torch.topk`` ranks it). Empty key regions (-inf)
@@ -96,12 +97,23 @@ def _empty_regions(h: int, w: int, n_win: int, device) -> Optional[torch.Tensor]
     return (~((bands * rh < h)[:, None] & (bands * rw < w)[None, :])).reshape(-1)
 
 
+_AFFINITY_CHUNK = 1 << 22      # elements of one (B, rows, R, C) product block: 16 MiB in fp32
+
+
 @torch.no_grad()
 def affinity(q_mean: torch.Tensor, k_mean: torch.Tensor, empty: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Region affinity ``q_mean @ k_mean^T``: ``(B, R, C)`` x2 -> ``(B, R, R)`` in the means' dtype (fp32 at least:
-    autocast disabled); key regions with ``empty (R,)`` True get -inf."""
+    autocast disabled); key regions with ``empty (R,)`` True get -inf.
+
+    Every score is the same reduction over C (elementwise products summed along the channel axis), so identical
+    key regions get bit-identical scores and the tie rule sees the tie; a BLAS matmul does not promise that (MKL's
+    AVX-512 sgemm sums the last column of a 9-column product in another order). Query rows go in chunks so the
+    ``(B, rows, R, C)`` products stay within ``_AFFINITY_CHUNK`` elements."""
+    b, r, c = q_mean.shape
+    rows = max(1, _AFFINITY_CHUNK // max(1, b * k_mean.shape[1] * c))
     with torch.autocast(q_mean.device.type, enabled=False):
-        a = q_mean @ k_mean.transpose(-1, -2)
+        a = torch.cat([(q[:, :, None, :] * k_mean[:, None, :, :]).sum(-1) for q in q_mean.split(rows, dim=1)],
+                      dim=1)
     return a if empty is None else a.masked_fill(empty, float('-inf'))
 
 

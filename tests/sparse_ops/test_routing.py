@@ -90,6 +90,21 @@ def test_identical_regions_pick_the_lowest_indices():
     assert torch.equal(routing.route_qkv(qkv, 4, 5)[0].cpu(), want)
 
 
+@pytest.mark.parametrize('b, r, c, chunk', [(2, 9, 64, None), (2, 16, 96, 2 * 16 * 96 * 3)])
+def test_identical_key_regions_score_identically(monkeypatch, b, r, c, chunk):
+    """Identical key regions of arbitrary (non-dyadic) fp32 values get bit-identical affinities in every query row
+    (a BLAS matmul may sum one column in another order: MKL's AVX-512 sgemm does for 9 columns), also when the
+    query rows go in chunks; and the scores are the product within fp32 rounding."""
+    if chunk:
+        monkeypatch.setattr(routing, '_AFFINITY_CHUNK', chunk)         # 3 query rows per chunk: 6 chunks
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(b, r, c, generator=g).to(DEV)
+    k = torch.randn(b, 1, c, generator=g).expand(b, r, c).contiguous().to(DEV)
+    a = routing.affinity(q, k)
+    assert torch.equal(a, a[..., :1].expand_as(a))
+    torch.testing.assert_close(a.double(), q.double() @ k.double().transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
 def test_empty_regions_last_lowest_index_first():
     """Ragged 5 x 7 map, n_win 4: row band 3 is empty (regions 12..15); topk 14 takes the 12 non-empty regions by
     the rule, then empty regions 12 and 13, on both implementations."""
