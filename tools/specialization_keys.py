@@ -14,8 +14,12 @@ CUDA device are those of an H100 (132 SMs): attention tiles (``default_config``)
 backward program counts. Not covered: kernels that only CUDA autocast reaches (HNT's ``PreNorm`` kernel).
 
 Usage: python tools/specialization_keys.py [--models HWT-T ...] [--sizes 480x640 ...] [--batch 2] [--keys]
+    [--launches]
 Prints one table: per backbone and kernel the distinct keys over all sizes and those added after the first size;
 ``--keys`` also names, per kernel, the arguments in which each added key differs from the closest earlier one.
+``--launches`` prints instead the kernel launches of one training step at the first size (the third step: caches
+warm, gradients set to None in between): Triton launches and PyTorch kernels (aten ops that compute; views and
+allocations not counted), fp32 without autocast. Without graph replay, every launch costs host time.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import inspect
 import os
 import os.path as osp
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from unittest import mock
 
 os.environ['TRITON_INTERPRET'] = '1'          # before sparse_ops imports its kernel modules
@@ -75,12 +79,49 @@ class KeyRecorder:
         self.keys = defaultdict(dict)
         self.step = 0
 
+        self.launches = Counter()
+        self.in_launch = False
+
     def run(self, fn, *args, grid, warmup, **kwargs):
         self.keys[fn.__name__].setdefault(launch_key(fn, args, kwargs), self.step)
+        self.launches[fn.__name__] += 1
+        self.in_launch = True
         for a in args:
             if isinstance(a, torch.Tensor) and not a.is_floating_point():
                 a.zero_()        # index outputs: valid (0) for whatever reads them next
+        self.in_launch = False
         return None
+
+
+NOT_KERNELS = {'view', '_unsafe_view', 'as_strided', 'empty', 'empty_strided', 'empty_like', 'new_empty',
+               'new_empty_strided', 't', 'transpose', 'permute', 'expand', 'reshape', 'unsqueeze', 'squeeze', 'slice',
+               'select', 'split', 'split_with_sizes', 'chunk', 'unbind', 'detach', 'alias', 'unflatten', 'flatten',
+               'set_', 'lift_fresh'}
+"""aten ops that launch no kernel on a CUDA device (views, allocations)."""
+
+
+def count_launches(step, size, recorder: KeyRecorder) -> tuple[Counter, Counter]:
+    """``(Triton launches by kernel, PyTorch kernels by aten op)`` of the third ``step(h, w)`` at ``size``."""
+    import sparse_ops
+    from torch.utils._python_dispatch import TorchDispatchMode
+    aten = Counter()
+
+    class Kernels(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name.split('::')[-1]
+            if name not in NOT_KERNELS and not recorder.in_launch:
+                aten[name] += 1
+            return func(*args, **(kwargs or {}))
+    try:
+        with as_on_h100(recorder), sparse_ops.use_backend('triton'):
+            step(*size)
+            step(*size)
+            recorder.launches.clear()
+            with Kernels():
+                step(*size)
+    finally:
+        sparse_ops.clear_caches()
+    return recorder.launches, aten
 
 
 @contextlib.contextmanager
@@ -121,8 +162,9 @@ def count_keys(step, sizes) -> dict:
     return dict(recorder.keys)
 
 
-def count(model_cfg: dict, sizes, batch: int = 2) -> dict:
-    """:func:`count_keys` of one backbone's training step (forward + backward, batch ``batch``)."""
+def count(model_cfg: dict, sizes, batch: int = 2, launches: bool = False):
+    """:func:`count_keys` of one backbone's training step (forward + backward, batch ``batch``), or with
+    ``launches`` :func:`count_launches` at the first size."""
     import backbones  # noqa: F401  (registers the backbones)
     from mmengine.registry import MODELS as REGISTRY
     torch.manual_seed(0)
@@ -132,7 +174,7 @@ def count(model_cfg: dict, sizes, batch: int = 2) -> dict:
         outs = model(torch.randn(batch, 3, h, w))
         sum(o.float().sum() for o in outs).backward()
         model.zero_grad(set_to_none=True)
-    return count_keys(step, sizes)
+    return count_launches(step, sizes[0], KeyRecorder()) if launches else count_keys(step, sizes)
 
 
 def table(results: dict) -> str:
@@ -172,9 +214,19 @@ def main(argv=None):
     ap.add_argument('--sizes', nargs='+', default=None, help='HxW each (default: the 16 multi-scale sizes)')
     ap.add_argument('--batch', type=int, default=2)
     ap.add_argument('--keys', action='store_true', help='also name the arguments that made each new key (stderr)')
+    ap.add_argument('--launches', action='store_true', help='count the launches of one step at the first size')
     args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes] if args.sizes else SIZES
     torch.set_flush_denormal(True)
+    if args.launches:
+        print(f'one training step at {sizes[0][0]}x{sizes[0][1]}, batch {args.batch}, fp32\n'
+              '| backbone | Triton launches | PyTorch kernels | total | most frequent PyTorch kernels |\n|---|---:|---:|---:|---|')
+        for name in args.models:
+            tri, aten = count(MODELS[name], sizes, args.batch, launches=True)
+            top = ', '.join(f'{k} {n}' for k, n in aten.most_common(5))
+            print(f'| {name} | {sum(tri.values())} | {sum(aten.values())} | {sum(tri.values()) + sum(aten.values())} '
+                  f'| {top} |')
+        return
     results = {}
     for name in args.models:
         results[name] = count(MODELS[name], sizes, args.batch)

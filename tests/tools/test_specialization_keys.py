@@ -47,3 +47,18 @@ def test_no_new_specialisation_key_after_the_first_size():
     new = {kernel: [key for key, first in ks.items() if first > 0] for kernel, ks in keys.items()}
     new = {kernel: ks for kernel, ks in new.items() if ks}
     assert not new, f'new keys after the first size: {new}'
+
+
+def test_launch_count_of_a_training_step():
+    """``--launches``: an HWT block's forward + backward is 10 Triton launches (two layer norms forward and
+    backward; attention forward, dQ and dK/dV, each with its exact NaN pass), counted on the third step; PyTorch
+    kernels count computing ops only (no views, no allocations, not the recorder's own zeroing)."""
+    tool = _tool()
+    arch = dict(embed_dims=32, depths=(1, 2), num_heads=(1, 2), window_size=7, mlp_ratio=2.0)
+    triton_launches, aten = tool.count(dict(type='HWT', arch=arch, out_indices=(0, 1)), [(64, 96)], 1,
+                                       launches=True)
+    assert triton_launches == {'_ln_fwd_kernel': 6, '_ln_bwd_kernel': 6, '_block_sparse_fwd_kernel': 6,
+                               '_block_sparse_bwd_dq_kernel': 6, '_block_sparse_bwd_dkdv_kernel': 6}
+    assert aten['mm'] > 0 and aten['addmm'] > 0
+    assert not set(aten) & tool.NOT_KERNELS
+    assert aten['zero_'] == 0, aten
