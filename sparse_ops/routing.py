@@ -50,8 +50,8 @@ from ._host import cdiv
 from .backend import why_not_triton
 from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, tables_from_state
 
-__all__ = ['region_size', 'clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv', 'RoutingLayout',
-           'routing_layout', 'routed_state', 'routing_pattern']
+__all__ = ['region_size', 'clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv',
+           'RoutingLayout', 'routing_layout', 'routed_state', 'routing_pattern']
 
 
 def region_size(h: int, w: int, n_win: int) -> tuple[int, int]:
@@ -109,8 +109,7 @@ def affinity(q_mean: torch.Tensor, k_mean: torch.Tensor, empty: Optional[torch.T
     key regions get bit-identical scores and the tie rule sees the tie; a BLAS matmul does not promise that (MKL's
     AVX-512 sgemm sums the last column of a 9-column product in another order). Query rows go in chunks so the
     ``(B, rows, R, C)`` products stay within ``_AFFINITY_CHUNK`` elements."""
-    b, r, c = q_mean.shape
-    rows = max(1, _AFFINITY_CHUNK // max(1, b * k_mean.shape[1] * c))
+    rows = max(1, _AFFINITY_CHUNK // max(1, k_mean.numel()))
     with torch.autocast(q_mean.device.type, enabled=False):
         a = torch.cat([(q[:, :, None, :] * k_mean[:, None, :, :]).sum(-1) for q in q_mean.split(rows, dim=1)],
                       dim=1)

@@ -78,7 +78,6 @@ class KeyRecorder:
     def __init__(self):
         self.keys = defaultdict(dict)
         self.step = 0
-
         self.launches = Counter()
         self.in_launch = False
 
@@ -220,7 +219,8 @@ def main(argv=None):
     torch.set_flush_denormal(True)
     if args.launches:
         print(f'one training step at {sizes[0][0]}x{sizes[0][1]}, batch {args.batch}, fp32\n'
-              '| backbone | Triton launches | PyTorch kernels | total | most frequent PyTorch kernels |\n|---|---:|---:|---:|---|')
+              '| backbone | Triton launches | PyTorch kernels | total | most frequent PyTorch kernels |\n'
+              '|---|---:|---:|---:|---|')
         for name in args.models:
             tri, aten = count(MODELS[name], sizes, args.batch, launches=True)
             top = ', '.join(f'{k} {n}' for k, n in aten.most_common(5))
