@@ -9,7 +9,7 @@ What this module adds around it (``BackboneGraphs``, one per backbone, owned by 
 
 - When: a training call (module in train mode, autograd recording, a CUDA input, not compiling, not under
   ``with_cp``) is captured at the ``warmup``-th call in a row with its signature -- input shape, dtype, device,
-  ``requires_grad`` and the autocast state -- then replayed whenever that signature comes again. Every other call
+  ``requires_grad``, the autocast state and the ``sparse_ops.use_backend`` default -- then replayed whenever that signature comes again. Every other call
   runs eagerly: eval, ``no_grad``, sizes that do not repeat. No capture while a module of the backbone has
   forward or backward hooks (they would run only at capture; hooks added after a capture do not run on replays)
   or a ``SyncBatchNorm`` in training mode (its collectives are not captured).
@@ -28,7 +28,11 @@ What this module adds around it (``BackboneGraphs``, one per backbone, owned by 
 - A replay overwrites what the previous replay of the same signature saved for backward. A call whose signature has
   a forward still waiting for its backward runs eagerly instead (two forwards before one backward stay correct); a
   backward reaching a forward whose buffers were overwritten since (``retain_graph`` after a newer step) raises.
-- A capture that fails warns once and turns graph replay off for this backbone (it then runs eagerly).
+- A capture that fails warns once, naming the first error of the capture, drops this backbone's graphs and turns
+  its replay off (it then runs eagerly). When CUDA itself invalidated the capture, PyTorch's ``capture_end`` raises
+  before it ends the capture's bookkeeping, and the device's default CUDA generator stays marked as capturing: every
+  later random op (``randn``, dropout, stochastic depth) would raise "Offset increment outside graph capture
+  encountered unexpectedly". ``_end_failed_capture`` clears the mark with a capture of one op that succeeds.
 - Graphs of an evicted signature are freed at the eviction (with a ``gc.collect()``); those of a deleted backbone
   at Python's next garbage collection (``make_graphed_callables`` builds classes, which live in reference
   cycles): ``gc.collect()`` then ``torch.cuda.empty_cache()`` returns the memory to the device.
@@ -45,6 +49,8 @@ from typing import Any, Callable
 import torch
 from mmengine.logging import print_log
 from torch import nn
+
+from sparse_ops.backend import requested_backend
 
 from .layers.linear import cast_linear_weights
 
@@ -128,6 +134,28 @@ def _make_graphed(body: nn.Module, x: torch.Tensor, params: list[torch.Tensor]) 
         return torch.cuda.make_graphed_callables(step, (x, *leaves), num_warmup_iters=1, allow_unused_input=True)
 
 
+def _first_error(error: BaseException) -> BaseException:
+    """The error that started ``error``'s chain: a failed capture raises from ``capture_end`` while handling the
+    error of the op that invalidated it."""
+    seen = {id(error)}
+    while error.__context__ is not None and id(error.__context__) not in seen:
+        error = error.__context__
+        seen.add(id(error))
+    return error
+
+
+def _end_failed_capture(device: torch.device) -> None:
+    """After a capture that CUDA invalidated: capture one op on ``device`` so that PyTorch runs the capture
+    prologue and epilogue of the device's default generator again and it is no longer marked as capturing (module
+    docstring)."""
+    with torch.cuda.device(device):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            torch.zeros(1, device=device).add_(1)
+        torch.cuda.synchronize(device)
+        del graph
+
+
 class BackboneGraphs:
     """The captured training steps of one backbone (module docstring).
 
@@ -182,7 +210,8 @@ class BackboneGraphs:
             return None
         autocast = torch.is_autocast_enabled(x.device.type)
         key = (tuple(x.shape), x.dtype, x.device, x.requires_grad, autocast,
-               torch.get_autocast_dtype(x.device.type) if autocast else None, trainable)
+               torch.get_autocast_dtype(x.device.type) if autocast else None, trainable,
+               requested_backend(None, 'cuda graphs'))
         entry = self._entries.get(key)
         if entry is None:
             seen, count = self._seen
@@ -228,8 +257,16 @@ class BackboneGraphs:
                 fn = self.capture_fn(body, x.detach().clone().requires_grad_(x.requires_grad), params)
         except Exception as error:          # noqa: BLE001 (a real bug fails again in the eager call that follows)
             self.enabled = False
+            self._entries.clear()
+            first = _first_error(error)
+            if x.is_cuda:
+                try:
+                    _end_failed_capture(x.device)
+                except Exception as again:  # noqa: BLE001
+                    warnings.warn(f'could not end the failed CUDA graph capture ({again!r}); random ops on '
+                                  f'{x.device} may now fail', stacklevel=4)
             warnings.warn(f'CUDA graph capture of {type(backbone).__name__} failed, running eagerly from now on: '
-                          f'{error!r}', stacklevel=4)
+                          f'{first!r}' + (f' (then {error!r})' if first is not error else ''), stacklevel=4)
             return None
         finally:
             with torch.no_grad():

@@ -194,13 +194,33 @@ def test_arguments():
         HWT(arch=ARCH, out_indices=(0, 1), cuda_graphs='yes')
 
 
+def test_backend_choice_is_part_of_the_signature():
+    """A step captured under ``use_backend('triton')`` is not replayed under ``use_backend('torch')`` (nor under
+    the default): the same input on another path is another signature."""
+    cap = _Counter()
+    model = _model(cap)
+    x = torch.randn(1, 3, 20, 24)
+    with sparse_ops.use_backend('torch'):
+        _step(model, x)
+        _step(model, x)
+    assert model.graphs.captures == 1 and cap.calls == 1
+    _step(model, x)                              # default backend: a new signature, first call eager
+    assert model.graphs.captures == 1 and cap.calls == 1
+    _step(model, x)
+    assert model.graphs.captures == 2 and cap.calls == 2 and len(model.graphs.signatures()) == 2
+    assert {key[-1] for key in model.graphs.signatures()} == {'torch', None}
+
+
 def test_failed_capture_warns_and_runs_eagerly():
     def broken(body, x, params):
-        raise RuntimeError('operation not permitted when stream is capturing')
+        try:
+            raise RuntimeError('operation not permitted when stream is capturing')
+        finally:                                # as torch.cuda.graph's exit raises while handling the op's error
+            raise RuntimeError('operation failed due to a previous error during capture')
     model = _model(broken)
     x = torch.randn(1, 3, 20, 24)
     _step(model, x)
-    with pytest.warns(UserWarning, match='capture of HWT failed'):
+    with pytest.warns(UserWarning, match=r'capture of HWT failed.*not permitted when stream is capturing.*then'):
         outs = _step(model, x)
     assert not model.graphs.enabled and len(outs) == 2
     with sparse_ops.use_backend('torch'):

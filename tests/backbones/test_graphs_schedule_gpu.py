@@ -164,3 +164,42 @@ def test_with_cp_equals_plain_under_autocast(name):
         for i, (a, b) in enumerate(zip(got, want)):
             _close(a, b, f'with_cp step {step} output {i}', 2e-2)
         _close(dx_got, dx_want, f'with_cp step {step} input grad', 2e-2)
+
+
+def test_failed_capture_leaves_the_process_usable():
+    """A capture that CUDA invalidates (here: a device synchronisation inside the captured step) warns, drops the
+    backbone's graphs and runs eagerly, and leaves the device's random generator usable: random ops, the same
+    model's stochastic depth, and another model's capture and replay, which equals the plain model."""
+    from backbones import graphs
+
+    def syncing(body, x, params):
+        forward = body.forward
+
+        def synced(inp):
+            if torch.cuda.is_current_stream_capturing():
+                torch.cuda.synchronize()                     # not permitted while capturing: invalidates it
+            return forward(inp)
+        body.forward = synced
+        return graphs._make_graphed(body, x, params)
+
+    model = _build(MODELS['HWT-T'], graphs=True)
+    model.graphs.capture_fn = syncing
+    x = torch.randn(2, 3, 256, 320, device='cuda')
+    _step(model, x, torch.bfloat16, 0)
+    with pytest.warns(UserWarning, match='capture of HWT failed'):
+        _step(model, x, torch.bfloat16, 1)
+    assert not model.graphs.enabled and not model.graphs.signatures()
+    torch.randn(8, device='cuda')
+    torch.nn.functional.dropout(torch.ones(64, device='cuda'), 0.5)
+    _step(model, x, torch.bfloat16, 2)                       # eager, with stochastic depth
+    ref, other = _build(MODELS['HWT-T'], graphs=False), _build(MODELS['HWT-T'], graphs=True)
+    other.load_state_dict(ref.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for seed in range(3):
+            want, dx_want = _step(ref, x, torch.bfloat16, seed)
+            got, dx_got = _step(other, x, torch.bfloat16, seed)
+            for i, (a, b) in enumerate(zip(got, want)):
+                _close(a, b, f'step {seed} output {i}', 2e-2)
+            _close(dx_got, dx_want, f'step {seed} input grad', 2e-2)
+    assert other.graphs.enabled and other.graphs.captures == 1

@@ -1,4 +1,5 @@
-"""NaN and inf propagation (docs/design.md, "NaN and inf"), equal on the twin and the Triton path (interpreter).
+"""NaN and inf propagation (docs/design.md, "NaN and inf"), equal on the twin and the Triton path: on the GPU when
+one is present, otherwise under the interpreter.
 
 One non-finite value at token t of q, k or v; A = the queries that attend t (A = {t} for q), P(A) = the keys that
 some query of A attends. Then the output rows of A are NaN (every channel) and every other row is finite; with a
@@ -6,6 +7,10 @@ finite upstream gradient dq is NaN (every channel) on the rows of A, dk and dv o
 gradient on the cells that a pair (i in A, j in P(A)) reads, and everything else is finite. Who attends whom is
 computed here from the patterns' definitions (ranges, sub-grid windows, the routing of the inputs as given, NaN
 included) and checked against the op itself with a one-hot v.
+
+The ops' inputs live on ``DEV`` (random values drawn from a CPU generator, then moved, so both devices see the same
+numbers); the oracles (pattern masks, row sets, bias cells) are built on the CPU, and op outputs are brought there to
+be compared with them.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from sparse_ops.reference.hilbert_1d import band_ranges, neighborhood_1d_ranges,
 from sparse_ops.reference.neighborhood_2d import axis_neighbors
 from sparse_ops.routing import route_regions
 
+DEV = 'cuda' if torch.cuda.is_available() else 'cpu'   # the ops' device (CPU: the conftest sets TRITON_INTERPRET=1)
 D = 16  # a head dim the Triton core takes
 NAN, INF = float('nan'), float('inf')
 
@@ -34,14 +40,14 @@ SLOW = pytest.mark.slow
 pytestmark = pytest.mark.filterwarnings('ignore:invalid value encountered:RuntimeWarning')  # numpy, interpreter
 
 
-def _inputs(shape, seed=1):
+def _inputs(shape, seed=1, device=DEV):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, D, generator=g) for _ in range(3)]
+    return [torch.randn(*shape, D, generator=g).to(device) for _ in range(3)]
 
 
 def _pattern(name, q, k, shape=None, args=None):
-    """(N, N) bool, [i, j] = query i attends key j, from the pattern's definition (q, k: the routing's inputs, batch
-    0; shape, args: CASES[name]'s by default)."""
+    """(N, N) bool on the CPU, [i, j] = query i attends key j, from the pattern's definition (q, k: the routing's
+    inputs, batch 0, on any device; shape, args: CASES[name]'s by default)."""
     shape, args = shape or CASES[name][1], args or CASES[name][2]
     if name == 'na2d':
         (h, w), (kernel, dil) = shape[2:], args
@@ -74,19 +80,20 @@ def _expected(attends, which, t):
 
 
 def _bad(x):
-    """(N,) bool: rows (flattened spatial dims) holding a NaN or an inf."""
-    return ~torch.isfinite(x).reshape(-1, D).all(-1)
+    """(N,) bool on the CPU (compared with the oracles): rows (flattened spatial dims) holding a NaN or an inf."""
+    return ~torch.isfinite(x).reshape(-1, D).all(-1).cpu()
 
 
 def _nan(x):
-    """(N,) bool: rows that are NaN in every channel."""
-    return torch.isnan(x).reshape(-1, D).all(-1)
+    """(N,) bool on the CPU: rows that are NaN in every channel."""
+    return torch.isnan(x).reshape(-1, D).all(-1).cpu()
 
 
 def _run(fn, q, k, v, args, backend, **kw):
     leaves = [x.clone().requires_grad_() for x in (q, k, v)] + ([kw['rpb']] if 'rpb' in kw else [])
     out = fn(*leaves[:3], *args, backend=backend, **kw)
-    grads = torch.autograd.grad(out, leaves, torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out.device)
+    grads = torch.autograd.grad(out, leaves, dout)
     return out.detach(), grads
 
 
@@ -144,6 +151,7 @@ def test_inf_in_k_stays_with_the_attending_queries(name, backend):
     a, _ = _expected(_pattern(name, q, k), 'k', t)
     out = fn(q, k, v, *args, backend=backend)
     clean = fn(*_inputs(CASES[name][1]), *args, backend=backend)
+    out, clean = out.cpu(), clean.cpu()     # indexed with the CPU row set a
     assert not (_bad(out) & ~a).any()
     torch.testing.assert_close(out.reshape(-1, D)[~a], clean.reshape(-1, D)[~a], rtol=0, atol=0)
     if backend == 'torch':
@@ -183,12 +191,12 @@ def test_nan_with_position_bias(name, which, backend):
     side, kw = RPB_CASES[name]
     t = tokens[1]
     q, k, v = _poisoned(name, which, t)
-    rpb = torch.randn(1, side, side, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    rpb = torch.randn(1, side, side, generator=torch.Generator().manual_seed(3)).to(DEV).requires_grad_()
     out, grads = _run(fn, q, k, v, args, backend, rpb=rpb, **kw)
     _check(name, which, t, out, grads, q, k)
     attends = _pattern(name, q, k)
     a, _ = _expected(attends, which, t)
-    bad_cells = ~torch.isfinite(grads[3]).reshape(-1)
+    bad_cells = ~torch.isfinite(grads[3]).reshape(-1).cpu()
     assert torch.equal(bad_cells, _rpb_cells(name, side, a, attends))
 
 
@@ -234,12 +242,13 @@ def test_packed_qkv_attention(pattern, args, backend, which):
     name = pattern
     fn, shape, _, tokens = CASES[name]
     h, w = shape[2:]
-    qkv = torch.randn(1, h, w, 6 * D, generator=torch.Generator().manual_seed(4))
+    qkv = torch.randn(1, h, w, 6 * D, generator=torch.Generator().manual_seed(4)).to(DEV)
     t = tokens[1]
     qkv.view(h * w, 3, 2, D)[t, which, 1, 5] = NAN
     leaf = qkv.clone().requires_grad_()
     out = so.qkv_attention(leaf, 2, pattern, *args, backend=backend)
-    dqkv, = torch.autograd.grad(out, leaf, torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out.device)
+    dqkv, = torch.autograd.grad(out, leaf, dout)
     q, k, v = (qkv.view(1, h, w, 3, 2, D)[:, :, :, i].permute(0, 3, 1, 2, 4) for i in range(3))
     # routing is shared by the heads (means over all heads); head 0 holds no NaN, head 1 the poisoned token
     a, pa = _expected(_pattern(name, q, k), 'qkv'[which], t)
@@ -259,22 +268,24 @@ def test_pattern_oracle_matches_the_op(name, backend):
     q, k, _ = _inputs(shape)
     attends = _pattern(name, q, k)
     for j in tokens:
-        v = torch.zeros(*shape, D)
+        v = torch.zeros(*shape, D, device=DEV)
         v.view(-1, D)[j, 0] = 1.0
-        weight = fn(q, k, v, *args, backend=backend).reshape(-1, D)[:, 0]
+        weight = fn(q, k, v, *args, backend=backend).reshape(-1, D)[:, 0].cpu()
         assert torch.equal(weight > 0, attends[:, j])
 
 
 @pytest.mark.parametrize('name', ['window', 'na2d', 'routing'])
 def test_twin_bookkeeping_adds_nothing_to_finite_inputs(monkeypatch, name):
     """The twin skips its NaN bookkeeping for finite CPU inputs; on CUDA and under torch.compile it always runs it.
-    Forced on finite inputs it must give the same output and gradients (bias included)."""
+    Forced on finite inputs it must give the same output and gradients (bias included). The skip exists only for CPU
+    tensors, so the inputs stay on the CPU on every machine (the twin needs no interpreter; on CUDA inputs the patch
+    would change nothing)."""
     from sparse_ops.reference import _common
     fn, shape, args, _ = CASES[name]
     side, kw = RPB_CASES.get(name, (0, {}))
     if side:
         kw = dict(kw, rpb=torch.randn(1, side, side, generator=torch.Generator().manual_seed(3)).requires_grad_())
-    q, k, v = _inputs(shape)
+    q, k, v = _inputs(shape, device='cpu')
     plain = _run(fn, q, k, v, args, 'torch', **kw)
     monkeypatch.setattr(_common, '_plain_path_applies', lambda *a: False)
     kept = _run(fn, q, k, v, args, 'torch', **kw)
@@ -335,8 +346,8 @@ def test_gpu_bf16_backbone_shapes(name, which, backend):
     run without the NaN (routing: batch 0's)."""
     fn, shape, args, d = GPU_CASES[name]
     g = torch.Generator().manual_seed(5)
-    clean = [torch.randn(*shape, d, generator=g).to('cuda', torch.bfloat16) for _ in range(3)]
-    dout = torch.randn(*shape, d, generator=g).to('cuda', torch.bfloat16)
+    clean = [torch.randn(*shape, d, generator=g).to(DEV, torch.bfloat16) for _ in range(3)]
+    dout = torch.randn(*shape, d, generator=g).to(DEV, torch.bfloat16)
     t = 1000
     poisoned = [x.clone() for x in clean]
     poisoned['qkv'.index(which)][1, 2].view(-1, d)[t, 3] = NAN
@@ -353,8 +364,8 @@ def test_gpu_bf16_backbone_shapes(name, which, backend):
         expect = torch.zeros_like(rows)
         expect[1, 2] = want
         assert torch.equal(rows, expect), f'{name} {which} {backend} {label}'
-        assert torch.isnan(got.reshape(shape[0], shape[1], n, d)[1, 2][want.cuda()]).all()
-        keep = ~expect.cuda()
+        assert torch.isnan(got.reshape(shape[0], shape[1], n, d)[1, 2][want.to(DEV)]).all()
+        keep = ~expect.to(DEV)
         if name == 'routing':
             keep[1] = False     # batch 1's routing (shared by its heads) changes with the NaN
         torch.testing.assert_close(got.reshape(-1, n, d)[keep.reshape(-1, n)].float(),
