@@ -10,9 +10,9 @@ What this module adds around it (``BackboneGraphs``, one per backbone, owned by 
 - When: a training call (module in train mode, autograd recording, a CUDA input, not compiling, not under
   ``with_cp``) is captured at the ``warmup``-th call in a row with its signature -- input shape, dtype, device,
   ``requires_grad``, the autocast state and the ``sparse_ops.use_backend`` default -- then replayed whenever that
-  signature comes again. Every other call runs eagerly: eval, ``no_grad``, sizes that do not repeat. No capture while a module of the backbone has
-  forward or backward hooks (they would run only at capture; hooks added after a capture do not run on replays)
-  or a ``SyncBatchNorm`` in training mode (its collectives are not captured).
+  signature comes again. Every other call runs eagerly: eval, ``no_grad``, sizes that do not repeat. No capture
+  while a module of the backbone has forward or backward hooks (they would run only at capture; hooks added after
+  a capture do not run on replays) or a ``SyncBatchNorm`` in training mode (its collectives are not captured).
 - Memory cap: at most ``max_signatures`` captured signatures (default 3), least recently used out. Each holds a
   private memory pool of about the backbone's own training memory at its size (activations saved for backward,
   gradients of the parameters, the outputs) for as long as it is kept.
