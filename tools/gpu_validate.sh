@@ -4,7 +4,8 @@
 #   bash tools/gpu_validate.sh [tests|train|all] [DATA_ROOT=data/tiny_coco] [LOG_DIR=work_dirs/gpu_validate]
 # tests: the fused blocks and block math on the GPU, Triton = twin for every backbone, the multi-scale graph
 #   schedule (one dtype per preset, two graphed models with DDP hooks, with_cp), the NaN rule and the kernels at
-#   real shapes. Needs torch + Triton + mmengine (no mmcv ops).
+#   real shapes. Needs torch + Triton + mmengine + mmdet / mmseg importable; mmcv's compiled ops are not needed (its
+#   Python source on PYTHONPATH is enough).
 # train: Mask R-CNN HWT-T 1x and ms-crop-3x on DATA_ROOT (a COCO-layout folder; ../shared/data/tiny_coco has
 #   50 + 50 images: 12 epochs of batch 2 = 300 iterations), no pretrained weights. Needs the full mm stack (on a
 #   machine without a registry: tools/fetch_offline_wheels.sh + tools/setup_offline_gpu.sh). The two runs share the
@@ -29,11 +30,11 @@ PT=("$PY" -m pytest -q -p no:cacheprovider -rfE)
 
 if [ "$STAGE" != train ]; then
   "${PT[@]}" tests/backbones/test_hwt_fused.py tests/backbones/test_biformer_fused.py tests/backbones/test_nat_fused.py \
-    tests/backbones/test_block_math.py tests/backbones/test_graphs.py tests/backbones/test_gpu_backbones.py \
-    > "$LOG_DIR/tests_backbones.log" 2>&1 &
+    tests/backbones/test_block_math.py tests/backbones/test_graphs.py tests/backbones/test_path_log.py \
+    tests/backbones/test_gpu_backbones.py > "$LOG_DIR/tests_backbones.log" 2>&1 &
   A=$!
   { "${PT[@]}" tests/backbones/test_graphs_schedule_gpu.py \
-      -k 'HWT-T-bf16 or NAT-T-fp16 or DiNAT-T-bf16 or BiFormer-S-bf16 or HNT-T-fp16 or ddp or with_cp' \
+      -k 'HWT-T-bf16 or NAT-T-fp16 or DiNAT-T-bf16 or BiFormer-S-bf16 or HNT-T-fp16 or ddp or with_cp or failed_capture' \
       > "$LOG_DIR/tests_schedule.log" 2>&1 || STATUS=1
     "${PT[@]}" tests/sparse_ops/test_nan.py tests/sparse_ops/test_gpu.py > "$LOG_DIR/tests_ops.log" 2>&1 || STATUS=1
     exit $STATUS; } &
