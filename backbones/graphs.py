@@ -136,11 +136,9 @@ def _make_graphed(body: nn.Module, x: torch.Tensor, params: list[torch.Tensor]) 
 
 def _first_error(error: BaseException) -> BaseException:
     """The error that started ``error``'s chain: a failed capture raises from ``capture_end`` while handling the
-    error of the op that invalidated it."""
-    seen = {id(error)}
-    while error.__context__ is not None and id(error.__context__) not in seen:
+    error of the op that invalidated it (Python keeps ``__context__`` chains free of cycles)."""
+    while error.__context__ is not None:
         error = error.__context__
-        seen.add(id(error))
     return error
 
 
@@ -153,7 +151,6 @@ def _end_failed_capture(device: torch.device) -> None:
         with torch.cuda.graph(graph):
             torch.zeros(1, device=device).add_(1)
         torch.cuda.synchronize(device)
-        del graph
 
 
 class BackboneGraphs:

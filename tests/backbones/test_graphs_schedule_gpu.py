@@ -58,6 +58,17 @@ def _close(a, b, what, tol):
     assert err <= bound, f'{what}: |graphs - eager| {err:.2e} > {bound:.2e}'
 
 
+def _same_steps(ref, model, steps, what: str, tol: float = 2e-2) -> None:
+    """Train ``ref`` and ``model`` through ``steps`` (``(seed, x)`` pairs, bf16): outputs and input gradients agree
+    at every step."""
+    for seed, x in steps:
+        want, dx_want = _step(ref, x, torch.bfloat16, seed)
+        got, dx_got = _step(model, x, torch.bfloat16, seed)
+        for i, (a, b) in enumerate(zip(got, want)):
+            _close(a, b, f'{what} step {seed} output {i}', tol)
+        _close(dx_got, dx_want, f'{what} step {seed} input grad', tol)
+
+
 def _settle() -> int:
     """Memory allocated once every cache that outlives a model is emptied: Python garbage, the sparse_ops caches,
     cuBLAS's per-stream workspaces (a capture stream gets its own), PyTorch's cache."""
@@ -157,13 +168,8 @@ def test_with_cp_equals_plain_under_autocast(name):
     ref = _build(MODELS[name], graphs=False)
     cp = _build(dict(MODELS[name], with_cp=True), graphs=False)
     cp.load_state_dict(ref.state_dict())
-    for step, (h, w) in enumerate(SIZES[:4]):
-        x = torch.randn(2, 3, h, w, device='cuda')
-        want, dx_want = _step(ref, x, torch.bfloat16, step)
-        got, dx_got = _step(cp, x, torch.bfloat16, step)
-        for i, (a, b) in enumerate(zip(got, want)):
-            _close(a, b, f'with_cp step {step} output {i}', 2e-2)
-        _close(dx_got, dx_want, f'with_cp step {step} input grad', 2e-2)
+    _same_steps(ref, cp, [(step, torch.randn(2, 3, h, w, device='cuda')) for step, (h, w) in enumerate(SIZES[:4])],
+                'with_cp')
 
 
 def test_failed_capture_leaves_the_process_usable():
@@ -196,12 +202,7 @@ def test_failed_capture_leaves_the_process_usable():
     other.load_state_dict(ref.state_dict())
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        for seed in range(3):
-            want, dx_want = _step(ref, x, torch.bfloat16, seed)
-            got, dx_got = _step(other, x, torch.bfloat16, seed)
-            for i, (a, b) in enumerate(zip(got, want)):
-                _close(a, b, f'step {seed} output {i}', 2e-2)
-            _close(dx_got, dx_want, f'step {seed} input grad', 2e-2)
+        _same_steps(ref, other, [(seed, x) for seed in range(3)], 'graphed')
     assert other.graphs.enabled and other.graphs.captures == 1
 
 
@@ -220,10 +221,5 @@ def test_capture_at_the_first_call(name, hw):
     x = torch.randn(2, 3, *hw, device='cuda')
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        for seed in range(3):
-            want, dx_want = _step(ref, x, torch.bfloat16, seed)
-            got, dx_got = _step(gr, x, torch.bfloat16, seed)
-            for i, (a, b) in enumerate(zip(got, want)):
-                _close(a, b, f'step {seed} output {i}', 2e-2)
-            _close(dx_got, dx_want, f'step {seed} input grad', 2e-2)
+        _same_steps(ref, gr, [(seed, x) for seed in range(3)], 'graphed')
     assert gr.graphs.captures == 1
