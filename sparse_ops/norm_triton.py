@@ -58,15 +58,15 @@ def _ln_fwd_kernel(X, W, B, Y, XHAT, MEAN, RSTD, M, C, eps, stride_x, stride_y,
     tl.store(RSTD + rows, rstd, mask=r_ok)
 
 
-@triton.jit(do_not_specialize=['M', 'n_tiles'])
-def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, n_tiles, stride_x, stride_dy, stride_dx, stride_part,
+@triton.jit(do_not_specialize=['M'])
+def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, stride_x, stride_dy, stride_dx, stride_part,
                    stride_res, HAS_W: tl.constexpr, X_IS_XHAT: tl.constexpr, HAS_RES: tl.constexpr,
-                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Program p handles row tiles p, p + P, p + 2P, ...; writes dx (plus the rows of RES when ``HAS_RES``: the
-    gradient of a residual stream around the norm) and its partial (dweight, dbias) sums to ``PART[0, p]`` /
-    ``PART[1, p]`` (fp32). ``X_IS_XHAT``: X holds the saved normalised rows (MEAN unused)."""
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr):
+    """Program p handles the ``TILES`` consecutive row tiles from ``p * TILES`` (loads pipelined over ``STAGES``);
+    writes dx (plus the rows of RES when ``HAS_RES``: the gradient of a residual stream around the norm) and its
+    partial (dweight, dbias) sums to ``PART[0, p]`` / ``PART[1, p]`` (fp32). ``X_IS_XHAT``: X holds the saved
+    normalised rows (MEAN unused)."""
     pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)
     c_ok = cols < C
     if HAS_W:
@@ -75,8 +75,8 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, n_tiles, stride_x,
         w = tl.where(c_ok, 1.0, 0.0)
     dw = tl.zeros([BLOCK_C], tl.float32)
     db = tl.zeros([BLOCK_C], tl.float32)
-    for tile in range(pid, n_tiles, n_prog):
-        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    for t in tl.range(0, TILES, num_stages=STAGES):
+        rows = (pid * TILES + t) * BLOCK_R + tl.arange(0, BLOCK_R)
         r_ok = rows < M
         mask = r_ok[:, None] & c_ok[None, :]
         rows64 = rows.to(tl.int64)
@@ -102,21 +102,22 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, PART, RES, M, C, n_tiles, stride_x,
 
 
 def _tiles(c: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_C, num_warps): ~4K elements per tile."""
+    """(BLOCK_R, BLOCK_C, num_warps) of the forward: ~4K elements per tile."""
     block_c = next_pow2(c)
     block_r = max(1, min(64, 4096 // block_c))
     return block_r, block_c, 8 if block_r * block_c >= 4096 else 4
 
 
-_SM_COUNT: dict = {}
-
-
-def _programs(device: torch.device, n_tiles: int) -> int:
-    if device.type != 'cuda':
-        return max(1, min(n_tiles, 4))
-    if device.index not in _SM_COUNT:
-        _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_tiles, 4 * _SM_COUNT[device.index]))
+def _bwd_tiles(c: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_R, BLOCK_C, TILES, STAGES, num_warps) of the backward, two tiles per program: the fastest of a sweep
+    of BLOCK_R 8-64, 1-8 tiles per program, 1-3 stages and 4 / 8 warps at C = 64..768 on an H100 (the choices are
+    in docs/benchmarks.md)."""
+    block_c = next_pow2(c)
+    if block_c <= 128:
+        return 64, block_c, 2, 2, 4
+    if block_c <= 256:
+        return 64, block_c, 2, 1, 8
+    return max(1, 4096 // block_c), block_c, 2, 2, 4
 
 
 def layer_norm_fwd(x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
@@ -150,15 +151,15 @@ def layer_norm_bwd(dy2: Tensor, x2: Tensor, weight: Optional[Tensor], mean: Opti
     dx = out if out is not None else torch.empty((m, c), device=x2.device, dtype=dx_dtype or x2.dtype)
     if m == 0:
         return dx, torch.zeros((2, c), device=x2.device, dtype=torch.float32)
-    block_r, block_c, warps = _tiles(c)
-    n_tiles = cdiv(m, block_r)
-    n_prog = _programs(x2.device, n_tiles)
+    block_r, block_c, tiles, stages, warps = _bwd_tiles(c)
+    n_prog = cdiv(cdiv(m, block_r), tiles)
     part = torch.empty((2, n_prog, c), device=x2.device, dtype=torch.float32)
     _ln_bwd_kernel[(n_prog,)](
         x2, weight if weight is not None else x2, dy2, dx, mean if mean is not None else rstd, rstd, part,
-        residual if residual is not None else dy2, m, c, n_tiles, x2.stride(0), dy2.stride(0), dx.stride(0),
+        residual if residual is not None else dy2, m, c, x2.stride(0), dy2.stride(0), dx.stride(0),
         part.stride(0), residual.stride(0) if residual is not None else 0, HAS_W=weight is not None,
-        X_IS_XHAT=x_is_xhat, HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+        X_IS_XHAT=x_is_xhat, HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK_C=block_c, TILES=tiles,
+        STAGES=stages, num_warps=warps)
     return dx, part.sum(1)
 
 

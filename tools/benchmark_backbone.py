@@ -1,8 +1,9 @@
 """Backbone throughput and memory: fwd+bwd images/s, wall and GPU time, peak memory, bf16 autocast.
 
 Rows: each of our backbones in its ``default`` mode (fused ``sparse_ops`` Triton path, the backbone's defaults),
-``no-graphs`` (same, ``cuda_graphs=False``) and, on request, ``twin`` (the pure-PyTorch path,
-``sparse_ops.use_backend('torch')``); mmdet's stock ``SwinTransformer`` (Swin-T) ``eager``, ``compile``
+``no-graphs`` (same, ``cuda_graphs=False``), ``compile`` / ``reduce-overhead`` (``cuda_graphs=False`` under
+``torch.compile`` in that mode: the module composition over the registered Triton attention op) and, on request,
+``twin`` (the pure-PyTorch path, ``sparse_ops.use_backend('torch')``); mmdet's stock ``SwinTransformer`` (Swin-T) ``eager``, ``compile``
 (``torch.compile(model)``) and ``reduce-overhead`` (``torch.compile(model, mode='reduce-overhead')``). Per row: wall
 ms (host clock around a synchronised step, launches included) and GPU ms (CUDA events), medians of ``--iters`` steps
 after ``--warmup``; peak memory; "first step s" = the first, untimed step (compilation, autotuning, graph capture).
@@ -47,7 +48,7 @@ MODELS = {
     'DiNAT-T': dict(type='DiNAT', arch='tiny'),
 }
 SWIN = 'Swin-T'
-OURS_MODES = ['default', 'no-graphs', 'twin']
+OURS_MODES = ['default', 'no-graphs', 'compile', 'reduce-overhead', 'twin']
 SWIN_MODES = ['eager', 'compile', 'reduce-overhead']
 NAN = float('nan')
 SWIN_T = dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
@@ -124,17 +125,19 @@ def prepare(name, mode, device):
     """The model of row (name, mode) on ``device`` and the ``sparse_ops`` backend it runs under.
 
     Ours: ``default`` (fused Triton path, the backbone's defaults), ``no-graphs`` (fused, ``cuda_graphs=False``),
-    ``twin`` (pure-PyTorch path). Swin-T: ``eager``, ``compile`` (``torch.compile(model)``) and ``reduce-overhead``
+    ``compile`` / ``reduce-overhead`` (``cuda_graphs=False``, compiled as below), ``twin`` (pure-PyTorch path).
+    Swin-T: ``eager``, ``compile`` (``torch.compile(model)``) and ``reduce-overhead``
     (``torch.compile(model, mode='reduce-overhead')``, CUDA graphs by Inductor)."""
     fused = 'triton' if device.type == 'cuda' else 'torch'  # CPU smoke runs have no fused path
+    compiled = mode in ('compile', 'reduce-overhead')
     if name == SWIN:
         model = build(SWIN_T).to(device)
-        if mode != 'eager':
-            model = torch.compile(model, **({} if mode == 'compile' else dict(mode=mode)))
-            model.mark_cudagraph_step = mode == 'reduce-overhead'
-        return model, 'torch'
-    cfg = dict(MODELS[name], **(dict(cuda_graphs=False) if mode == 'no-graphs' else {}))
-    return build(cfg).to(device), 'torch' if mode == 'twin' else fused
+    else:
+        model = build(dict(MODELS[name], **(dict(cuda_graphs=False) if mode != 'default' else {}))).to(device)
+    if compiled:
+        model = torch.compile(model, **({} if mode == 'compile' else dict(mode=mode)))
+        model.mark_cudagraph_step = mode == 'reduce-overhead'
+    return model, 'torch' if name == SWIN or mode == 'twin' else fused
 
 
 def measure(name, mode, batch, size, device, args):
@@ -227,7 +230,7 @@ def main(argv=None):
     parser.add_argument('--models', nargs='+', default=[SWIN] + list(MODELS), choices=[SWIN] + list(MODELS),
                         help=f'{SWIN} is the stock mmdet baseline; leave it in for the ratios')
     parser.add_argument('--modes', nargs='+', default=[m for m in OURS_MODES + SWIN_MODES if m != 'twin'],
-                        choices=OURS_MODES + SWIN_MODES,
+                        choices=list(dict.fromkeys(OURS_MODES + SWIN_MODES)),
                         help=f'ours: {", ".join(OURS_MODES)}; {SWIN}: {", ".join(SWIN_MODES)}')
     parser.add_argument('--sizes', nargs='*', type=parse_size,
                         default=[parse_size(s) for s in ('1024x1024', '1333x800')])

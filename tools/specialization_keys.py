@@ -126,15 +126,12 @@ def count_launches(step, size, recorder: KeyRecorder) -> tuple[Counter, Counter]
 @contextlib.contextmanager
 def as_on_h100(recorder: KeyRecorder):
     """Intercept the launches; make the host-side choices an H100 would (tiles, program counts)."""
-    from sparse_ops import block_sparse, block_sparse_fwd, dwconv_triton, norm_triton, triton_api
+    from sparse_ops import block_sparse, block_sparse_fwd, dwconv_triton, triton_api
     original = block_sparse_fwd.default_config
 
     def cuda_default_config(head_dim, device=None, mask_mode=None, region_tokens=None):
         with mock.patch.object(block_sparse_fwd, '_interpret', lambda: False):
             return original(head_dim, None, mask_mode, region_tokens)
-
-    def norm_programs(device, n_tiles):
-        return max(1, min(n_tiles, 4 * H100_SMS))
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(InterpretedFunction, 'run',
@@ -142,7 +139,6 @@ def as_on_h100(recorder: KeyRecorder):
         for module in (block_sparse_fwd, block_sparse, triton_api):
             stack.enter_context(mock.patch.object(module, 'default_config', cuda_default_config))
         stack.enter_context(mock.patch.object(dwconv_triton, '_sm_count', lambda device: H100_SMS))
-        stack.enter_context(mock.patch.object(norm_triton, '_programs', norm_programs))
         yield
 
 
