@@ -44,6 +44,10 @@ ATTENTION_PATTERNS = ('window', 'slide', 'na1d', 'na2d', 'routing')
 KERNEL_OPS = ('layer_norm', 'depthwise_conv2d', 'routing_tables')  # routing_tables: patterns.routing_pattern
 MAX_GRID_Y = 65535          # batch * heads: the attention kernels' grid axis 1
 _default_backend: contextvars.ContextVar = contextvars.ContextVar('sparse_ops_backend', default=None)
+# The same setting as a module global, for torch.compile: Dynamo cannot read a ContextVar (a graph break at every
+# call), but it reads a global and guards on it, so a compiled model recompiles when the setting changes. Under
+# compile the default is therefore process-wide: the innermost ``use_backend`` entered last, in any thread.
+_compiled_default: str | None = None
 
 
 @contextlib.contextmanager
@@ -52,15 +56,19 @@ def use_backend(backend: str | None):
 
     Lets a whole model run on one path without a model argument, e.g. the twin path of a
     backbone for benchmarks: ``with use_backend('torch'): model(x)``. The setting is a context
-    variable, restored on exit (no global state leaks between tests or threads).
+    variable, restored on exit (no global state leaks between tests or threads); ``torch.compile`` reads a
+    process-wide copy of it instead (``_compiled_default``).
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"use_backend: backend must be 'triton', 'torch' or None, got {backend=}")
-    token = _default_backend.set(backend)
+    global _compiled_default
+    token, outer = _default_backend.set(backend), _compiled_default
+    _compiled_default = backend
     try:
         yield
     finally:
         _default_backend.reset(token)
+        _compiled_default = outer
 
 
 def _interpret_mode() -> bool:
@@ -163,7 +171,9 @@ def requested_backend(backend: str | None, what: str) -> str | None:
     """The user's ``backend`` checked (ValueError naming ``what``), or the ``use_backend`` default when None."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"sparse_ops {what}: backend must be 'triton', 'torch' or None, got {backend=}")
-    return backend if backend is not None else _default_backend.get()
+    if backend is not None:
+        return backend
+    return _compiled_default if torch.compiler.is_compiling() else _default_backend.get()
 
 
 def choose_backend(backend: str | None, q: torch.Tensor, pattern: str, **kw) -> str:

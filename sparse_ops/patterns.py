@@ -30,7 +30,11 @@ cut into query blocks of ``block_m`` and key blocks of ``block_n`` tokens. A :cl
   (``x_seq = x_flat[..., perm, :]``) and ``inv_perm`` undoes it.
 
 Static patterns (windows, bands, 1D/2D neighbourhoods) are built once per (pattern, params, size, blocks, device)
-and cached (``functools.lru_cache``; the tables sync with the host once, at build time). Routing tables are built on
+and cached (``functools.lru_cache``; the tables sync with the host once, at build time). Their public getters are
+``torch.compiler.assume_constant_result``: under ``torch.compile`` Dynamo calls them once while tracing (their
+arguments are sizes and constants) and the compiled graph takes the cached tables as inputs, instead of tracing the
+builders (whose host syncs would break the graph). They return a :class:`BlockPattern`, not a bare tensor: Dynamo
+names a constant tensor after its function, so a second call at another size would get a symbolic size. Routing tables are built on
 the GPU from the run-time top-k without a host sync (``sparse_ops.routing.routing_pattern``), on top of a cached
 static ``routing.routing_layout``: the routing module owns them with the rest of the routing.
 
@@ -212,6 +216,7 @@ def _hilbert_na1d_pattern(n, kernel, bm, bn, device):
     return _interval_pattern(*na1d_intervals(n, kernel, device), n, bm, bn)
 
 
+@torch.compiler.assume_constant_result
 def hilbert_window_pattern(n: int, window: int, shift: bool, block_m: int, block_n: int, device=None,
                            hw: Optional[tuple[int, int]] = None) -> BlockPattern:
     """Hilbert window attention over N tokens (cached). ``hw`` adds the tokens' (y, x) for a position bias."""
@@ -219,6 +224,7 @@ def hilbert_window_pattern(n: int, window: int, shift: bool, block_m: int, block
     return p.with_tok(hilbert_token_coords(*hw, device=device)) if hw is not None else p
 
 
+@torch.compiler.assume_constant_result
 def hilbert_slide_pattern(n: int, window: int, block_m: int, block_n: int, device=None,
                           hw: Optional[tuple[int, int]] = None) -> BlockPattern:
     """Hilbert band ``|i - j| <= window // 2`` (cached)."""
@@ -226,6 +232,7 @@ def hilbert_slide_pattern(n: int, window: int, block_m: int, block_n: int, devic
     return p.with_tok(hilbert_token_coords(*hw, device=device)) if hw is not None else p
 
 
+@torch.compiler.assume_constant_result
 def hilbert_na1d_pattern(n: int, kernel: int, block_m: int, block_n: int, device=None,
                          hw: Optional[tuple[int, int]] = None) -> BlockPattern:
     """Clamped 1D neighbourhood attention on the Hilbert sequence (cached)."""
@@ -307,6 +314,7 @@ def _na2d_pattern(h, w, kernel, dilation, bm, bn, device):
                         rows=perm.to(device=device, dtype=torch.int32))
 
 
+@torch.compiler.assume_constant_result
 def na2d_pattern(h: int, w: int, kernel_size: int, dilation: int, block_m: int, block_n: int,
                  device=None) -> BlockPattern:
     """Exact 2D neighbourhood attention (NATTEN semantics incl. dilation, any h, w >= 1), cached.

@@ -230,8 +230,10 @@ def _is_identity(a: torch.Tensor) -> bool:
     return a.shape[0] == a.shape[1] and torch.equal(a, torch.eye(a.shape[0]))
 
 
+@torch.compiler.assume_constant_result
 def routing_layout(h: int, w: int, n_win: int, block_m: int, block_n: int, device=None) -> RoutingLayout:
-    """Static region layout for bi-level routing (cached per size, n_win, blocks, device)."""
+    """Static region layout for bi-level routing (cached per size, n_win, blocks, device; a constant of the graph
+    under ``torch.compile``, as the static patterns are: ``sparse_ops.patterns``)."""
     return _routing_layout(int(h), int(w), int(n_win), int(block_m), int(block_n), _dev(device))
 
 

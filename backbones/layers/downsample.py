@@ -46,11 +46,6 @@ class ConvDownsampler(nn.Module):
         self.reduction = nn.Conv2d(dims, out_dims, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = nn.LayerNorm(out_dims)
 
-    # Not compiled: the stages call it at different sizes, so Dynamo recompiles it with dynamic sizes, and torch
-    # 2.11's Inductor then fails on the norm's statistics over the stride-2 output (an AssertionError in
-    # ``tiling_utils.get_pw_red_splits``: its size ``(H - 1) // 2 + 1`` is not matched symbolically; measured on an
-    # H200, docs/benchmarks.md at 167f716, session 10). Eager, it costs 3 calls of a conv and a norm per forward.
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.norm(x)

@@ -40,6 +40,14 @@ class _PermuteTokens(torch.autograd.Function):
         return grad.index_select(1, inverse), None, None
 
 
+@torch.compiler.assume_constant_result
+def _hilbert_orders(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hilbert_order, hilbert_inverse)`` of an ``h x w`` grid (cached). Under ``torch.compile`` a constant of
+    the graph instead of traced; a tuple, because Dynamo names a bare constant tensor after the function, and the
+    second call at another size would get a symbolic size."""
+    return sparse_ops.hilbert_order(h, w, device=device), sparse_ops.hilbert_inverse(h, w, device=device)
+
+
 def to_hilbert(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """Map ``(B, C, H, W)`` (or ``(B, H, W, C)`` with ``channels_last=True``) to tokens ``(B, H*W, C)`` in Hilbert
     order."""
@@ -51,8 +59,8 @@ def to_hilbert(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     else:
         b, c, h, w = x.shape
         flat = x.flatten(2).transpose(1, 2)
-    order = sparse_ops.hilbert_order(h, w, device=x.device)
-    return _PermuteTokens.apply(flat, order, sparse_ops.hilbert_inverse(h, w, device=x.device))
+    order, inverse = _hilbert_orders(h, w, x.device)
+    return _PermuteTokens.apply(flat, order, inverse)
 
 
 def from_hilbert(tokens: torch.Tensor, hw: tuple[int, int], channels_last: bool = False) -> torch.Tensor:
@@ -63,8 +71,8 @@ def from_hilbert(tokens: torch.Tensor, hw: tuple[int, int], channels_last: bool 
         raise ValueError(f'from_hilbert expects tokens (B, {h * w}, C) for hw={tuple(hw)}, '
                          f'got shape {tuple(tokens.shape)}')
     b, _, c = tokens.shape
-    row_major = _PermuteTokens.apply(tokens, sparse_ops.hilbert_inverse(h, w, device=tokens.device),
-                                     sparse_ops.hilbert_order(h, w, device=tokens.device))
+    order, inverse = _hilbert_orders(h, w, tokens.device)
+    row_major = _PermuteTokens.apply(tokens, inverse, order)
     if channels_last:
         return row_major.reshape(b, h, w, c)
     return row_major.transpose(1, 2).contiguous().view(b, c, h, w)

@@ -109,3 +109,27 @@ print('ok')
     done = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr[-2000:]
+
+
+def test_compiled_code_follows_the_use_backend_default():
+    """Dynamo cannot read the context variable (a graph break per call); compiled code sees the same default
+    through a global that it guards on, so a change of the default recompiles instead of reusing the old branch."""
+    import torch._dynamo.testing as dt
+    counter = dt.CompileCounter()
+    step = {None: 1.0, 'torch': 2.0, 'triton': 3.0}
+
+    def f(x):
+        return x + step[backend.requested_backend(None, 'window')]
+
+    f = torch.compile(f, backend=counter, fullgraph=True)
+    x = torch.zeros(2)
+    seen = [f(x)[0].item()]
+    with sparse_ops.use_backend('torch'):
+        seen.append(f(x)[0].item())
+        with sparse_ops.use_backend('triton'):
+            seen.append(f(x)[0].item())
+        seen.append(f(x)[0].item())
+    seen.append(f(x)[0].item())
+    assert seen == [1.0, 2.0, 3.0, 2.0, 1.0]
+    assert counter.frame_count == 3            # one graph per value, each reused
+    assert backend.requested_backend('torch', 'window') == 'torch'
