@@ -34,9 +34,9 @@ and cached (``functools.lru_cache``; the tables sync with the host once, at buil
 ``torch.compiler.assume_constant_result``: under ``torch.compile`` Dynamo calls them once while tracing (their
 arguments are sizes and constants) and the compiled graph takes the cached tables as inputs, instead of tracing the
 builders (whose host syncs would break the graph). They return a :class:`BlockPattern`, not a bare tensor: Dynamo
-names a constant tensor after its function, so a second call at another size would get a symbolic size. Routing tables are built on
-the GPU from the run-time top-k without a host sync (``sparse_ops.routing.routing_pattern``), on top of a cached
-static ``routing.routing_layout``: the routing module owns them with the rest of the routing.
+names a constant tensor after its function, so a second call at another size would get a symbolic size. Routing
+tables are built on the GPU from the run-time top-k without a host sync (``sparse_ops.routing.routing_pattern``), on
+top of a cached static ``routing.routing_layout``: the routing module owns them with the rest of the routing.
 
 Internally every builder computes a block state matrix ``(Bt, n_qb, n_kb)`` int8 (0 skip, 1 partial, 2 full) and
 :func:`tables_from_state` compacts it both ways, so memory is O(n_qb * n_kb) at build time.
