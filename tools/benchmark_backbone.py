@@ -3,9 +3,9 @@
 Rows: each of our backbones in its ``default`` mode (fused ``sparse_ops`` Triton path, the backbone's defaults),
 ``no-graphs`` (same, ``cuda_graphs=False``), ``compile`` / ``reduce-overhead`` (``cuda_graphs=False`` under
 ``torch.compile`` in that mode: the module composition over the registered Triton attention op) and, on request,
-``twin`` (the pure-PyTorch path, ``sparse_ops.use_backend('torch')``); mmdet's stock ``SwinTransformer`` (Swin-T) ``eager``, ``compile``
-(``torch.compile(model)``) and ``reduce-overhead`` (``torch.compile(model, mode='reduce-overhead')``). Per row: wall
-ms (host clock around a synchronised step, launches included) and GPU ms (CUDA events), medians of ``--iters`` steps
+``twin`` (the pure-PyTorch path, ``sparse_ops.use_backend('torch')``); mmdet's stock ``SwinTransformer`` (Swin-T)
+``eager``, ``compile`` (``torch.compile(model)``) and ``reduce-overhead``
+(``torch.compile(model, mode='reduce-overhead')``). Per row: wall ms (host clock around a synchronised step, launches included) and GPU ms (CUDA events), medians of ``--iters`` steps
 after ``--warmup``; peak memory; "first step s" = the first, untimed step (compilation, autotuning, graph capture).
 A mode that fails is a row with its error note. The final table gives img/s against the fastest Swin-T mode and peak
 memory against the Swin-T mode using the least, both at the same size. ``--varying``: 16 distinct sizes (H 480-800,
