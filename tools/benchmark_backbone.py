@@ -6,7 +6,8 @@ Rows: each of our backbones in its ``default`` mode (fused ``sparse_ops`` Triton
 ``twin`` (the pure-PyTorch path, ``sparse_ops.use_backend('torch')``); mmdet's stock ``SwinTransformer`` (Swin-T)
 ``eager``, ``compile`` (``torch.compile(model)``) and ``reduce-overhead``
 (``torch.compile(model, mode='reduce-overhead')``). Per row: wall ms (host clock around a synchronised step, launches
-included) and GPU ms (CUDA events), medians of ``--iters`` steps after ``--warmup``; peak memory; "first step s" = the first, untimed step (compilation, autotuning, graph capture).
+included) and GPU ms (CUDA events), medians of ``--iters`` steps after ``--warmup``; peak memory; "first step s" =
+the first, untimed step (compilation, autotuning, graph capture).
 A mode that fails is a row with its error note. The final table gives img/s against the fastest Swin-T mode and peak
 memory against the Swin-T mode using the least, both at the same size. ``--varying``: 16 distinct sizes (H 480-800,
 W 640-1333, multiples of 32, seed 0), one step each, ours (default) vs Swin-T eager, total wall time and img/s.
