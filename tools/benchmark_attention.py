@@ -1,5 +1,5 @@
 """Benchmark the block-sparse Triton core against FlexAttention, window partition + SDPA, BiFormer-style gather +
-matmul and dense SDPA (GPU only; a script, not a test).
+matmul and gather + SDPA, and dense SDPA (GPU only; a script, not a test).
 
     PYTHONPATH=. python3 tools/benchmark_attention.py --out bench_out [--sizes s1,s4] [--flex-budget-s 300]
     PYTHONPATH=. python3 tools/benchmark_attention.py --tune [--tune-all] --out tune_out   # time configs of ours
@@ -15,8 +15,10 @@ one forward+backward. Prints one table and writes ``bench.json`` and ``bench.png
 FlexAttention masks are built once per (size, pattern) outside the timed region (for routing this favours flex:
 in a model its block mask depends on the data and must be rebuilt every call; the build time is reported
 separately). "rowmajor" = the pattern's natural 2D definition on the row-major sequence (square 8x8 windows for
-window 64, a 7x7 sliding box for the band); "hilbert" = the same 1D / 2D mask on our sequence order, inputs
-permuted before timing.
+window 64, a 7x7 sliding box for the band, NATTEN's clamped window with dilation for 2D NA), written as the plain
+formula a user would write (``na2d_formula``, ``na1d_formula``; no lookup tables); "hilbert" = the same 1D / 2D mask
+on our sequence order, inputs permuted before timing (2D NA there reads our own order's tables: that order has no
+closed form).
 """
 from __future__ import annotations
 
@@ -174,9 +176,9 @@ def window_sdpa(shift):
     return f
 
 
-def biformer_gather(q, k, v):
-    """BiFormer's official scheme: region partition, top-k routing, gather the routed K/V (top-k copies), matmul
-    attention in the input dtype. Sizes divisible by n_win."""
+def _gathered_regions(q, k, v):
+    """BiFormer's official scheme up to the attention: region partition, top-k routing, the routed K/V gathered
+    (top-k copies). (B, h, H, W, D) -> q regions (B, h, R, T, D), keys and values (B, h, R, topk * T, D)."""
     b, h, hh, ww, d = q.shape
     n = N_WIN
     rh, rw = hh // n, ww // n
@@ -188,9 +190,56 @@ def biformer_gather(q, k, v):
     bi = torch.arange(b, device=q.device)[:, None, None]
     kg = kr.transpose(1, 2)[bi, idx].permute(0, 3, 1, 2, 4, 5).reshape(b, h, n * n, TOPK * rh * rw, d)
     vg = vr.transpose(1, 2)[bi, idx].permute(0, 3, 1, 2, 4, 5).reshape(b, h, n * n, TOPK * rh * rw, d)
-    attn = torch.softmax((qr * d ** -0.5) @ kg.transpose(-1, -2), dim=-1)
-    o = attn @ vg
-    return o.reshape(b, h, n, n, rh, rw, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, h, hh, ww, d)
+    return qr, kg, vg
+
+
+def _from_regions(o, shape):
+    b, h, hh, ww, d = shape
+    n = N_WIN
+    return o.reshape(b, h, n, n, hh // n, ww // n, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, h, hh, ww, d)
+
+
+def biformer_gather(q, k, v):
+    """BiFormer's official scheme: gather the routed K/V, then matmul attention in the input dtype (sizes divisible
+    by n_win)."""
+    qr, kg, vg = _gathered_regions(q, k, v)
+    attn = torch.softmax((qr * q.shape[-1] ** -0.5) @ kg.transpose(-1, -2), dim=-1)
+    return _from_regions(attn @ vg, q.shape)
+
+
+def biformer_gather_sdpa(q, k, v):
+    """The same gather with the attention written as ``scaled_dot_product_attention`` (the one-line change a user
+    of the official code would make; flash attention over each region's gathered keys)."""
+    qr, kg, vg = _gathered_regions(q, k, v)
+    return _from_regions(F.scaled_dot_product_attention(qr, kg, vg), q.shape)
+
+
+def na1d_formula(n, kernel):
+    """1D neighbourhood as a plain FlexAttention ``mask_mod`` (clamped centre, exactly ``kernel`` keys; n >= kernel)."""
+    r = kernel // 2
+
+    def mask(b_, h_, qi, ki):
+        return (qi.clamp(r, n - 1 - r) - ki).abs() <= r
+    return mask
+
+
+def na2d_formula(hh, ww, kernel, dilation):
+    """Exact 2D neighbourhood (NATTEN semantics, dilation) on the row-major sequence as a plain ``mask_mod``: the
+    formula a user writes, no lookup tables. Each axis: same residue mod dilation, and the key's sub-grid index within
+    ``kernel // 2`` of the query's clamped centre (each sub-grid side >= kernel)."""
+    r, d = kernel // 2, dilation
+    if min(hh, ww) // d < kernel:
+        raise ValueError(f'na2d_formula needs every sub-grid side >= kernel, got {hh}x{ww}, dilation {d}')
+
+    def axis(qc, kc, length):
+        g = qc % d
+        side = (length - g + d - 1) // d
+        centre = torch.minimum((qc // d).clamp(min=r), side - 1 - r)
+        return (kc % d == g) & ((centre - kc // d).abs() <= r)
+
+    def mask(b_, h_, qi, ki):
+        return axis(qi // ww, ki // ww, hh) & axis(qi % ww, ki % ww, ww)
+    return mask
 
 
 def dense_sdpa(q, k, v):
@@ -216,25 +265,17 @@ def flex_masks(pattern, b, hh, ww, q=None, k=None):
             return ((qi // ww - ki // ww).abs() <= 3) & ((qi % ww - ki % ww).abs() <= 3)
         out.append(('flex-rowmajor', box, 'rowmajor', False))
     elif pattern == 'na1d':
-        lo, hi = patterns.na1d_intervals(n, NA1D, dev)
-        out.append(('flex-hilbert', lambda b_, h_, qi, ki: (ki >= lo[qi]) & (ki <= hi[qi]), None, False))
+        out.append(('flex-hilbert', na1d_formula(n, NA1D), None, False))
     elif pattern in ('na2d', 'na2d_d4'):
         d = 1 if pattern == 'na2d' else 4
         p = patterns.na2d_pattern(hh, ww, NA2D_K, d, 64, 64, dev)
         qwin, tok = p.qwin.long(), p.tok.long()
 
-        def na_seq(b_, h_, qi, ki):
+        def na_seq(b_, h_, qi, ki):  # our sub-grid-major Hilbert order has no closed form: our own tables
             return ((tok[qi, 2] == tok[ki, 2]) & (tok[ki, 0] >= qwin[qi, 0]) & (tok[ki, 0] <= qwin[qi, 1])
                     & (tok[ki, 1] >= qwin[qi, 2]) & (tok[ki, 1] <= qwin[qi, 3]))
         out.append(('flex-hilbert', na_seq, p.perm, False))
-        # row-major: same tables indexed by pixel
-        qwin_rm, tok_rm = qwin[p.inv_perm], tok[p.inv_perm]
-
-        def na_rm(b_, h_, qi, ki):
-            return ((tok_rm[qi, 2] == tok_rm[ki, 2]) & (tok_rm[ki, 0] >= qwin_rm[qi, 0])
-                    & (tok_rm[ki, 0] <= qwin_rm[qi, 1]) & (tok_rm[ki, 1] >= qwin_rm[qi, 2])
-                    & (tok_rm[ki, 1] <= qwin_rm[qi, 3]))
-        out.append(('flex-rowmajor', na_rm, 'rowmajor', False))
+        out.append(('flex-rowmajor', na2d_formula(hh, ww, NA2D_K, d), 'rowmajor', False))
     elif pattern == 'routing':
         layout = routing.routing_layout(hh, ww, N_WIN, 64, 64, dev)
         idx = route_regions(q, k, N_WIN, TOPK)
@@ -332,8 +373,8 @@ def run(args):
             if pattern in ('window', 'window_shift'):
                 add(pattern, 'win-part+sdpa', window_sdpa(pattern == 'window_shift'), (q2, k2, v2), b * h * n * 64)
             if pattern == 'routing':
-                add(pattern, 'gather+matmul', biformer_gather, (q2, k2, v2),
-                    b * h * n * TOPK * (hh // N_WIN) * (ww // N_WIN))
+                for name, fn in (('gather+matmul', biformer_gather), ('gather+sdpa', biformer_gather_sdpa)):
+                    add(pattern, name, fn, (q2, k2, v2), b * h * n * TOPK * (hh // N_WIN) * (ww // N_WIN))
             if time.time() - t_start > args.flex_budget_s or 'flex' not in args.impls:
                 continue
             for name, mod, perm, per_batch in flex_masks(pattern, b, hh, ww, q2, k2):

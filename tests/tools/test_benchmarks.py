@@ -123,3 +123,49 @@ def test_profile_labels_are_removed_and_union_counts_overlap_once():
         assert labels == ['backbone', 'head'] and 'loss' in vars(model.head)
     assert 'loss' not in vars(model.head) and 'forward' not in vars(model.backbone)
     assert prof._union_ms([(0, 1000), (500, 1500), (3000, 4000)]) == 2.5
+
+
+@pytest.mark.parametrize('hw, dilation', [((16, 21), 1), ((32, 29), 4), ((15, 40), 2)])
+def test_flex_na2d_formula_mask_is_the_exact_neighbourhood(hw, dilation):
+    """The plain-formula FlexAttention baseline masks exactly the pairs of NATTEN's neighbourhood (our reference's
+    clamped windows per axis), so the benchmark compares the same attention."""
+    import torch
+
+    from sparse_ops.reference.neighborhood_2d import axis_neighbors
+    bench = load_tool('benchmark_attention')
+    h, w = hw
+    qi, ki = torch.arange(h * w)[:, None], torch.arange(h * w)[None, :]
+    got = bench.na2d_formula(h, w, bench.NA2D_K, dilation)(None, None, qi, ki)
+
+    def axis(length):
+        lo, size = axis_neighbors(length, bench.NA2D_K, dilation)
+        p = torch.arange(length)
+        pos = p[None, :] // dilation
+        return (p[None, :] % dilation == p[:, None] % dilation) & (pos >= lo[:, None]) & (pos < (lo + size)[:, None])
+    ay, ax = axis(h), axis(w)
+    want = ay[qi // w, ki // w] & ax[qi % w, ki % w]
+    assert torch.equal(got, want)
+    assert int(want.sum(1).min()) == int(want.sum(1).max()) == bench.NA2D_K ** 2
+
+
+def test_flex_na1d_formula_mask_is_the_clamped_interval():
+    import torch
+
+    from sparse_ops.patterns import na1d_intervals
+    bench = load_tool('benchmark_attention')
+    n = 300
+    qi, ki = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    lo, hi = na1d_intervals(n, bench.NA1D)
+    assert torch.equal(bench.na1d_formula(n, bench.NA1D)(None, None, qi, ki), (ki >= lo[:, None]) & (ki <= hi[:, None]))
+
+
+def test_routing_baselines_gather_matmul_and_gather_sdpa_agree():
+    """BiFormer's gather scheme written with a matmul and with ``scaled_dot_product_attention`` is the same
+    attention (CPU, fp32)."""
+    import torch
+    bench = load_tool('benchmark_attention')
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 24, 8, generator=g) for _ in range(3))
+    a, b = bench.biformer_gather(q, k, v), bench.biformer_gather_sdpa(q, k, v)
+    assert a.shape == q.shape
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
