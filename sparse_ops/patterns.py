@@ -38,14 +38,18 @@ names a constant tensor after its function, so a second call at another size wou
 tables are built on the GPU from the run-time top-k without a host sync (``sparse_ops.routing.routing_pattern``), on
 top of a cached static ``routing.routing_layout``: the routing module owns them with the rest of the routing.
 
-Internally every builder computes a block state matrix ``(Bt, n_qb, n_kb)`` int8 (0 skip, 1 partial, 2 full) and
-:func:`tables_from_state` compacts it both ways, so memory is O(n_qb * n_kb) at build time.
+Every builder runs on the pattern's device (one host sync per table, for its width). Interval patterns (windows,
+bands, 1D neighbourhoods) write their tables directly: each query block visits one run of consecutive key blocks
+and each key block one run of query blocks (:func:`_interval_tables`, O(blocks x list length)). 2D neighbourhoods
+count the allowed pairs of every block pair into a block state matrix ``(Bt, n_qb, n_kb)`` int8 (0 skip, 1 partial,
+2 full), which :func:`tables_from_state` compacts both ways (routing too: ``routing.py``), so their memory is
+O(n_qb * n_kb) at build time.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -140,9 +144,26 @@ def _block_rows(n: int, b: int, device) -> torch.Tensor:
     return (n - starts).clamp(max=b)
 
 
-def _interval_state(lo: torch.Tensor, hi: torch.Tensor, n: int, bm: int, bn: int) -> torch.Tensor:
-    """Block state for per-query key intervals ``[lo_i, hi_i]`` whose union over any query block is one interval
-    (true for windows, bands and clamped 1D neighbourhoods). Returns (1, n_qb, n_kb) int8."""
+def _range_tables(first: torch.Tensor, num: torch.Tensor, partial: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of consecutive blocks ``first[r] .. first[r] + num[r] - 1`` of every row r -> num (1, R) int32 and idx
+    (1, R, width) int32 (entries ``col * 2 + partial(row, col)``, 0 past num; width = the longest list, one host
+    sync)."""
+    width = max(1, int(num.max())) if num.numel() else 1
+    t = torch.arange(width, device=num.device)
+    rows = torch.arange(num.shape[0], device=num.device)[:, None]
+    valid = t[None, :] < num[:, None]
+    cols = torch.where(valid, first[:, None] + t[None, :], 0)
+    idx = torch.where(valid, cols * 2 + partial(rows, cols).to(cols.dtype), 0)
+    return num.to(torch.int32)[None], idx.to(torch.int32)[None].contiguous()
+
+
+def _interval_tables(lo: torch.Tensor, hi: torch.Tensor, n: int, bm: int, bn: int):
+    """``(kv_num, kv_idx, q_num, q_idx)`` for per-query key intervals ``[lo_i, hi_i]`` with ``lo`` and ``hi``
+    non-decreasing in i (windows, bands and clamped 1D neighbourhoods). Then every query block visits one run of
+    consecutive key blocks (those meeting ``[min lo, max hi]`` of the block) and every key block is visited by one
+    run of consecutive query blocks, so the tables cost O(blocks x list length), not O(n_qb x n_kb). A pair is full
+    (no element mask) when the key block lies inside every query's interval and is complete."""
     device = lo.device
     n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
     pad = n_qb * bm - n
@@ -153,10 +174,16 @@ def _interval_state(lo: torch.Tensor, hi: torch.Tensor, n: int, bm: int, bn: int
     min_hi, max_hi = hi_p.min(1).values, hi_p.max(1).values
     ks = torch.arange(n_kb, device=device) * bn                 # key block start
     ke = torch.clamp(ks + bn, max=n) - 1                         # last real key of the block
-    visit = (ks[None, :] <= max_hi[:, None]) & (ke[None, :] >= min_lo[:, None])
-    full = (ks[None, :] >= max_lo[:, None]) & (ke[None, :] <= min_hi[:, None]) & (ks[None, :] + bn <= n)
-    state = visit.to(torch.int8) + (visit & full).to(torch.int8)
-    return state[None]
+
+    def partial(qb, kb):
+        return ~((ks[kb] >= max_lo[qb]) & (ke[kb] <= min_hi[qb]) & (ks[kb] + bn <= n))
+    kv_first = min_lo // bn
+    kv = _range_tables(kv_first, max_hi // bn - kv_first + 1, partial)
+    # key block kb: query blocks with max_hi >= its start (a suffix) and min_lo <= its last key (a prefix)
+    q_first = torch.searchsorted(max_hi.contiguous(), ks, side='left')
+    q_end = torch.searchsorted(min_lo.contiguous(), ke, side='right')
+    q = _range_tables(q_first, (q_end - q_first).clamp(min=0), lambda kb, qb: partial(qb, kb))
+    return (*kv, *q)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,7 +216,7 @@ def na1d_intervals(n: int, kernel: int, device=None) -> tuple[torch.Tensor, torc
 
 
 def _interval_pattern(lo, hi, n, bm, bn) -> BlockPattern:
-    tables = tables_from_state(_interval_state(lo, hi, n, bm, bn))
+    tables = _interval_tables(lo, hi, n, bm, bn)
     qwin = torch.stack([lo, hi, lo, hi], 1).to(torch.int32).contiguous()
     return BlockPattern(n, bm, bn, MASK_INTERVAL, *tables, qwin=qwin)
 
@@ -280,38 +307,53 @@ def na2d_order(h: int, w: int, dilation: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(perms), torch.cat(toks).to(torch.int32)
 
 
+_PAIR_CHUNK = 1 << 22
+"""(query, key) pairs per pass of the 2D NA state count (bounds the builder's temporaries)."""
+
+
+def _na2d_state(perm, inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn) -> torch.Tensor:
+    """Block state ``(1, n_qb, n_kb)`` int8 of the 2D neighbourhood: counts the allowed (query, key) pairs of every
+    block pair (every query's clamped ``kernel x kernel`` window, ``N * kernel^2`` pairs in passes of at most
+    ``_PAIR_CHUNK``); full where the count is the blocks' product and the key block is complete. Runs on the
+    tensors' device without a host sync."""
+    device, n = perm.device, perm.numel()
+    n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
+    ar = torch.arange(kernel, device=device)
+    counts = torch.zeros(n_qb * n_kb + 1, dtype=torch.int64, device=device)
+    step = max(1, _PAIR_CHUNK // (kernel * kernel))
+    for s0 in range(0, n, step):
+        sl = slice(s0, min(n, s0 + step))
+        ky = ylo[sl, None] + ar[None, :]                          # (n_chunk, k) sub-grid rows
+        kx = xlo[sl, None] + ar[None, :]
+        ok = (ky <= yhi[sl, None])[:, :, None] & (kx <= xhi[sl, None])[:, None, :]
+        pix = (ky * d + gy[sl, None])[:, :, None] * w + (kx * d + gx[sl, None])[:, None, :]
+        j = inv[pix.clamp(max=n - 1)]                             # sequence position of each key
+        i = torch.arange(sl.start, sl.stop, device=device)[:, None, None]
+        key = torch.where(ok, (i // bm) * n_kb + j // bn, n_qb * n_kb)  # pairs outside the window: a dump bin
+        counts += torch.bincount(key.flatten(), minlength=n_qb * n_kb + 1)
+    counts = counts[:-1].view(n_qb, n_kb)
+    rows, cols = _block_rows(n, bm, device), _block_rows(n, bn, device)
+    full = (counts == rows[:, None] * cols[None, :]) & (cols[None, :] == bn)
+    return ((counts > 0).to(torch.int8) + full.to(torch.int8))[None]
+
+
 @functools.lru_cache(maxsize=128)
 def _na2d_pattern(h, w, kernel, dilation, bm, bn, device):
+    """Built on ``device`` (the order comes from the CPU cache of :func:`na2d_order`): on a GPU a new input size
+    costs a few dozen launches, not a host pass over the ``N * kernel^2`` pairs."""
     d, n = dilation, h * w
-    perm, tok = na2d_order(h, w, d)
+    perm, tok = (t.to(device) for t in na2d_order(h, w, d))
     inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(n)
+    inv[perm] = torch.arange(n, device=device)
     y, x = perm // w, perm % w
     gy, gx = y % d, x % d
     hs, ws = (h - gy + d - 1) // d, (w - gx + d - 1) // d       # side of each token's sub-grid
     ylo, yhi = _axis_window(y // d, hs, kernel)
     xlo, xhi = _axis_window(x // d, ws, kernel)
     qwin = torch.stack([ylo, yhi, xlo, xhi], 1).to(torch.int32)
-    # every (query, key) pair, as block pairs: N * k_eff^2 entries
-    ar = torch.arange(kernel)
-    ky = ylo[:, None] + ar[None, :]                               # (N, k) sub-grid rows
-    kx = xlo[:, None] + ar[None, :]
-    vy, vx = ky <= yhi[:, None], kx <= xhi[:, None]
-    pix = (ky * d + gy[:, None])[:, :, None] * w + (kx * d + gx[:, None])[:, None, :]
-    ok = (vy[:, :, None] & vx[:, None, :])
-    j = inv[pix.clamp(max=n - 1)]                                 # sequence position of each key
-    i = torch.arange(n)[:, None, None].expand_as(j)
-    n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
-    key = (i // bm) * n_kb + j // bn
-    counts = torch.bincount(key[ok], minlength=n_qb * n_kb).view(n_qb, n_kb)
-    rows, cols = _block_rows(n, bm, 'cpu'), _block_rows(n, bn, 'cpu')
-    full = (counts == rows[:, None] * cols[None, :]) & (cols[None, :] == bn)
-    state = (counts > 0).to(torch.int8) + full.to(torch.int8)
-    tables = tables_from_state(state[None])
-    tables = [t.to(device) for t in tables]
-    return BlockPattern(n, bm, bn, MASK_GRID2D, *tables, qwin=qwin.contiguous().to(device),
-                        tok=tok.contiguous().to(device), perm=perm.to(device), inv_perm=inv.to(device),
-                        rows=perm.to(device=device, dtype=torch.int32))
+    tables = tables_from_state(_na2d_state(perm, inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn))
+    return BlockPattern(n, bm, bn, MASK_GRID2D, *tables, qwin=qwin.contiguous(), tok=tok.contiguous(), perm=perm,
+                        inv_perm=inv, rows=perm.to(torch.int32))
 
 
 @torch.compiler.assume_constant_result

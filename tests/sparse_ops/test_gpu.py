@@ -118,3 +118,27 @@ def test_routing_hot_regions_real_shapes(monkeypatch, shape, kwargs):
             torch.cuda.set_sync_debug_mode('default')
     assert chunks and all(chunks), f'the split pass was not taken: chunk lengths {chunks}'
     assert all(torch.equal(a, b) for a, b in zip(*runs)), 'the split dK/dV pass is not deterministic'
+
+
+def _build(kind, args, device):
+    from sparse_ops import patterns
+    return dict(na2d=patterns.na2d_pattern, window=patterns.hilbert_window_pattern,
+                slide=patterns.hilbert_slide_pattern, na1d=patterns.hilbert_na1d_pattern)[kind](*args, 64, 32, device)
+
+
+@pytest.mark.parametrize('kind,args', [('na2d', (200, 333, 7, 1)), ('na2d', (100, 167, 7, 4)),
+                                       ('na2d', (31, 45, 13, 2)), ('window', (200 * 333, 64, True)),
+                                       ('window', (3000, 49, False)), ('slide', (5000, 49)), ('na1d', (4999, 49))],
+                         ids=lambda v: str(v))
+def test_pattern_tables_built_on_the_gpu_equal_the_cpu_build(kind, args):
+    """The builders run on the pattern's device; their CUDA tables are the CPU tables (NAT / DiNAT / HWT shapes:
+    1333x800 stage 1, a dilated stage, a large kernel; windows, bands, 1D neighbourhoods)."""
+    gpu, cpu = _build(kind, args, 'cuda'), _build(kind, args, 'cpu')
+    assert gpu.kv_idx.is_cuda
+    for name in ('kv_num', 'q_num', 'qwin', 'tok', 'perm', 'inv_perm', 'rows'):
+        a, b = getattr(gpu, name), getattr(cpu, name)
+        assert (a is None) == (b is None) and (a is None or torch.equal(a.cpu(), b)), name
+    for num, idx in (('kv_num', 'kv_idx'), ('q_num', 'q_idx')):  # entries past num are unspecified
+        a, b, cnt = getattr(gpu, idx).cpu(), getattr(cpu, idx), getattr(cpu, num)
+        valid = torch.arange(a.shape[-1])[None, None, :] < cnt[..., None].long()
+        assert a.shape == b.shape and torch.equal(a[valid], b[valid]), idx

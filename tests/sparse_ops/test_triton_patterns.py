@@ -137,3 +137,16 @@ def test_hw_adds_hilbert_coordinates():
     p = patterns.hilbert_slide_pattern(35, 9, 16, 16, hw=(5, 7))
     assert torch.equal(p.tok[:, :2].long(), hilbert_coords(5, 7))
     assert patterns.hilbert_slide_pattern(35, 9, 16, 16).tok is None
+
+
+def test_na2d_state_counted_in_passes_equals_one_pass(monkeypatch):
+    """The pair count runs in passes of ``_PAIR_CHUNK`` pairs (bounded temporaries at large maps): many small
+    passes give the tables of one pass."""
+    one = patterns._na2d_pattern(23, 30, 5, 2, 16, 16, torch.device('cpu'))
+    patterns._na2d_pattern.cache_clear()
+    monkeypatch.setattr(patterns, '_PAIR_CHUNK', 7 * 25)  # 7 queries per pass
+    many = patterns._na2d_pattern(23, 30, 5, 2, 16, 16, torch.device('cpu'))
+    patterns._na2d_pattern.cache_clear()
+    assert many is not one
+    for name in ('kv_num', 'kv_idx', 'q_num', 'q_idx'):
+        assert torch.equal(getattr(many, name), getattr(one, name)), name
