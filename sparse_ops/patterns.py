@@ -311,12 +311,12 @@ _PAIR_CHUNK = 1 << 22
 """(query, key) pairs per pass of the 2D NA state count (bounds the builder's temporaries)."""
 
 
-def _na2d_state(perm, inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn) -> torch.Tensor:
+def _na2d_state(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn) -> torch.Tensor:
     """Block state ``(1, n_qb, n_kb)`` int8 of the 2D neighbourhood: counts the allowed (query, key) pairs of every
     block pair (every query's clamped ``kernel x kernel`` window, ``N * kernel^2`` pairs in passes of at most
     ``_PAIR_CHUNK``); full where the count is the blocks' product and the key block is complete. Runs on the
     tensors' device without a host sync."""
-    device, n = perm.device, perm.numel()
+    device, n = inv.device, inv.numel()
     n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
     ar = torch.arange(kernel, device=device)
     counts = torch.zeros(n_qb * n_kb + 1, dtype=torch.int64, device=device)
@@ -351,7 +351,7 @@ def _na2d_pattern(h, w, kernel, dilation, bm, bn, device):
     ylo, yhi = _axis_window(y // d, hs, kernel)
     xlo, xhi = _axis_window(x // d, ws, kernel)
     qwin = torch.stack([ylo, yhi, xlo, xhi], 1).to(torch.int32)
-    tables = tables_from_state(_na2d_state(perm, inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn))
+    tables = tables_from_state(_na2d_state(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn))
     return BlockPattern(n, bm, bn, MASK_GRID2D, *tables, qwin=qwin.contiguous(), tok=tok.contiguous(), perm=perm,
                         inv_perm=inv, rows=perm.to(torch.int32))
 

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from sparse_ops import patterns, routing, triton_api  # noqa: E402
 from sparse_ops.block_sparse_fwd import Config, configs_for  # noqa: E402
+from sparse_ops.reference.routing import from_regions  # noqa: E402
 from sparse_ops.routing import route_regions  # noqa: E402
 
 SIZES = {  # name: (B, heads, H, W, D)
@@ -193,25 +194,19 @@ def _gathered_regions(q, k, v):
     return qr, kg, vg
 
 
-def _from_regions(o, shape):
-    b, h, hh, ww, d = shape
-    n = N_WIN
-    return o.reshape(b, h, n, n, hh // n, ww // n, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, h, hh, ww, d)
-
-
 def biformer_gather(q, k, v):
     """BiFormer's official scheme: gather the routed K/V, then matmul attention in the input dtype (sizes divisible
     by n_win)."""
     qr, kg, vg = _gathered_regions(q, k, v)
     attn = torch.softmax((qr * q.shape[-1] ** -0.5) @ kg.transpose(-1, -2), dim=-1)
-    return _from_regions(attn @ vg, q.shape)
+    return from_regions(attn @ vg, N_WIN, *q.shape[2:4])
 
 
 def biformer_gather_sdpa(q, k, v):
     """The same gather with the attention written as ``scaled_dot_product_attention`` (the one-line change a user
     of the official code would make; flash attention over each region's gathered keys)."""
     qr, kg, vg = _gathered_regions(q, k, v)
-    return _from_regions(F.scaled_dot_product_attention(qr, kg, vg), q.shape)
+    return from_regions(F.scaled_dot_product_attention(qr, kg, vg), N_WIN, *q.shape[2:4])
 
 
 def na1d_formula(n, kernel):
