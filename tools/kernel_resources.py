@@ -1,10 +1,10 @@
 """Compile the block-sparse attention kernels of a checkout for an H100 (sm_90) without a GPU; report registers,
-spills, shared memory and compile time per kernel variant: a CPU-side check of a kernel change's register cost
-(occupancy, spills) before it reaches the GPU box. Needs Triton >= 3.4 (``triton.knobs``; its bundled ptxas and
+spills, shared memory, compile time and the main loop's load pipelining per kernel variant: a CPU-side check of a
+kernel change's register cost (occupancy, spills) and load schedule before it reaches the GPU box. Needs Triton >= 3.4 (``triton.knobs``; its bundled ptxas and
 cuobjdump). Numbers are those of this machine's Triton and ptxas, not the box's (Triton 3.6): compare two checkouts
 in one run rather than against recorded values.
 
-Usage: python tools/kernel_resources.py ROOT [ROOT2] [--json OUT.json] [--only SUBSTR]
+Usage: python tools/kernel_resources.py ROOT [ROOT2] [--json OUT.json] [--only SUBSTR] [--config BM,BN,W,S]
 (ROOT: a checkout, e.g. /work/main; the script puts ROOT first on sys.path and imports its sparse_ops; do not set
 TRITON_INTERPRET. With ROOT2 each root runs in its own process and a markdown comparison table is printed, with the
 warps per SM the registers / shared memory allow on an H100.)
@@ -19,7 +19,16 @@ Argument specialisation follows Triton's launcher: pointers 16-byte aligned, uni
 1, other strides / N divisible by 16 unless the kernel names them in ``do_not_specialize``, other ints plain i32 (rpb
 fp32: a model parameter).
 Registers from the cubin (cuobjdump -res-usage), spills from `ptxas -v` on the same PTX, shared memory from Triton's
-metadata (dynamic shared memory, what the launch requests).
+metadata (dynamic shared memory, what the launch requests). ``--config`` replaces the default tiles (not the
+small-region ones) to see another config's cost.
+
+Pipelining (``inflight``, ``sync_loads``), read from the TTGIR of the loop with the most dots (the key / query block
+walk): ``inflight`` is the ``num`` of the loop's first ``ttg.async_wait``, the async-copy groups of later iterations
+left in flight while this iteration's tile is consumed (0: the loop waits for every copy it issued, so the copy
+latency is not hidden within the program, only by other programs on the SM); ``sync_loads`` counts the tensor loads
+left synchronous in the loop (``tt.load``: their latency stalls the iteration that uses them, e.g. the rows of a
+permutation that the next tile's addresses need). Triton's software pipeliner decides both from ``num_stages`` and
+the chain of loads that feeds each tile's address.
 """
 from __future__ import annotations
 
@@ -65,6 +74,16 @@ def _resources(c):
         m = re.search(r'(\d+) bytes spill stores, (\d+) bytes spill loads', out)
         st, ld = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
         return regs, st, ld, stack
+
+
+def _pipelining(ttgir):
+    """(inflight, sync_loads) of the loop with the most dots (see the module docstring); (-1, -1) without one."""
+    loops = ttgir.split('scf.for')[1:]
+    if not loops:
+        return -1, -1
+    loop = max(loops, key=lambda x: x.count('dot'))
+    m = re.search(r'ttg\.async_wait[^\n]*\{num = (\d+)', loop)
+    return (int(m.group(1)) if m else -1), len(re.findall(r'= tt\.load [^\n]*: tensor<', loop))
 
 
 def _sig(fn, ptr, ints_d, ones, floats, const, fp32_ptrs=(), i32_ptrs=()):
@@ -164,19 +183,20 @@ def _warps_per_sm(r, name):
     return min(by_regs, by_smem, 64 // w, 32) * w
 
 
-def compare(root_a, root_b, only):
+def compare(root_a, root_b, only, config=''):
     """Run both roots (one process each) and print the comparison table."""
     res = []
     for root in (root_a, root_b):
         with tempfile.NamedTemporaryFile(suffix='.json') as f:
-            subprocess.run([sys.executable, __file__, root, '--json', f.name, '--only', only], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, __file__, root, '--json', f.name, '--only', only]
+                           + (['--config', config] if config else []), check=True, stdout=subprocess.DEVNULL)
             res.append({r['name']: r for r in json.load(open(f.name))})
     a, b = res
-    desc = lambda r: (f"{r['regs']} / {r['spill_st']}+{r['spill_ld']} / {r['shared']}" if r['ok'] else
+    desc = lambda r: (f"{r['regs']} / {r['spill_st']}+{r['spill_ld']} / {r['shared']} / "
+                      f"{r.get('inflight', '?')}, {r.get('sync_loads', '?')}" if r['ok'] else
                       'FAILS: ' + r['error'].splitlines()[-1][:80])
-    print(f'| variant | A={root_a}: regs / spill st+ld B / smem B | B={root_b}: same | warps/SM A -> B | '
-          f'compile s A/B | flag |')
+    print(f'| variant | A={root_a}: regs / spill st+ld B / smem B / in flight, sync loads | B={root_b}: same | '
+          f'warps/SM A -> B | compile s A/B | flag |')
     print('|---|---|---|---|---|---|')
     for n, ra in a.items():
         rb = b.get(n, dict(ok=False, error='missing', secs=0))
@@ -202,9 +222,10 @@ def main():
     ap.add_argument('root2', nargs='?')
     ap.add_argument('--json')
     ap.add_argument('--only', default='')
+    ap.add_argument('--config', default='', help='BM,BN,W,S instead of the default tiles')
     a = ap.parse_args()
     if a.root2:
-        return compare(a.root, a.root2, a.only)
+        return compare(a.root, a.root2, a.only, a.config)
     sys.path.insert(0, os.path.abspath(a.root))
     import torch
     import triton
@@ -213,7 +234,7 @@ def main():
     from sparse_ops import block_sparse_bwd as bwd, block_sparse_fwd as fwd
     assert fwd.__file__.startswith(os.path.abspath(a.root)), fwd.__file__
     cuda = torch.device('cuda')
-    cfg_default = fwd.default_config(64, cuda, 1)
+    cfg_default = (fwd.Config(*map(int, a.config.split(','))) if a.config else fwd.default_config(64, cuda, 1))
     cfg_small = fwd.default_config(64, cuda, 3, region_tokens=fwd.SMALL_REGION_TOKENS)
     print(f'# root={a.root} triton={triton.__version__} default={cfg_default} small-region={cfg_small}', flush=True)
     rows = []
@@ -226,8 +247,9 @@ def main():
                                target=GPUTarget('cuda', 90, 32), options={'num_warps': w, 'num_stages': st})
             dt = time.time() - t
             regs, sst, sld, stack = _resources(c)
+            inflight, sync_loads = _pipelining(c.asm['ttgir'])
             r = dict(name=name, ok=True, regs=regs, spill_st=sst, spill_ld=sld, stack=stack,
-                     shared=c.metadata.shared, secs=round(dt, 1))
+                     shared=c.metadata.shared, inflight=inflight, sync_loads=sync_loads, secs=round(dt, 1))
         except Exception as e:   # noqa: BLE001 - reported
             r = dict(name=name, ok=False, error=f'{type(e).__name__}: {str(e)[-600:]}', secs=round(time.time() - t, 1))
         rows.append(r)

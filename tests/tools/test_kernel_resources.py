@@ -23,3 +23,20 @@ def test_one_variant_compiles_for_sm90_and_reports_its_resources(tmp_path):
     for row in rows:
         assert row['ok'], row
         assert 16 <= row['regs'] <= 255 and row['spill_st'] >= 0 and row['spill_ld'] >= 0 and row['shared'] > 0, row
+        # the key-block loop was found and its loads are asynchronous copies (interval: no table feeds the addresses)
+        assert row['inflight'] >= 0 and row['sync_loads'] == 0, row
+
+
+def test_pipelining_reads_the_wait_depth_and_sync_loads_of_the_dot_loop():
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try:
+        from kernel_resources import _pipelining
+    finally:
+        sys.path.pop(0)
+    ir = ('%n = tt.load %p : tensor<8x!tt.ptr<i32>>\n'                     # before any loop: not counted
+          'scf.for %i = %a to %b step %c {\n %x = tt.load %q : tensor<8x!tt.ptr<i32>>\n}\n'   # no dot: not the walk
+          'scf.for %j = %a to %b step %c {\n %w = ttg.async_wait %t {num = 3 : i32}\n'
+          ' %r = tt.load %rp, %m : tensor<32x!tt.ptr<i32>>\n %e = tt.load %ep : !tt.ptr<i32>\n'
+          ' %d = ttng.warp_group_dot %u, %v\n %w2 = ttg.async_wait %t {num = 0 : i32}\n}\n')
+    assert _pipelining(ir) == (3, 1)          # the scalar entry load is not a tensor load
+    assert _pipelining('no loop here') == (-1, -1)
