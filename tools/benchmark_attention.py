@@ -207,7 +207,10 @@ def biformer_gather_sdpa(q, k, v):
     """The same gather with the attention written as ``scaled_dot_product_attention`` (the one-line change a user
     of the official code would make; flash attention over each region's gathered keys)."""
     qr, kg, vg = _gathered_regions(q, k, v)
-    return from_regions(F.scaled_dot_product_attention(qr, kg, vg), N_WIN, *q.shape[2:4])
+    # 4D (B, h * R, tokens, D), as the official code's (n * p^2, heads, w^2, c) tensors are: SDPA's flash and
+    # efficient kernels take 4D inputs only (a 5D call runs the math fallback)
+    o = F.scaled_dot_product_attention(qr.flatten(1, 2), kg.flatten(1, 2), vg.flatten(1, 2))
+    return from_regions(o.view(qr.shape), N_WIN, *q.shape[2:4])
 
 
 def na1d_formula(n, kernel):
