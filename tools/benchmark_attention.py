@@ -46,7 +46,7 @@ SIZES = {  # name: (B, heads, H, W, D)
 }
 PATTERNS = ['window', 'window_shift', 'band', 'na1d', 'na2d', 'na2d_d4', 'routing']
 WINDOW, BAND, NA1D, NA2D_K, N_WIN, TOPK = 64, 49, 49, 7, 8, 4
-# 3-stage tiles too: at 2 stages the key-block loop keeps no copy in flight (tools/kernel_resources.py, "inflight")
+# 2- and 3-stage tiles (3 stages keep more copies in flight: tools/kernel_resources.py, "inflight")
 TUNE_SHORTLIST = [Config(32, 32, 4, 2), Config(64, 16, 4, 2), Config(64, 32, 4, 2), Config(64, 32, 4, 3),
                   Config(64, 64, 4, 2), Config(64, 64, 4, 3),
                   Config(128, 32, 8, 2), Config(128, 64, 8, 2), Config(128, 64, 4, 3), Config(128, 64, 8, 3)]

@@ -1,8 +1,8 @@
 """Compile the block-sparse attention kernels of a checkout for an H100 (sm_90) without a GPU; report registers,
 spills, shared memory, compile time and the main loop's load pipelining per kernel variant: a CPU-side check of a
-kernel change's register cost (occupancy, spills) and load schedule before it reaches the GPU box. Needs Triton >= 3.4 (``triton.knobs``; its bundled ptxas and
-cuobjdump). Numbers are those of this machine's Triton and ptxas, not the box's (Triton 3.6): compare two checkouts
-in one run rather than against recorded values.
+kernel change's register cost (occupancy, spills) and load schedule before it reaches the GPU box. Needs Triton
+>= 3.4 (``triton.knobs``; its bundled ptxas and cuobjdump). Numbers are those of this machine's Triton and ptxas,
+not the box's (Triton 3.6): compare two checkouts in one run rather than against recorded values.
 
 Usage: python tools/kernel_resources.py ROOT [ROOT2] [--json OUT.json] [--only SUBSTR] [--config BM,BN,W,S]
 (ROOT: a checkout, e.g. /work/main; the script puts ROOT first on sys.path and imports its sparse_ops; do not set
@@ -235,7 +235,7 @@ def main():
     from sparse_ops import block_sparse_bwd as bwd, block_sparse_fwd as fwd
     assert fwd.__file__.startswith(os.path.abspath(a.root)), fwd.__file__
     cuda = torch.device('cuda')
-    cfg_default = (fwd.Config(*map(int, a.config.split(','))) if a.config else fwd.default_config(64, cuda, 1))
+    cfg_default = fwd.Config(*map(int, a.config.split(','))) if a.config else fwd.default_config(64, cuda, 1)
     cfg_small = fwd.default_config(64, cuda, 3, region_tokens=fwd.SMALL_REGION_TOKENS)
     print(f'# root={a.root} triton={triton.__version__} default={cfg_default} small-region={cfg_small}', flush=True)
     rows = []
