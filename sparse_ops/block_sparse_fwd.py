@@ -18,6 +18,13 @@ in sub-grid-major Hilbert order, routing in region order): tiles are gathered ro
 so no permuted copy of q, k, v, o exists; ``lse`` stays in sequence order. Loop-invariant query metadata is loaded
 once per program (``_q_meta``), key metadata per key tile (``_k_meta``).
 
+Load schedule: with ``HAS_PERM`` a key tile's address hangs on a chain of loads (table entry, then the
+permutation's rows, then k / v) that Triton's pipeliner leaves synchronous: each iteration would wait for it.
+That loop prefetches by hand: it reads table entries two ahead and issues the next tile's k / v loads (into
+registers) before this tile's dots, so their latency overlaps this tile's math. Tiles in memory order (no
+``HAS_PERM``) keep the plain loop, which the pipeliner handles with async copies. docs/benchmarks.md ("Forward
+load schedule") has the measurement behind both choices.
+
 NaN and inf (the rule: docs/design.md, "NaN and inf"): the launcher runs the kernel twice. ``EXACT=False`` is the
 plain loop, in which a NaN / inf in a v row reaches every query of a tile that loads it (``0 * NaN`` in ``P V``); it
 ends with one reduction over o and stores a flag per program (``FLAG``: o not finite, or a real row that saw no key,
@@ -208,6 +215,19 @@ def _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x
 
 
 @triton.jit
+def _kv_tile(k_base, v_base, PERM, ent, offs_j, offs_d, N, lim, stride_kn, stride_kk, stride_vn, stride_vk,
+             BLOCK_N: tl.constexpr, HAS_PERM: tl.constexpr):
+    """Key block of table entry ``ent``: its sequence positions [BLOCK_N] and k, v tiles [BLOCK_N, D] (0 from
+    position ``lim`` on: N, or 0 for no load)."""
+    offs_n = (ent // 2) * BLOCK_N + offs_j
+    rows_n = _rows(PERM, offs_n, N, HAS_PERM)
+    ok = offs_n[:, None] < lim
+    k = tl.load(k_base + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kk, mask=ok, other=0.0)
+    v = tl.load(v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vk, mask=ok, other=0.0)
+    return offs_n, k, v
+
+
+@triton.jit
 def _finite_rows(x):
     """[rows] bool: every element of the row is finite (False for a NaN or +-inf anywhere in it)."""
     return tl.min((tl.abs(x) < float('inf')).to(tl.int32), 1) > 0
@@ -273,16 +293,27 @@ def _block_sparse_fwd_kernel(
 
     num = tl.load(KV_NUM + z64 * stride_numz + pid_m)
     row = KV_IDX + z64 * stride_idxz + pid_m.to(tl.int64) * stride_idxm
+    if HAS_PERM:   # gathered rows: entries two ahead, the next tile's k / v loads issued before this tile's math
+        ent_a = tl.load(row, mask=num > 0, other=0)
+        ent_b = tl.load(row + 1, mask=num > 1, other=0)
+        offs_c, k_c, v_c = _kv_tile(k_base, v_base, PERM, ent_a, offs_j, offs_d, N, tl.where(num > 0, N, 0),
+                                    stride_kn, stride_kk, stride_vn, stride_vk, BLOCK_N, HAS_PERM)
     for it in range(0, num):
-        ent = tl.load(row + it)
-        start_n = (ent // 2) * BLOCK_N
+        if HAS_PERM:
+            ent = ent_a
+            offs_n = offs_c
+            k = k_c
+            v = v_c
+            ent_a = ent_b
+            ent_b = tl.load(row + it + 2, mask=it + 2 < num, other=0)
+            offs_c, k_c, v_c = _kv_tile(k_base, v_base, PERM, ent_a, offs_j, offs_d, N,
+                                        tl.where(it + 1 < num, N, 0),
+                                        stride_kn, stride_kk, stride_vn, stride_vk, BLOCK_N, HAS_PERM)
+        else:
+            ent = tl.load(row + it)
+            offs_n, k, v = _kv_tile(k_base, v_base, PERM, ent, offs_j, offs_d, N, N,
+                                    stride_kn, stride_kk, stride_vn, stride_vk, BLOCK_N, HAS_PERM)
         partial = (ent % 2) == 1
-        offs_n = start_n + offs_j
-        rows_n = _rows(PERM, offs_n, N, HAS_PERM)
-        k = tl.load(k_base + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kk, mask=offs_n[:, None] < N,
-                    other=0.0)
-        v = tl.load(v_base + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vk, mask=offs_n[:, None] < N,
-                    other=0.0)
         if EXACT:
             kv_ok = _finite_rows(k) & _finite_rows(v)
             k = tl.where(kv_ok[:, None], k, 0.0)

@@ -27,7 +27,8 @@ walk): ``inflight`` is the ``num`` of the loop's first ``ttg.async_wait``, the a
 left in flight while this iteration's tile is consumed (0: the loop waits for every copy it issued, so the copy
 latency is not hidden within the program, only by other programs on the SM); ``sync_loads`` counts the tensor loads
 left synchronous in the loop (``tt.load``: their latency stalls the iteration that uses them, e.g. the rows of a
-permutation that the next tile's addresses need). Triton's software pipeliner decides both from ``num_stages`` and
+permutation that the next tile's addresses need; the forward's hand prefetch of gathered tiles also shows here, as
+loads whose use is one iteration later, with no async wait: ``inflight`` -1). Triton's software pipeliner decides both from ``num_stages`` and
 the chain of loads that feeds each tile's address. A reading of the schedule, not a prediction of speed (more copies
 in flight cost registers and shared memory): time a change with tools/benchmark_attention.py.
 """
