@@ -307,19 +307,19 @@ def na2d_order(h: int, w: int, dilation: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(perms), torch.cat(toks).to(torch.int32)
 
 
-_PAIR_CHUNK = 1 << 22
-"""(query, key) pairs per pass of the 2D NA state count (bounds the builder's temporaries)."""
+_PAIR_CHUNK = 1 << 20
+"""(query, key) pairs per pass of the 2D NA block-pair count (bounds the builder's temporaries)."""
 
 
-def _na2d_state(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn) -> torch.Tensor:
-    """Block state ``(1, n_qb, n_kb)`` int8 of the 2D neighbourhood: counts the allowed (query, key) pairs of every
-    block pair (every query's clamped ``kernel x kernel`` window, ``N * kernel^2`` pairs in passes of at most
-    ``_PAIR_CHUNK``); full where the count is the blocks' product and the key block is complete. Runs on the
-    tensors' device without a host sync."""
+def _na2d_block_pairs(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The visited block pairs of the 2D neighbourhood, sparse: ``key (P,)`` int64 = ``qb * n_kb + kb`` ascending
+    and ``count (P,)`` int64, the allowed (query, key) pairs in each (every query's clamped ``kernel x kernel``
+    window: ``N * kernel^2`` pairs, counted in passes of at most ``_PAIR_CHUNK``). Memory follows the visited pairs,
+    not ``n_qb * n_kb``. Runs on the tensors' device (``torch.unique``: a host sync per pass)."""
     device, n = inv.device, inv.numel()
-    n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
+    n_kb = _n_blocks(n, bn)
     ar = torch.arange(kernel, device=device)
-    counts = torch.zeros(n_qb * n_kb + 1, dtype=torch.int64, device=device)
+    keys, counts = [], []
     step = max(1, _PAIR_CHUNK // (kernel * kernel))
     for s0 in range(0, n, step):
         sl = slice(s0, min(n, s0 + step))
@@ -329,18 +329,43 @@ def _na2d_state(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn) -> torch.
         pix = (ky * d + gy[sl, None])[:, :, None] * w + (kx * d + gx[sl, None])[:, None, :]
         j = inv[pix.clamp(max=n - 1)]                             # sequence position of each key
         i = torch.arange(sl.start, sl.stop, device=device)[:, None, None]
-        key = torch.where(ok, (i // bm) * n_kb + j // bn, n_qb * n_kb)  # pairs outside the window: a dump bin
-        counts += torch.bincount(key.flatten(), minlength=n_qb * n_kb + 1)
-    counts = counts[:-1].view(n_qb, n_kb)
-    rows, cols = _block_rows(n, bm, device), _block_rows(n, bn, device)
-    full = (counts == rows[:, None] * cols[None, :]) & (cols[None, :] == bn)
-    return ((counts > 0).to(torch.int8) + full.to(torch.int8))[None]
+        key, count = torch.unique(((i // bm) * n_kb + j // bn)[ok], return_counts=True)
+        keys.append(key)
+        counts.append(count)
+    key, where = torch.unique(torch.cat(keys), return_inverse=True)
+    return key, torch.zeros_like(key).index_add_(0, where, torch.cat(counts))
+
+
+def _lists(row: torch.Tensor, enc: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries ``enc (P,)`` of rows ``row (P,)`` (ascending; within a row in list order) -> num (1, n_rows) int32,
+    idx (1, n_rows, width) int32, zero past num (width = the longest list, at least 1; one host sync)."""
+    num = torch.bincount(row, minlength=n_rows)
+    width = max(1, int(num.max())) if row.numel() else 1
+    pos = torch.arange(row.numel(), device=row.device) - (torch.cumsum(num, 0) - num)[row]
+    idx = torch.zeros((n_rows, width), device=row.device, dtype=torch.int32)
+    idx[row, pos] = enc.to(torch.int32)
+    return num.to(torch.int32)[None], idx[None]
+
+
+def _tables_from_pairs(key, count, n, bm, bn):
+    """``(kv_num, kv_idx, q_num, q_idx)`` of sparse block pairs (:func:`_na2d_block_pairs`): the tables that
+    :func:`tables_from_state` gives for the dense state (full where the count is the blocks' product and the key
+    block is complete, else partial)."""
+    n_qb, n_kb = _n_blocks(n, bm), _n_blocks(n, bn)
+    qb, kb = key // n_kb, key % n_kb
+    rows, cols = _block_rows(n, bm, key.device), _block_rows(n, bn, key.device)
+    partial = ((count != rows[qb] * cols[kb]) | (cols[kb] != bn)).to(torch.int64)
+    kv_num, kv_idx = _lists(qb, kb * 2 + partial, n_qb)
+    order = torch.argsort(kb * n_qb + qb)
+    q_num, q_idx = _lists(kb[order], (qb * 2 + partial)[order], n_kb)
+    return kv_num, kv_idx, q_num, q_idx
 
 
 @functools.lru_cache(maxsize=128)
 def _na2d_pattern(h, w, kernel, dilation, bm, bn, device):
     """Built on ``device`` (the order comes from the CPU cache of :func:`na2d_order`): on a GPU a new input size
-    costs a few dozen launches, not a host pass over the ``N * kernel^2`` pairs."""
+    costs a few dozen launches and a host sync per pass, not a host pass over the ``N * kernel^2`` pairs; the block
+    pairs are kept sparse (no dense ``n_qb x n_kb`` count)."""
     d, n = dilation, h * w
     perm, tok = (t.to(device) for t in na2d_order(h, w, d))
     inv = torch.empty_like(perm)
@@ -351,7 +376,7 @@ def _na2d_pattern(h, w, kernel, dilation, bm, bn, device):
     ylo, yhi = _axis_window(y // d, hs, kernel)
     xlo, xhi = _axis_window(x // d, ws, kernel)
     qwin = torch.stack([ylo, yhi, xlo, xhi], 1).to(torch.int32)
-    tables = tables_from_state(_na2d_state(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn))
+    tables = _tables_from_pairs(*_na2d_block_pairs(inv, gy, gx, ylo, yhi, xlo, xhi, w, d, kernel, bm, bn), n, bm, bn)
     return BlockPattern(n, bm, bn, MASK_GRID2D, *tables, qwin=qwin.contiguous(), tok=tok.contiguous(), perm=perm,
                         inv_perm=inv, rows=perm.to(torch.int32))
 

@@ -139,9 +139,10 @@ def test_hw_adds_hilbert_coordinates():
     assert patterns.hilbert_slide_pattern(35, 9, 16, 16).tok is None
 
 
-def test_na2d_state_counted_in_passes_equals_one_pass(monkeypatch):
+def test_na2d_pairs_counted_in_passes_equal_one_pass(monkeypatch):
     """The pair count runs in passes of ``_PAIR_CHUNK`` pairs (bounded temporaries at large maps): many small
     passes give the tables of one pass."""
+    patterns._na2d_pattern.cache_clear()
     one = patterns._na2d_pattern(23, 30, 5, 2, 16, 16, torch.device('cpu'))
     patterns._na2d_pattern.cache_clear()
     monkeypatch.setattr(patterns, '_PAIR_CHUNK', 7 * 25)  # 7 queries per pass
@@ -150,3 +151,13 @@ def test_na2d_state_counted_in_passes_equals_one_pass(monkeypatch):
     assert many is not one
     for name in ('kv_num', 'kv_idx', 'q_num', 'q_idx'):
         assert torch.equal(getattr(many, name), getattr(one, name)), name
+
+
+@pytest.mark.parametrize('h,w,k,d,bm,bn', [(13, 7, 7, 1, 16, 16), (31, 45, 7, 4, 32, 16), (24, 40, 5, 2, 64, 32)])
+def test_na2d_sparse_tables_equal_the_dense_compaction(h, w, k, d, bm, bn):
+    """The 2D NA builder keeps block pairs sparse; its tables equal, entry for entry (widths and zero padding
+    included), those that tables_from_state compacts from the oracle's dense block state."""
+    p = patterns.na2d_pattern(h, w, k, d, bm, bn)
+    dense = patterns.tables_from_state(_expected_state(_na2d_allowed(h, w, k, d, p.perm), bm, bn))
+    for name, want in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), dense):
+        assert torch.equal(getattr(p, name), want), name
