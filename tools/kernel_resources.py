@@ -28,9 +28,10 @@ left in flight while this iteration's tile is consumed (0: the loop waits for ev
 latency is not hidden within the program, only by other programs on the SM); ``sync_loads`` counts the tensor loads
 left synchronous in the loop (``tt.load``: their latency stalls the iteration that uses them, e.g. the rows of a
 permutation that the next tile's addresses need; the forward's hand prefetch of gathered tiles also shows here, as
-loads whose use is one iteration later, with no async wait: ``inflight`` -1). Triton's software pipeliner decides both from ``num_stages`` and
-the chain of loads that feeds each tile's address. A reading of the schedule, not a prediction of speed (more copies
-in flight cost registers and shared memory): time a change with tools/benchmark_attention.py.
+loads whose use is one iteration later, with no async wait: ``inflight`` -1). Triton's software pipeliner decides
+both from ``num_stages`` and the chain of loads that feeds each tile's address. A reading of the schedule, not a
+prediction of speed (more copies in flight cost registers and shared memory): time a change with
+tools/benchmark_attention.py.
 """
 from __future__ import annotations
 
@@ -144,8 +145,9 @@ def variants(fwd, bwd, cfg_default, cfg_small):
                 rp = ('RPB',) if rpb else ()
                 ones = {a for a in fwd._block_sparse_fwd_kernel.arg_names + bwd._block_sparse_bwd_dq_kernel.arg_names
                         + bwd._block_sparse_bwd_dkdv_kernel.arg_names if re.fullmatch(r'stride_\w+k', a)}
-                ints_d = {a for a in bwd._block_sparse_bwd_dkdv_kernel.arg_names + bwd._block_sparse_bwd_dq_kernel.arg_names
-                          + fwd._block_sparse_fwd_kernel.arg_names if a.startswith('stride_') or a == 'N'}
+                ints_d = {a for a in bwd._block_sparse_bwd_dkdv_kernel.arg_names
+                          + bwd._block_sparse_bwd_dq_kernel.arg_names + fwd._block_sparse_fwd_kernel.arg_names
+                          if a.startswith('stride_') or a == 'N'}
                 ints_d -= {'stride_numz', 'stride_idxz', 'stride_ckz', 'stride_cumz', 'stride_rz', 'stride_rpbh',
                            'stride_drc'}
                 ints_d.discard('N') if mask == 3 else None
