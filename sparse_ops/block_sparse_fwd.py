@@ -207,9 +207,23 @@ def _scores(qk, offs_m, offs_n, partial, q_lo, q_hi, q_xlo, q_xhi, q_g, q_y, q_x
             ok = ok & (q_g[:, None] == k_g[None, :])
             ok = ok & (k_y[None, :] >= q_lo[:, None]) & (k_y[None, :] <= q_hi[:, None])
             ok = ok & (k_x[None, :] >= q_xlo[:, None]) & (k_x[None, :] <= q_xhi[:, None])
-        elif MASK_MODE == 3:  # routed (query region, key region) pairs
-            routed = tl.load(ROUTE_Z + q_g[:, None] * n_groups + k_g[None, :], mask=ok, other=0)
-            ok = ok & (routed != 0)
+        elif MASK_MODE == 3:  # routed (query group, key group) pairs: bit k_g of row q_g of the bit rows
+            # a key tile's groups are consecutive (routing.py), so it reads 2 words (3 for 64-key tiles) per query
+            # row with 1D loads; a 2D gather from a dense table made Triton compute the softmax twice
+            words = (n_groups + 31) // 32
+            k_ok = offs_n < N
+            g0 = tl.min(tl.where(k_ok, k_g, n_groups), 0)
+            kg = tl.where(k_ok, k_g, g0)
+            w0 = g0 // 32
+            row = ROUTE_Z + q_g * words + w0
+            w_m = offs_m * 0 + w0        # the word per query row (tensor masks: the interpreter rejects scalar ones)
+            m_ok = offs_m < N
+            kw = (kg // 32 - w0)[None, :]
+            word = tl.where(kw == 0, tl.load(row, mask=m_ok & (w_m < words), other=0)[:, None],
+                            tl.load(row + 1, mask=m_ok & (w_m + 1 < words), other=0)[:, None])
+            if offs_n.shape[0] > 32:
+                word = tl.where(kw == 2, tl.load(row + 2, mask=m_ok & (w_m + 2 < words), other=0)[:, None], word)
+            ok = ok & (((word >> (kg % 32)[None, :]) & 1) != 0)
         s = tl.where(ok, s, float('-inf'))
     return s
 
@@ -364,7 +378,7 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
 
     q, k, v: (B, H, N, D) in memory order; ``rows (N,)`` int32 or None: memory row of each sequence position
     (the pattern's order), else memory order is the sequence order. kv_num (Bt, n_qb) / kv_idx (Bt, n_qb, max_kv)
-    int32 built for ``config``'s block sizes; qwin / tok (N, 4) int32 or None; route (B, G, G) int32 or None;
+    int32 built for ``config``'s block sizes; qwin / tok (N, 4) int32 or None; route (B, G, W) int32 bit rows or None;
     rpb (H, 2r-1, 2r-1) contiguous or None. Returns o (B, H, N, D) like q (memory order) and lse (B, H, N) fp32
     (base 2, sequence order). ``o_dtype`` (e.g. fp32) overrides o's dtype: the kernel stores its fp32 accumulator
     rounded to that type; an fp32 o of 16-bit inputs also gets ``P V`` with the fp32 P (``SPLIT_P``: P = hi + lo in

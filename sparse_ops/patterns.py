@@ -20,7 +20,7 @@ cut into query blocks of ``block_m`` and key blocks of ``block_n`` tokens. A :cl
   ``MASK_GRID2D`` (2)       ``tok[i, 2] == tok[j, 2]`` (same dilation sub-grid) and the key's sub-grid coords
                             ``(tok[j, 0], tok[j, 1])`` inside the query's rectangle
                             ``qwin[i] = (ylo, yhi, xlo, xhi)``: exact 2D neighbourhoods with dilation
-  ``MASK_ROUTE`` (3)        ``route[b, tok[i, 2], tok[j, 2]] != 0`` (region ids): bi-level routing
+  ``MASK_ROUTE`` (3)        bit ``tok[j, 2]`` of row ``tok[i, 2]`` of ``route[b]`` (region ranks): bi-level routing
   ========================  ==================================================================================
 
 - optional relative position bias: ``tok[:, 0:2]`` are the tokens' (y, x) in the units the bias is indexed in
@@ -52,11 +52,12 @@ import functools
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from .hilbert import hilbert_coords
 
 __all__ = [
-    'MASK_NONE', 'MASK_INTERVAL', 'MASK_GRID2D', 'MASK_ROUTE', 'BlockPattern', 'tables_from_state',
+    'MASK_NONE', 'MASK_INTERVAL', 'MASK_GRID2D', 'MASK_ROUTE', 'BlockPattern', 'route_bits', 'tables_from_state',
     'hilbert_window_pattern', 'hilbert_slide_pattern', 'hilbert_na1d_pattern', 'na2d_pattern',
     'hilbert_token_coords', 'window_intervals',
     'slide_intervals', 'na1d_intervals', 'na2d_order',
@@ -71,8 +72,9 @@ class BlockPattern:
 
     Shapes: ``kv_num (Bt, n_qb)``, ``kv_idx (Bt, n_qb, max_kv)``, ``q_num (Bt, n_kb)``, ``q_idx (Bt, n_kb, max_q)``
     (all int32, entries ``block * 2 + partial``); ``qwin (N, 4)`` int32 or None; ``tok (N, 4)`` int32
-    ``(y, x, group, 0)`` or None; ``route (B, G, G)`` int32 or None; ``perm``/``inv_perm (N,)`` int64 or None;
-    ``rows (N,)`` int32 = ``perm`` for the kernels, which then read row-major inputs in place.
+    ``(y, x, group, 0)`` or None; ``route (B, G, ceil(G / 32))`` int32 bit rows (:func:`route_bits`) or None;
+    ``perm``/``inv_perm (N,)`` int64 or None; ``rows (N,)`` int32 = ``perm`` for the kernels, which then read
+    row-major inputs in place.
     """
     n: int
     block_m: int
@@ -124,6 +126,26 @@ def _compact(state: torch.Tensor, width: Optional[int]) -> tuple[torch.Tensor, t
     out = torch.zeros(state.shape[:-1] + (width + 1,), device=state.device, dtype=torch.int32)
     out.scatter_(-1, pos, enc)
     return num, out[..., :width].contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _bit_weights(device) -> torch.Tensor:
+    """(32,) float64: bit j's value in an int32 word (bit 31 is the sign bit, -2^31)."""
+    w = [float(2 ** j) for j in range(31)] + [-float(2 ** 31)]
+    return torch.tensor(w, dtype=torch.float64, device=device)
+
+
+def route_bits(route: torch.Tensor) -> torch.Tensor:
+    """0/1 routes ``(B, G, G)`` (float) -> bit rows ``(B, G, ceil(G / 32))`` int32: bit ``c % 32`` of word ``c // 32``
+    of row ``g`` is ``route[b, g, c]``. The kernels read a query group's words with 1D loads: a 2D gather from a dense
+    ``(G, G)`` table made Triton compute the softmax a second time in another layout. Three kernels on a GPU (one
+    more when G is not a multiple of 32); sums of distinct powers of two are exact in float64."""
+    b, g, _ = route.shape
+    words = -(-g // 32)
+    x = route.to(torch.float64)
+    if words * 32 != g:
+        x = F.pad(x, (0, words * 32 - g))
+    return (x.view(b, g, words, 32) @ _bit_weights(route.device)).to(torch.int32)
 
 
 def tables_from_state(state: torch.Tensor, max_kv: Optional[int] = None, max_q: Optional[int] = None):

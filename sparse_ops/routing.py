@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ._host import cdiv
 from .backend import why_not_triton
-from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, tables_from_state
+from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, route_bits, tables_from_state
 
 __all__ = ['region_size', 'clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv',
            'RoutingLayout', 'routing_layout', 'routed_state', 'routing_pattern']
@@ -152,7 +152,9 @@ class RoutingLayout:
     ``perm (N,)`` row-major pixel of each sequence position, ``inv_perm (N,)``, ``rows`` = perm as int32,
     ``region (N,)`` int64 region id of each
     sequence position, ``region_rowmajor (N,)`` region id of each pixel, ``counts (R,)`` tokens per region (R =
-    n_win**2; empty regions have 0), ``tok (N, 4)`` int32 = (0, 0, region, 0), ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
+    n_win**2; empty regions have 0), ``ranked (G,)`` int64 the non-empty regions in sequence order, ``tok (N, 4)``
+    int32 = (0, 0, rank of the region in ``ranked``, 0) (so the group ids of a block's tokens are consecutive),
+    ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
     float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real
     tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound; for the
     routing: ``cnt (R, 1)`` float32 counts clamped to >= 1 (the divisor of the region means) and ``empty (R,)``
@@ -171,6 +173,7 @@ class RoutingLayout:
     region: torch.Tensor
     region_rowmajor: torch.Tensor
     counts: torch.Tensor
+    ranked: torch.Tensor
     tok: torch.Tensor
     a_q: torch.Tensor
     a_k: torch.Tensor
@@ -206,8 +209,9 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     inv[perm] = torch.arange(n)
     region = reg_rm[perm]
     counts = torch.bincount(reg_rm, minlength=r)
+    rank = torch.cumsum(counts > 0, 0) - 1                              # region -> rank among the non-empty
     tok = torch.zeros(n, 4, dtype=torch.int32)
-    tok[:, 2] = region.to(torch.int32)
+    tok[:, 2] = rank[region].to(torch.int32)
     a_q, a_k = _overlap(region, n, bm, r), _overlap(region, n, bn, r)
     # static bound on the key blocks a query block can visit: regions touched by one query block x topk(<= all)
     # regions' key-block spans -- never more than n_kb
@@ -218,7 +222,7 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     k_real = _block_rows(n, bn, 'cpu')
     to = functools.partial(torch.Tensor.to, device=device)
     return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
-                         to(counts),
+                         to(counts), to(torch.nonzero(counts > 0)[:, 0]),
                          to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
                          to((k_real == bn).to(torch.int8)), max_kv_per_topk,
                          to(counts.clamp(min=1).to(torch.float32)[:, None]),
@@ -251,7 +255,9 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
 
     ``topk_idx (B, R, topk)`` int64: the regions each query region routes to; ``route (B, R, R)`` float32 0/1, the
     scatter of topk_idx, when the caller has it already (:func:`route_qkv`). Returns a
-    BlockPattern with Bt = B, ``MASK_ROUTE`` and ``route (B, R, R)`` int32 (1 where routed).
+    BlockPattern with Bt = B, ``MASK_ROUTE``, ``route`` the routes among the non-empty regions as bit rows
+    (:func:`sparse_ops.patterns.route_bits`, ``(B, G, ceil(G / 32))`` int32, G = ``len(layout.ranked)``) and
+    ``n_groups`` = G.
     """
     b, r, topk = topk_idx.shape
     n, bm, bn = layout.h * layout.w, layout.block_m, layout.block_n
@@ -267,5 +273,7 @@ def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
         tables = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
     else:
         tables = tables_from_state(routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
-    return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route.to(torch.int32).contiguous(),
-                        n_groups=r, perm=layout.perm, inv_perm=layout.inv_perm, rows=layout.rows)
+    if layout.empty is not None:    # the groups of the kernels' masks: the non-empty regions, in rank order
+        route = route.index_select(1, layout.ranked).index_select(2, layout.ranked)
+    return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route_bits(route),
+                        n_groups=layout.ranked.numel(), perm=layout.perm, inv_perm=layout.inv_perm, rows=layout.rows)

@@ -20,7 +20,7 @@ if not torch.cuda.is_available() and os.environ.get('TRITON_INTERPRET') != '1':
     pytest.skip('needs CUDA or TRITON_INTERPRET=1', allow_module_level=True)
 
 import sparse_ops  # noqa: E402
-from sparse_ops import reference  # noqa: E402
+from sparse_ops import reference, routing  # noqa: E402
 from sparse_ops import triton_api  # noqa: E402
 from sparse_ops.block_sparse_fwd import Config, configs_for  # noqa: E402
 
@@ -172,6 +172,16 @@ def test_routing_topk_extremes(topk):
     check_case('bilevel_routing_attention', (2, 2, 10, 11, 16), dict(n_win=3, topk=topk))
 
 
+@pytest.mark.parametrize('hw', [(16, 23), (40, 11)], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_routing_groups_past_one_bit_word(hw):
+    # 64 regions of 6 / 4 tokens, and 48 non-empty regions of 10 / 5 (empty bands): the kernels' route bit rows have
+    # two 32-group words, and a key block straddles the boundary between them
+    g = routing.routing_layout(*hw, 8, 16, 16).tok[:, 2].long()
+    first = torch.nonzero(g == 32)[0, 0].item()
+    assert first % 16 and g.max() >= 32, 'no key block holds groups 31 and 32'
+    check_case('bilevel_routing_attention', (1, 2, *hw, 16), dict(n_win=8, topk=5))
+
+
 def test_routing_more_regions_than_rows():
     # n_win 4 on 3 rows: ceil(3/4) = 1 row per band, the last band is empty; topk = all 16 includes empty ones
     check_case('bilevel_routing_attention', (1, 2, 3, 5, 16), dict(n_win=4, topk=16))
@@ -182,7 +192,6 @@ def test_routing_more_regions_than_rows():
 def test_route_topk_matches_twin(hw, n_win, topk):
     """The Triton op's routing (``routing.route_regions`` with the cached layout, and the two-launch
     ``routing.route_qkv`` of the packed op) returns the twin's routes exactly, empty regions included."""
-    from sparse_ops import routing
     g = torch.Generator().manual_seed(5)
     q, k = (torch.randn(2, 3, *hw, 16, generator=g).to(DEVICE) for _ in range(2))
     layout = routing.routing_layout(*hw, n_win, 16, 16, q.device)

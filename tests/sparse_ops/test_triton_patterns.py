@@ -120,7 +120,11 @@ def test_routing_tables(h, w, n_win, topk, bm, bn):
     routed.scatter_(2, idx, True)
     allowed = routed[:, reg][:, :, reg][:, layout.perm][:, :, layout.perm]
     _check(p, allowed)
-    assert torch.equal(p.route.bool(), routed)
+    ranked = layout.ranked                                        # the non-empty regions: the kernels' groups
+    g = torch.arange(ranked.numel())
+    bits = (p.route[:, :, g // 32] >> (g % 32)) & 1 == 1                  # (B, G, G) unpacked
+    assert p.n_groups == ranked.numel() and torch.equal(bits, routed[:, ranked][:, :, ranked])
+    assert torch.equal(ranked[p.tok[:, 2].long()], layout.region), 'tok[:, 2] is not the rank of the region'
     assert p.kv_idx.shape[-1] >= int(p.kv_num.max()), 'static max_kv bound is too small'
 
 
@@ -161,3 +165,14 @@ def test_na2d_sparse_tables_equal_the_dense_compaction(h, w, k, d, bm, bn):
     dense = patterns.tables_from_state(_expected_state(_na2d_allowed(h, w, k, d, p.perm), bm, bn))
     for name, want in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), dense):
         assert torch.equal(getattr(p, name), want), name
+
+
+@pytest.mark.parametrize('g', [1, 31, 32, 33, 49, 256])
+def test_route_bits_round_trip(g):
+    """Bit rows hold every route, bit 31 (the int32 sign bit) and partial last words included."""
+    route = (torch.rand(2, g, g, generator=torch.Generator().manual_seed(g)) < 0.4).float()
+    route[0, 0, :] = 1.0                                          # a row with every bit set
+    bits = patterns.route_bits(route)
+    c = torch.arange(g)
+    assert bits.dtype == torch.int32 and bits.shape == (2, g, -(-g // 32))
+    assert torch.equal(((bits[:, :, c // 32] >> (c % 32)) & 1).float(), route)
