@@ -30,12 +30,13 @@ distinct fp32 products except through rounding, which this code does not reprodu
 
 Entry points: :func:`route_regions` (q, k ``(B, heads, H, W, D)``: the twin and the unfused Triton op) and
 :func:`route_qkv` (a fused ``qkv (B, H, W, 3C)``: the packed Triton op and the fused BiFormer block), which runs
-``routing_triton.route_topk_triton`` (region means, affinity and the same top-k rule in two launches) -- the
-Triton twin of :func:`route_regions`, checked against it with ties in tests/sparse_ops/test_routing.py.
+``routing_triton.route_topk_triton`` (region means, affinity, the same top-k rule and the kernels' bit rows in two
+launches) -- the Triton twin of :func:`route_regions`, checked against it with ties in
+tests/sparse_ops/test_routing.py.
 
 Routing tables: :func:`routing_layout` (static, cached: tokens sorted by region, block-region overlaps) and
 :func:`routing_pattern` (the run-time block tables of the routed regions, built on the device with no host sync,
-by ``routing_tables.routed_tables`` in one Triton launch on CUDA / the interpreter).
+by ``routing_tables.routed_tables`` from the bit rows in one Triton launch on CUDA / the interpreter).
 """
 from __future__ import annotations
 
@@ -137,10 +138,12 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int,
 
 
 @torch.no_grad()
-def route_qkv(qkv: torch.Tensor, n_win: int, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def route_qkv(qkv: torch.Tensor, n_win: int, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`route_regions` of a fused ``qkv (B, H, W, 3C)`` (channels ``[q | k | v]``, heads head-major) on the
     Triton path (CUDA, or CPU under ``TRITON_INTERPRET=1``): two launches, no host sync. Returns ``topk_idx (B, R,
-    topk)`` int64, equal to ``route_regions`` of the split heads, and ``route (B, R, R)`` fp32, its 0/1 scatter."""
+    topk)`` int64, equal to ``route_regions`` of the split heads, ``route (B, R, R)`` fp32, its 0/1 scatter, and
+    ``bits (B, G, ceil(G / 32))`` int32, the routes among the G non-empty regions as :func:`routing_pattern`'s bit
+    rows."""
     from .routing_triton import route_topk_triton       # Triton is imported only on the Triton path
     return route_topk_triton(qkv, n_win, topk)
 
@@ -155,7 +158,9 @@ class RoutingLayout:
     n_win**2; empty regions have 0), ``ranked (G,)`` int64 the non-empty regions in sequence order, ``tok (N, 4)``
     int32 = (0, 0, rank of the region in ``ranked``, 0) (so the group ids of a block's tokens are consecutive),
     ``a_q (n_qb, R)`` / ``a_k (n_kb, R)``
-    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``k_real (n_kb,)`` real
+    float 0/1 block-overlaps-region, ``n_q (n_qb,)`` / ``n_k (n_kb,)`` regions per block, ``q_grp (n_qb, 2)`` /
+    ``k_grp (n_kb, 2)`` int32 the first and last rank of a block's regions and ``q_span`` / ``k_span`` the most
+    regions of one block (the Triton table builder's inputs), ``k_real (n_kb,)`` real
     tokens per key block, ``k_full (n_kb,)`` int8 1 where that is ``block_n``, ``max_kv`` static bound; for the
     routing: ``cnt (R, 1)`` float32 counts clamped to >= 1 (the divisor of the region means) and ``empty (R,)``
     bool, or None when no region is empty (the affinity mask is then skipped); ``blocks_are_regions`` True when
@@ -179,6 +184,10 @@ class RoutingLayout:
     a_k: torch.Tensor
     n_q: torch.Tensor
     n_k: torch.Tensor
+    q_grp: torch.Tensor
+    k_grp: torch.Tensor
+    q_span: int
+    k_span: int
     k_real: torch.Tensor
     k_full: torch.Tensor
     max_kv: int
@@ -196,6 +205,13 @@ def _overlap(region: torch.Tensor, n: int, b: int, r: int) -> torch.Tensor:
     a = torch.zeros(nb, r)
     a[torch.arange(n) // b, region] = 1.0
     return a
+
+
+def _group_ranges(rank: torch.Tensor, b: int) -> torch.Tensor:
+    """``(n_blocks, 2)`` int32: the first and last rank of the tokens of each block of ``b`` (ranks ascend)."""
+    starts = torch.arange(0, rank.numel(), b)
+    ends = (starts + b).clamp(max=rank.numel()) - 1
+    return torch.stack([rank[starts], rank[ends]], 1).to(torch.int32).contiguous()
 
 
 @functools.lru_cache(maxsize=128)
@@ -220,10 +236,13 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     per_qblock = int(a_q.sum(1).max())
     max_kv_per_topk = per_qblock * span
     k_real = _block_rows(n, bn, 'cpu')
+    q_grp, k_grp = _group_ranges(rank[region], bm), _group_ranges(rank[region], bn)
     to = functools.partial(torch.Tensor.to, device=device)
     return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
                          to(counts), to(torch.nonzero(counts > 0)[:, 0]),
-                         to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(k_real),
+                         to(tok), to(a_q), to(a_k), to(a_q.sum(1)), to(a_k.sum(1)), to(q_grp), to(k_grp),
+                         int((q_grp[:, 1] - q_grp[:, 0]).max()) + 1, int((k_grp[:, 1] - k_grp[:, 0]).max()) + 1,
+                         to(k_real),
                          to((k_real == bn).to(torch.int8)), max_kv_per_topk,
                          to(counts.clamp(min=1).to(torch.float32)[:, None]),
                          to(counts == 0) if bool((counts == 0).any()) else None,
@@ -249,31 +268,35 @@ def routed_state(layout: RoutingLayout, pairs: torch.Tensor) -> torch.Tensor:
     return (pairs > 0.5).to(torch.int8) + full.to(torch.int8)
 
 
-def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor,
-                    route: Optional[torch.Tensor] = None) -> BlockPattern:
+def routing_pattern(layout: RoutingLayout, topk_idx: torch.Tensor, route: Optional[torch.Tensor] = None,
+                    bits: Optional[torch.Tensor] = None) -> BlockPattern:
     """Run-time tables for routed regions, built on topk_idx's device with no host sync.
 
     ``topk_idx (B, R, topk)`` int64: the regions each query region routes to; ``route (B, R, R)`` float32 0/1, the
-    scatter of topk_idx, when the caller has it already (:func:`route_qkv`). Returns a
-    BlockPattern with Bt = B, ``MASK_ROUTE``, ``route`` the routes among the non-empty regions as bit rows
-    (:func:`sparse_ops.patterns.route_bits`, ``(B, G, ceil(G / 32))`` int32, G = ``len(layout.ranked)``) and
-    ``n_groups`` = G.
+    scatter of topk_idx, and ``bits``, its bit rows among the non-empty regions, when the caller has them already
+    (:func:`route_qkv`). Returns a BlockPattern with Bt = B, ``MASK_ROUTE``, ``route`` the routes among the
+    non-empty regions as bit rows (:func:`sparse_ops.patterns.route_bits`, ``(B, G, ceil(G / 32))`` int32, G =
+    ``len(layout.ranked)``) and ``n_groups`` = G.
     """
     b, r, topk = topk_idx.shape
     n, bm, bn = layout.h * layout.w, layout.block_m, layout.block_n
-    if route is None:
+    n_qb, n_kb = layout.q_grp.shape[0], layout.k_grp.shape[0]
+    max_kv = min(n_kb, layout.max_kv * topk)
+    kernel = why_not_triton(topk_idx, 'routing_tables') is None
+    if route is None and (bits is None or not kernel):
         route = torch.zeros(b, r, r, device=topk_idx.device, dtype=torch.float32)
         route.scatter_(2, topk_idx, 1.0)
-    # allowed (query region, key region) pairs per (query block, key block); full when all pairs are allowed
-    pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
-    n_qb, n_kb = pairs.shape[1], pairs.shape[2]
-    max_kv = min(n_kb, layout.max_kv * topk)
-    if why_not_triton(pairs, 'routing_tables') is None:
-        from .routing_tables import routed_tables  # one launch instead of ~30 small ops
-        tables = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
-    else:
+    if bits is None:
+        sub = route
+        if layout.empty is not None:    # the groups of the kernels' masks: the non-empty regions, in rank order
+            sub = route.index_select(1, layout.ranked).index_select(2, layout.ranked)
+        bits = route_bits(sub)
+    if kernel:      # one launch from the bit rows instead of ~30 small ops
+        from .routing_tables import routed_tables
+        tables = routed_tables(bits, layout.q_grp, layout.k_grp, layout.k_full, max_kv, n_qb, layout.q_span,
+                               layout.k_span)
+    else:   # the twin: allowed (query region, key region) pairs per (query block, key block)
+        pairs = route if layout.blocks_are_regions else layout.a_q @ route @ layout.a_k.t()   # (B, n_qb, n_kb)
         tables = tables_from_state(routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
-    if layout.empty is not None:    # the groups of the kernels' masks: the non-empty regions, in rank order
-        route = route.index_select(1, layout.ranked).index_select(2, layout.ranked)
-    return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=route_bits(route),
+    return BlockPattern(n, bm, bn, MASK_ROUTE, *tables, tok=layout.tok, route=bits,
                         n_groups=layout.ranked.numel(), perm=layout.perm, inv_perm=layout.inv_perm, rows=layout.rows)

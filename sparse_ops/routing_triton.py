@@ -1,5 +1,6 @@
 """BiFormer's routing step in two Triton launches: the Triton twin of ``sparse_ops.routing.route_regions`` (its
-pooling, affinity and tie rule, on the heads of a fused qkv) plus the ``scatter_`` of ``routing.routing_pattern``.
+pooling, affinity and tie rule, on the heads of a fused qkv) plus the ``scatter_`` of ``routing.routing_pattern``
+and the kernels' bit rows of the routes (``patterns.route_bits``).
 Called through ``routing.route_qkv``.
 
 The PyTorch routing is ~15 small ops (pad, region sums, division, matmul, mask, top-k, scatter), whose host time
@@ -12,7 +13,8 @@ exceeds their device time at backbone sizes (docs/benchmarks.md at 167f716, sess
 2. ``_route_kernel``, grid ``(B * R,)``: one program per query region computes its ``R`` affinities
    ``q_mean . k_mean`` in fp32 (elementwise products summed over channel chunks, no ``tl.dot``, so no tf32 / bf16
    rounding), sets empty key regions to -inf, picks the top-``topk`` by ``topk`` rounds of max-and-mask and writes
-   the indices and the 0/1 route row.
+   the indices, the 0/1 route row and, for a non-empty query region, its row of route bits over the non-empty
+   key regions (the kernels' mask, ``patterns.route_bits``).
 
 Regions: ``n_win`` bands of ``ry = ceil(H / n_win)`` rows by ``n_win`` bands of ``rx = ceil(W / n_win)`` columns;
 region ``i * n_win + j`` covers rows ``[i*ry, min((i+1)*ry, H))`` and columns ``[j*rx, min((j+1)*rx, W))``, so with
@@ -91,11 +93,27 @@ def _affinity_row(q_row, k_rows, k_ok, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.con
     return score
 
 
-@triton.jit(do_not_specialize=['H', 'W', 'RY', 'RX', 'TOPK', 's_ib', 's_ir', 's_rb', 's_rr'])
-def _route_kernel(MEANS, IDX, ROUTE, s_mb, s_mr, s_ib, s_ir, s_rb, s_rr, H, W, RY, RX, N_WIN, C, TOPK,
-                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+@triton.jit
+def _bit_row(BITS_ROW, keys, sel, N_WIN, COLS, WORDS, WORD_BLOCK: tl.constexpr):
+    """Write the ``WORDS`` int32 words of one bit row: bit ``g % 32`` of word ``g // 32`` is set for the rank
+    ``g = (key // N_WIN) * COLS + key % N_WIN`` of every lane with ``sel`` (distinct ranks: the sums are ORs)."""
+    rank = (keys // N_WIN) * COLS + keys % N_WIN
+    bit = tl.where(sel, 1 << (rank & 31), 0)
+    word = tl.where(sel, rank >> 5, -1)
+    for w0 in range(0, WORDS, WORD_BLOCK):
+        ws = w0 + tl.arange(0, WORD_BLOCK)
+        val = tl.sum(tl.where(word[None, :] == ws[:, None], bit[None, :], 0), axis=1)
+        tl.store(BITS_ROW + ws, val, mask=ws < WORDS)
+
+
+@triton.jit(do_not_specialize=['H', 'W', 'RY', 'RX', 'TOPK', 's_ib', 's_ir', 's_rb', 's_rr', 's_bb', 's_br', 'COLS',
+                               'WORDS'])
+def _route_kernel(MEANS, IDX, ROUTE, BITS, s_mb, s_mr, s_ib, s_ir, s_rb, s_rr, s_bb, s_br, H, W, RY, RX, N_WIN, C,
+                  TOPK, COLS, WORDS, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, WORD_BLOCK: tl.constexpr):
     """Grid ``(B * R,)``: affinities of query region r of batch b against all R key regions, top-``TOPK`` into
-    ``IDX[b, r, :]`` (int64) and the 0/1 row ``ROUTE[b, r, :]`` (fp32). ``MEANS (B, R, 2C)`` from kernel 1."""
+    ``IDX[b, r, :]`` (int64), the 0/1 row ``ROUTE[b, r, :]`` (fp32) and, for a non-empty r, its bit row over the
+    non-empty key regions ``BITS[b, rank(r), :]`` (``COLS`` non-empty column bands, ``WORDS`` int32 words per row).
+    ``MEANS (B, R, 2C)`` from kernel 1."""
     pid = tl.program_id(0)
     n_regions = N_WIN * N_WIN
     b, r = (pid // n_regions).to(tl.int64), (pid % n_regions).to(tl.int64)
@@ -113,19 +131,26 @@ def _route_kernel(MEANS, IDX, ROUTE, s_mb, s_mr, s_ib, s_ir, s_rb, s_rr, H, W, R
         pick = tl.min(tl.where(avail & (score == best), keys, BLOCK_R), axis=0)   # lowest index among ties
         tl.store(i_row + t, pick.to(tl.int64))
         avail = avail & (keys != pick)
-    route = (k_ok & ~avail).to(tl.float32)
-    tl.store(ROUTE + b * s_rb + r * s_rr + keys, route, mask=k_ok)
+    picked = k_ok & ~avail
+    tl.store(ROUTE + b * s_rb + r * s_rr + keys, picked.to(tl.float32), mask=k_ok)
+    qi, qj = r // N_WIN, r % N_WIN
+    if (_band(qi, RY, H) > 0) & (_band(qj, RX, W) > 0):     # rows of the non-empty query regions only
+        _bit_row(BITS + b * s_bb + (qi * COLS + qj) * s_br, keys, picked & ~empty, N_WIN, COLS, WORDS, WORD_BLOCK)
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(h: int, w: int, n_win: int, c: int) -> tuple:
     """Launch constants for a ``(*, h, w, 3c)`` map: ``(ry, rx, R, means grid axis 1, route BLOCK_R, route BLOCK_C,
-    route num_warps)``."""
+    route num_warps, non-empty row bands, non-empty column bands, words per bit row, WORD_BLOCK)``."""
     r = n_win * n_win
+    ry, rx = region_size(h, w, n_win)
+    rows, cols = min(n_win, cdiv(h, ry)), min(n_win, cdiv(w, rx))
+    words = cdiv(rows * cols, 32)
     block_r = next_pow2(r)
     block_c = max(1, min(next_pow2(c), _ROUTE_TILE // block_r))
-    return (*region_size(h, w, n_win), r, cdiv(2 * c, _BLOCK_C_MEANS), block_r, block_c,
-            4 if block_r <= 1024 else 8)
+    word_block = max(1, min(next_pow2(words), _ROUTE_TILE // block_r))
+    return (ry, rx, r, cdiv(2 * c, _BLOCK_C_MEANS), block_r, block_c, 4 if block_r <= 1024 else 8, rows, cols, words,
+            word_block)
 
 
 def _check(qkv: torch.Tensor, n_win, topk=None) -> None:
@@ -158,22 +183,26 @@ def region_means_triton(qkv: torch.Tensor, n_win: int) -> torch.Tensor:
     return _launch_means(qkv, n_win, _plan(qkv.shape[1], qkv.shape[2], n_win, qkv.shape[3] // 3))
 
 
-def route_topk_triton(qkv: torch.Tensor, n_win: int, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def route_topk_triton(qkv: torch.Tensor, n_win: int, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BiFormer routing of ``qkv (B, H, W, 3C)`` (any strides, channels ``[q | k | v]``, C = heads * head_dim).
 
     Returns ``topk_idx (B, R, topk)`` int64, the key regions each query region routes to (in the
-    order of ``routing.select_regions``), and ``route (B, R, R)`` fp32, 1 at ``[b, r, topk_idx[b, r, :]]`` and
-    0 elsewhere (what ``routing.routing_pattern`` builds with ``scatter_``). Host work: three ``torch.empty`` and two
+    order of ``routing.select_regions``); ``route (B, R, R)`` fp32, 1 at ``[b, r, topk_idx[b, r, :]]`` and
+    0 elsewhere (what ``routing.routing_pattern`` builds with ``scatter_``); and ``bits (B, G, ceil(G / 32))``
+    int32, the routes among the G non-empty regions (in region order) as the kernels' bit rows: equal to
+    ``patterns.route_bits`` of ``route`` restricted to those regions. Host work: four ``torch.empty`` and two
     launches, no sync.
     """
     _check(qkv, n_win, topk)
     b, h, w, c3 = qkv.shape
     plan = _plan(h, w, n_win, c3 // 3)
-    ry, rx, r, _, block_r, block_c, warps = plan
+    ry, rx, r, _, block_r, block_c, warps, rows, cols, words, word_block = plan
     means = _launch_means(qkv, n_win, plan)
     idx = torch.empty((b, r, topk), device=qkv.device, dtype=torch.int64)
     route = torch.empty((b, r, r), device=qkv.device, dtype=torch.float32)
-    _route_kernel[(b * r,)](means, idx, route, means.stride(0), means.stride(1), idx.stride(0), idx.stride(1),
-                            route.stride(0), route.stride(1), h, w, ry, rx, n_win, c3 // 3, topk,
-                            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
-    return idx, route
+    bits = torch.empty((b, rows * cols, words), device=qkv.device, dtype=torch.int32)
+    _route_kernel[(b * r,)](means, idx, route, bits, means.stride(0), means.stride(1), idx.stride(0), idx.stride(1),
+                            route.stride(0), route.stride(1), bits.stride(0), bits.stride(1), h, w, ry, rx, n_win,
+                            c3 // 3, topk, cols, words, BLOCK_R=block_r, BLOCK_C=block_c, WORD_BLOCK=word_block,
+                            num_warps=warps)
+    return idx, route, bits

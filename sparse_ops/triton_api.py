@@ -128,8 +128,8 @@ def routing_config(q_shape, device, n_win: int) -> Config:
 
 
 def _routing_plan(q_shape, device, n_win, topk, route, config):
-    """(pattern, config) of routed regions; ``route(layout) -> topk_idx`` or ``(topk_idx, route matrix)`` picks the
-    regions (``sparse_ops.routing``)."""
+    """(pattern, config) of routed regions; ``route(layout) -> topk_idx`` or ``(topk_idx, route matrix, bit rows)``
+    picks the regions (``sparse_ops.routing``)."""
     cfg = config if config is not None else routing_config(q_shape, device, n_win)
     layout = routing.routing_layout(q_shape[2], q_shape[3], n_win, cfg.block_m, cfg.block_n, device)
     routes = route(layout)
@@ -153,9 +153,9 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, *, config: Optio
 def routing_qkv_plan(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int,
                      config: Optional[Config] = None) -> tuple[patterns.BlockPattern, Config]:
     """(pattern, config) of BiFormer routing on the heads of ``qkv (B, H, W, 3C)``: the routes of
-    ``routing.route_qkv`` (two Triton launches: region means, affinity + top-k + route rows), then the block tables
-    on the device (no host sync). Arguments already checked by the caller; ``n_win`` / ``topk`` are clamped to the
-    map (``routing.clamp_routing``)."""
+    ``routing.route_qkv`` (two Triton launches: region means, affinity + top-k + route and bit rows), then the block
+    tables on the device (no host sync). Arguments already checked by the caller; ``n_win`` / ``topk`` are clamped to
+    the map (``routing.clamp_routing``)."""
     b, hh, ww, c3 = qkv.shape
     n_win, topk = routing.clamp_routing(n_win, topk, hh, ww)
     return _routing_plan((b, num_heads, hh, ww, c3 // (3 * num_heads)), qkv.device, n_win, topk,

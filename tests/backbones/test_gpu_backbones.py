@@ -61,7 +61,7 @@ class _PinnedRoutes:
         monkeypatch.setattr(routing, 'route_regions', routes)
         orig_qkv = routing.route_qkv
 
-        def qkv_routes(qkv, n_win, topk):             # (topk_idx, route matrix) as route_qkv returns
+        def qkv_routes(qkv, n_win, topk):             # (topk_idx, route matrix): routing_pattern packs the bits
             if n_win == 1:      # the fused global block (one region: nothing to pin; its twin has no routing call)
                 return orig_qkv(qkv, n_win, topk)
             idx = self._next()

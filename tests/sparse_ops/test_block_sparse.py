@@ -199,7 +199,7 @@ def test_route_topk_matches_twin(hw, n_win, topk):
     ref = reference.route_regions(q, k, n_win, topk)
     # the fused-projection variant: qkv (B, H, W, 3C) with q, k, v head-major in the channels
     qkv = torch.cat([t.permute(0, 2, 3, 1, 4).flatten(3) for t in (q, k, k)], -1)
-    packed, _ = routing.route_qkv(qkv, n_win, topk)
+    packed = routing.route_qkv(qkv, n_win, topk)[0]
     assert torch.equal(ours, ref) and torch.equal(packed, ref)
     assert torch.equal(layout.counts.cpu(), reference.region_partition(*hw, n_win)[2].sum(-1))
 

@@ -1,5 +1,6 @@
-"""The one-launch routed-table builder (``sparse_ops.routing_tables``) equals the PyTorch construction
-(``routed_state`` + ``tables_from_state``) entry for entry, under ``TRITON_INTERPRET=1`` (set by conftest on CPU)."""
+"""The one-launch routed-table builder (``sparse_ops.routing_tables``, from the kernels' bit rows) equals the PyTorch
+construction (region-pair counts, ``routed_state`` + ``tables_from_state``) entry for entry, under
+``TRITON_INTERPRET=1`` (set by conftest on CPU), compiled on the GPU box (``DEV``)."""
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,30 @@ import torch
 from sparse_ops import patterns, routing
 from sparse_ops.routing_tables import routed_tables
 
+DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
+
 
 def _torch_tables(layout, pairs, max_kv, n_qb):
     return patterns.tables_from_state(routing.routed_state(layout, pairs), max_kv=max_kv, max_q=n_qb)
+
+
+def _check_kernel_tables(layout, b, topk, seed):
+    """Random routes (empty key regions last) -> the kernel's tables from the bit rows == the PyTorch tables."""
+    torch.manual_seed(seed)
+    r = layout.n_regions
+    aff = torch.randn(b, r, r).to(DEV).masked_fill((layout.counts == 0)[None, None, :], float('-inf'))
+    topk_idx = aff.topk(topk, dim=-1).indices
+    route = torch.zeros(b, r, r, device=DEV).scatter_(2, topk_idx, 1.0)
+    pairs = layout.a_q @ route @ layout.a_k.t()
+    n_qb, n_kb = pairs.shape[1:]
+    max_kv = min(n_kb, layout.max_kv * topk)
+    want = _torch_tables(layout, pairs, max_kv, n_qb)
+    bits = patterns.route_bits(route[:, layout.ranked][:, :, layout.ranked])
+    got = routed_tables(bits, layout.q_grp, layout.k_grp, layout.k_full, max_kv, n_qb, layout.q_span, layout.k_span)
+    for name, g, wt in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), got, want):
+        assert g.dtype == torch.int32 and g.shape == wt.shape, name
+        assert torch.equal(g, wt), name
+    return got
 
 
 @pytest.mark.parametrize('h, w, n_win, topk, bm, bn', [
@@ -18,43 +40,24 @@ def _torch_tables(layout, pairs, max_kv, n_qb):
     (32, 32, 4, 2, 16, 16),     # aligned: full blocks exist
     (31, 45, 5, 25, 32, 16),    # topk = all regions
     (20, 9, 3, 1, 16, 32),      # topk = 1, key blocks wider than regions
-    (64, 60, 8, 4, 32, 32),     # rows longer than the kernel's 256-column chunk (n_kb > 256 needs 8192 tokens)
+    (40, 11, 8, 4, 32, 32),     # 48 non-empty regions: bit rows of two words, blocks of up to 7 regions
 ])
 def test_kernel_tables_equal_torch_tables(h, w, n_win, topk, bm, bn):
-    torch.manual_seed(h * 100 + w)
-    layout = routing.routing_layout(h, w, n_win, bm, bn, 'cpu')
-    b, r = 3, n_win * n_win
-    aff = torch.randn(b, r, r).masked_fill((layout.counts == 0)[None, None, :], float('-inf'))
-    topk_idx = aff.topk(topk, dim=-1).indices
-    route = torch.zeros(b, r, r).scatter_(2, topk_idx, 1.0)
-    pairs = layout.a_q @ route @ layout.a_k.t()
-    n_qb, n_kb = pairs.shape[1:]
-    max_kv = min(n_kb, layout.max_kv * topk)
-    want = _torch_tables(layout, pairs, max_kv, n_qb)
-    got = routed_tables(pairs, layout.n_q, layout.n_k, layout.k_full, max_kv, n_qb)
-    for name, g, wt in zip(('kv_num', 'kv_idx', 'q_num', 'q_idx'), got, want):
-        assert g.dtype == torch.int32 and g.shape == wt.shape, name
-        assert torch.equal(g, wt), name
+    layout = routing.routing_layout(h, w, n_win, bm, bn, DEV)
+    for grp, n_per, span in ((layout.q_grp, layout.n_q, layout.q_span), (layout.k_grp, layout.n_k, layout.k_span)):
+        assert torch.equal((grp[:, 1] - grp[:, 0] + 1).float(), n_per) and span == int(n_per.max())
+    got = _check_kernel_tables(layout, 3, topk, h * 100 + w)
     if (h, w) == (32, 32):
-        assert ((got[1] % 2 == 0) & (torch.arange(got[1].shape[-1]) < got[0][..., None])).any()
+        assert ((got[1] % 2 == 0) & (torch.arange(got[1].shape[-1], device=DEV) < got[0][..., None])).any()
 
 
 def test_long_rows_are_compacted_across_chunks():
-    """A row with more than 256 visited columns (several kernel chunks): running offsets and zero fill."""
-    torch.manual_seed(0)
-    c = 700
-    pairs = (torch.rand(2, 3, c) < 0.6).float() * torch.randint(1, 3, (2, 3, c)).float()
-    row_cnt, col_cnt = torch.ones(3), torch.ones(c)
-    k_full = (torch.rand(c) < 0.5).to(torch.int8)
-    num, idx, _, _ = routed_tables(pairs, row_cnt, col_cnt, k_full, c, 3)
-    for z in range(2):
-        for r in range(3):
-            cols = torch.nonzero(pairs[z, r] > 0.5).flatten()
-            full = (pairs[z, r, cols] >= 0.5) & (k_full[cols] != 0)
-            want = (cols * 2 + (~full).to(torch.int64)).to(torch.int32)
-            assert num[z, r] == len(cols)
-            assert torch.equal(idx[z, r, :len(cols)], want)
-            assert (idx[z, r, len(cols):] == 0).all()
+    """More than 256 key blocks and query blocks (several kernel chunks per row, both directions), every query
+    region routed to every key region: running offsets and zero fill."""
+    layout = routing.routing_layout(64, 72, 4, 16, 16, DEV)
+    assert layout.q_grp.shape[0] > 256 and layout.k_grp.shape[0] > 256
+    num, idx, q_num, _ = _check_kernel_tables(layout, 1, 16, 0)
+    assert (num == layout.k_grp.shape[0]).all() and (q_num == layout.q_grp.shape[0]).all()
 
 
 @pytest.mark.parametrize('h, w, n_win, bm, bn, exact', [
@@ -63,8 +66,10 @@ def test_long_rows_are_compacted_across_chunks():
     (8, 8, 2, 32, 16, False),      # query blocks of two regions
     (8, 12, 2, 16, 16, False),     # 24-token regions
 ])
-def test_blocks_equal_to_regions_skip_the_pair_matmul(h, w, n_win, bm, bn, exact):
-    """``routing_pattern`` uses the routes as the block-pair counts when blocks are regions: same tables."""
+def test_blocks_equal_to_regions_skip_the_pair_matmul(h, w, n_win, bm, bn, exact, monkeypatch):
+    """``routing_pattern``'s PyTorch path uses the routes as the block-pair counts when blocks are regions: same
+    tables."""
+    monkeypatch.setenv('TRITON_INTERPRET', '0')        # the PyTorch tables (the kernel does not take this shortcut)
     layout = routing.routing_layout(h, w, n_win, bm, bn, 'cpu')
     assert layout.blocks_are_regions == exact
     r, topk = n_win * n_win, max(1, n_win * n_win // 3)

@@ -1,13 +1,14 @@
 """The two-launch Triton routing (``sparse_ops.routing_triton``) returns the same key regions, in the same order,
 as the PyTorch ``routing.route_regions`` of the split heads and builds the same route matrix as
-``routing.routing_pattern``'s ``scatter_``, on ``DEV`` (CPU: under ``TRITON_INTERPRET=1``, set by conftest; the GPU
-box: compiled). Random normal data; exact ties: tests/sparse_ops/test_routing.py."""
+``routing.routing_pattern``'s ``scatter_`` and the same bit rows as ``patterns.route_bits``, on ``DEV`` (CPU: under
+``TRITON_INTERPRET=1``, set by conftest; the GPU box: compiled). Random normal data; exact ties:
+tests/sparse_ops/test_routing.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sparse_ops import routing
+from sparse_ops import patterns, routing
 from sparse_ops.routing_triton import region_means_triton, route_topk_triton
 
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -33,6 +34,7 @@ SHAPES = [
     (2, 20, 20, 40, 2, 3),      # 100-token regions (several token chunks), 2C = 80 (two channel chunks)
     (1, 20, 20, 40, 16, 5),     # R = 256: the route kernel loops over channel chunks; 6 empty bands per axis
     (2, 3, 5, 4, 1, 1),         # n_win = 1: one region
+    (1, 20, 20, 4, 20, 2),      # G = 400 one-token regions: 13 words per bit row, written 8 at a time
 ]
 
 
@@ -50,10 +52,11 @@ def _torch_route(qkv, n_win, topk):
 
 def _check_against_torch(qkv, n_win, topk):
     """Equal indices (same order) and route rows on every query region, empty ones (all affinities tie at 0)
-    included. Returns the Triton (topk_idx, route)."""
+    included, and bit rows equal to ``patterns.route_bits`` of the routes among the non-empty regions. Returns the
+    Triton (topk_idx, route)."""
     b, h, w, _ = qkv.shape
     r = n_win * n_win
-    idx, route = route_topk_triton(qkv, n_win, topk)
+    idx, route, bits = route_topk_triton(qkv, n_win, topk)
     want_idx, want_route = _torch_route(qkv, n_win, topk)
     assert idx.dtype == torch.int64 and idx.shape == (b, r, topk)
     assert route.dtype == torch.float32 and route.shape == (b, r, r)
@@ -67,6 +70,9 @@ def _check_against_torch(qkv, n_win, topk):
     else:                   # every non-empty key region, then empty ones
         assert route[:, :, full].all()
     assert torch.equal(idx, want_idx) and torch.equal(route, want_route)
+    g = n_full
+    assert bits.dtype == torch.int32 and bits.shape == (b, g, -(-g // 32))
+    assert torch.equal(bits, patterns.route_bits(route[:, full][:, :, full])), 'bit rows differ from route_bits'
     return idx, route
 
 
@@ -103,7 +109,7 @@ def test_strided_input():
     base = torch.randn(2, 3 * 8, 7, 14).permute(0, 2, 3, 1)[:, :, ::2]          # (2, 7, 7, 24)
     assert not base.is_contiguous()
     idx, route = _check_against_torch(base, 3, 4)
-    want_idx, want_route = route_topk_triton(base.contiguous(), 3, 4)
+    want_idx, want_route, _ = route_topk_triton(base.contiguous(), 3, 4)
     assert torch.equal(idx.sort(-1).values, want_idx.sort(-1).values) and torch.equal(route, want_route)
 
 
@@ -124,9 +130,9 @@ def test_empty_key_regions_are_masked():
 def test_ties_pick_lowest_indices():
     """Documented tie rule: all-equal affinities (empty query regions, or constant data) pick the lowest indices."""
     qkv = torch.ones(1, 4, 4, 3 * 4)
-    idx, route = route_topk_triton(qkv, 2, 2)
+    idx, route, _ = route_topk_triton(qkv, 2, 2)
     assert torch.equal(idx.sort(-1).values, torch.tensor([[0, 1]] * 4)[None])
-    idx, _ = route_topk_triton(torch.randn(1, 1, 1, 12), 2, 3)      # regions 1..3 empty: region 0, then 1, 2
+    idx = route_topk_triton(torch.randn(1, 1, 1, 12), 2, 3)[0]      # regions 1..3 empty: region 0, then 1, 2
     assert torch.equal(idx.sort(-1).values, torch.tensor([[0, 1, 2]] * 4)[None])
 
 
