@@ -246,7 +246,8 @@ class BackboneGraphs:
         # the capture's warm-up step must leave no trace: random state and buffers (BatchNorm statistics) restored
         buffers = [(b, b.clone()) for b in backbone.buffers()]
         try:
-            if len(list(body.parameters())) != len(params) or any(a is not b for a, b in zip(body.parameters(), params)):
+            body_params = list(body.parameters())
+            if len(body_params) != len(params) or any(a is not b for a, b in zip(body_params, params)):
                 # the graph reads the parameters by the names of its body (the children): one held by the backbone
                 # itself would be missed or misaligned
                 raise RuntimeError('a parameter is held by the backbone itself, not by one of its child modules')

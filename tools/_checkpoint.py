@@ -217,8 +217,8 @@ def resolve_resume(work_dir: str | os.PathLike) -> tuple[Path | None, list[str]]
     """The newest intact checkpoint to resume from, and notes (one line each) about what was skipped.
 
     Candidates: ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir`` and in the folder of the file ``last_checkpoint``
-    names, newest step first. Returns ``(None, notes)`` when there is nothing to resume; raises CheckpointError when checkpoints
-    exist but none is intact.
+    names, newest step first. Returns ``(None, notes)`` when there is nothing to resume; raises CheckpointError when
+    checkpoints exist but none is intact.
     """
     work = Path(work_dir)
     notes: list[str] = []

@@ -12,8 +12,9 @@ same preprocessed input (same autocast, loss = sum of its outputs' means), timed
 the step: hooks would add synchronisation to the step they measure.) Configs are paths or stock configs of the
 installed packages as ``mmdet::...`` / ``mmseg::...`` (their backbone's pretrained ``init_cfg`` is dropped: no
 download). ``--profile N`` then profiles N training steps by part (``_profile_step``: host and GPU ms per part,
-GPU busy time against wall time). ``--compile-backbone`` wraps each model's backbone in ``torch.compile`` (default mode; compiled during
-the warm-up iterations). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a PNG bar chart.
+GPU busy time against wall time). ``--compile-backbone`` wraps each model's backbone in ``torch.compile`` (default mode;
+compiled during the warm-up iterations). Prints one table with a machine header; ``--out`` writes JSON, ``--chart`` a
+PNG bar chart.
 
     python tools/benchmark.py CONFIG [CONFIG ...] [--shape 1024 1024] [--batch-size 2] [--mode both]
         [--amp fp16] [--iters 20] [--warmup 5] [--device cuda] [--compile-backbone] [--out bench.json]

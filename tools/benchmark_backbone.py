@@ -26,8 +26,9 @@ Issue 19 runs on one H200, each call well under 10 minutes (merge the JSON files
 
     python tools/benchmark_backbone.py --merge bb_swin.json bb_hwt.json bb_others.json bb_varying.json
 
-(the last prints the tables together, ratios against the best Swin-T mode over all files). Needs a CUDA device (it exits with a clear message otherwise, unless --device cpu is given for a smoke run at tiny
-sizes, e.g. ``--device cpu --sizes 64x64 --iters 1 --warmup 0``).
+(the last prints the tables together, ratios against the best Swin-T mode over all files). Needs a CUDA device (it exits
+with a clear message otherwise, unless --device cpu is given for a smoke run at tiny sizes, e.g. ``--device cpu --sizes
+64x64 --iters 1 --warmup 0``).
 """
 import argparse
 import json
