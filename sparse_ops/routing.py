@@ -51,8 +51,8 @@ from ._host import cdiv
 from .backend import why_not_triton
 from .patterns import MASK_ROUTE, BlockPattern, _block_rows, _dev, _n_blocks, route_bits, tables_from_state
 
-__all__ = ['region_size', 'clamp_routing', 'region_means', 'affinity', 'select_regions', 'route_regions', 'route_qkv',
-           'RoutingLayout', 'routing_layout', 'routed_state', 'routing_pattern']
+__all__ = ['region_size', 'nonempty_bands', 'clamp_routing', 'region_means', 'affinity', 'select_regions',
+           'route_regions', 'route_qkv', 'RoutingLayout', 'routing_layout', 'routed_state', 'routing_pattern']
 
 
 def region_size(h: int, w: int, n_win: int) -> tuple[int, int]:
@@ -61,13 +61,19 @@ def region_size(h: int, w: int, n_win: int) -> tuple[int, int]:
     return cdiv(h, n_win), cdiv(w, n_win)
 
 
+def nonempty_bands(h: int, w: int, n_win: int) -> tuple[int, int]:
+    """``(rows, cols)``: the row and column bands of :func:`region_size` that hold real tokens; the non-empty
+    regions are the ``rows x cols`` at the top left, ranked row-major (the kernels' group ids)."""
+    rh, rw = region_size(h, w, n_win)
+    return cdiv(h, rh), cdiv(w, rw)
+
+
 def clamp_routing(n_win: int, topk: int, h: int, w: int) -> tuple[int, int]:
     """``(n_win, topk)`` for an ``(H, W)`` map: the smallest ``n_win`` with the same row / column bands
     (``ceil(H/n_win)`` rows, ``ceil(W/n_win)`` columns; bands past the input are empty) and ``topk`` capped at the
     number of non-empty regions (beyond it, top-k only adds empty ones). The same partition and routes, with memory
     and time that follow the tokens, not ``n_win``; every routing path (twin, Triton op, fused block) applies it."""
-    rh, rw = region_size(h, w, n_win)
-    rows, cols = cdiv(h, rh), cdiv(w, rw)
+    rows, cols = nonempty_bands(h, w, n_win)
     return max(rows, cols), min(topk, rows * cols)
 
 
@@ -91,9 +97,9 @@ def region_means(x: torch.Tensor, n_win: int, layout: Optional['RoutingLayout'] 
 
 def _empty_regions(h: int, w: int, n_win: int, device) -> Optional[torch.Tensor]:
     """``(R,)`` bool on ``device``, True where a region has no real token, or None when none is empty."""
-    rh, rw = region_size(h, w, n_win)
-    if cdiv(h, rh) == n_win and cdiv(w, rw) == n_win:
+    if nonempty_bands(h, w, n_win) == (n_win, n_win):
         return None
+    rh, rw = region_size(h, w, n_win)
     bands = torch.arange(n_win, device=device)
     return (~((bands * rh < h)[:, None] & (bands * rw < w)[None, :])).reshape(-1)
 
@@ -226,8 +232,9 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     region = reg_rm[perm]
     counts = torch.bincount(reg_rm, minlength=r)
     rank = torch.cumsum(counts > 0, 0) - 1                              # region -> rank among the non-empty
+    grp = rank[region]                                                  # group (rank) of each sequence position
     tok = torch.zeros(n, 4, dtype=torch.int32)
-    tok[:, 2] = rank[region].to(torch.int32)
+    tok[:, 2] = grp.to(torch.int32)
     a_q, a_k = _overlap(region, n, bm, r), _overlap(region, n, bn, r)
     # static bound on the key blocks a query block can visit: regions touched by one query block x topk(<= all)
     # regions' key-block spans -- never more than n_kb
@@ -236,7 +243,7 @@ def _routing_layout(h, w, n_win, bm, bn, device):
     per_qblock = int(a_q.sum(1).max())
     max_kv_per_topk = per_qblock * span
     k_real = _block_rows(n, bn, 'cpu')
-    q_grp, k_grp = _group_ranges(rank[region], bm), _group_ranges(rank[region], bn)
+    q_grp, k_grp = _group_ranges(grp, bm), _group_ranges(grp, bn)
     to = functools.partial(torch.Tensor.to, device=device)
     return RoutingLayout(h, w, n_win, bm, bn, to(perm), to(inv), to(perm.to(torch.int32)), to(region), to(reg_rm),
                          to(counts), to(torch.nonzero(counts > 0)[:, 0]),

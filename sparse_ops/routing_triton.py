@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_pow2
-from .routing import region_size
+from .routing import nonempty_bands, region_size
 
 __all__ = ['route_topk_triton', 'region_means_triton']
 
@@ -144,7 +144,7 @@ def _plan(h: int, w: int, n_win: int, c: int) -> tuple:
     route num_warps, non-empty row bands, non-empty column bands, words per bit row, WORD_BLOCK)``."""
     r = n_win * n_win
     ry, rx = region_size(h, w, n_win)
-    rows, cols = min(n_win, cdiv(h, ry)), min(n_win, cdiv(w, rx))
+    rows, cols = nonempty_bands(h, w, n_win)
     words = cdiv(rows * cols, 32)
     block_r = next_pow2(r)
     block_c = max(1, min(next_pow2(c), _ROUTE_TILE // block_r))
