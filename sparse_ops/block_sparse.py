@@ -23,7 +23,8 @@ to bf16, or O = round(P) V, it carries a relative error of ~2^-9 that is the sam
 ``(heads * D)^-0.5``), so that error dominates dS and adds up in gradients summed over tokens (biases, norms).
 Measured on an H200 with bf16 O: BiFormer-S parameter gradients 2.5-2.9x the bf16 twin's error; in the CPU test
 (fp16) ``sum_j dK_j`` (exactly 0) is 26x the twin's with fp32 O = round(P) V and at the twin's level with the split.
-Costs one cast kernel, an fp32 instead of a bf16 copy of o saved for the backward, and the extra dot.
+Costs a second output (the kernel stores o in fp32 for the backward and in q's dtype for the caller), an fp32
+instead of a bf16 copy of o saved for the backward, and the extra dot.
 """
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, kv_num: Tensor, kv_idx: Tensor, q_n
             rows: Optional[Tensor], scale: float, mask_mode: int, n_groups: int, block_m: int, block_n: int,
             num_warps: int, num_stages: int, o_fp32: bool) -> tuple[Tensor, Tensor]:
     cfg = Config(block_m, block_n, num_warps, num_stages)
-    return block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups, cfg,
-                            torch.float32 if o_fp32 else None)
+    o, lse, _ = block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale, mask_mode, n_groups,
+                                 cfg, torch.float32 if o_fp32 else None)
+    return o, lse
 
 
 @_fwd_op.register_fake
@@ -101,11 +103,12 @@ torch.library.register_autograd('sparse_ops::block_sparse_attention_fwd', _backw
 
 
 def _launch_fwd(q, k, v, rpb, pattern: BlockPattern, scale: float, config: Config, o_fp32: bool):
-    """The forward launcher on q, k, v ``(B, H, N, D)`` (views, any layout the kernels read): ``(o, lse)`` with o a
-    ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)`` (fp32 with ``o_fp32``), lse ``(B, H, N)`` fp32."""
+    """The forward launcher on q, k, v ``(B, H, N, D)`` (views, any layout the kernels read): ``(o, lse, out)`` with
+    o a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)`` (fp32 with ``o_fp32``), lse ``(B, H, N)`` fp32 and out o in
+    q's dtype, same layout (with ``o_fp32`` a second output of the same kernel, else o itself)."""
     p = pattern
     return block_sparse_fwd(q, k, v, p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, rpb, p.rows, scale, p.mask_mode,
-                            p.n_groups, config, torch.float32 if o_fp32 else None, heads_last=True)
+                            p.n_groups, config, torch.float32 if o_fp32 else None, heads_last=True, cast=True)
 
 
 def _launch_bwd(do, q, k, v, o, lse, rpb, pattern: BlockPattern, scale: float, config: Config, out=None):
@@ -133,12 +136,12 @@ class BlockSparseAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, rpb, num_heads, pattern, scale, config, o_fp32=False):
         packed = num_heads is not None
         heads = split_heads(q, num_heads) if packed else (q, k, v)
-        o, lse = _launch_fwd(*heads, rpb, pattern, scale, config, o_fp32)
+        o, lse, out = _launch_fwd(*heads, rpb, pattern, scale, config, o_fp32)
         ctx.save_for_backward(q, k, v, o, lse, rpb)
         ctx.num_heads, ctx.pattern, ctx.scale, ctx.config = num_heads, pattern, scale, config
         if packed:
-            return o.transpose(1, 2).to(q.dtype).view(q.shape[:-1] + (q.shape[-1] // 3,))
-        return o.to(q.dtype)
+            return out.transpose(1, 2).view(q.shape[:-1] + (q.shape[-1] // 3,))
+        return out
 
     @staticmethod
     def backward(ctx, dout):

@@ -260,7 +260,7 @@ SIZE_ARGS_FWD = ['N', 'n_groups', 'stride_lz', 'stride_lh', 'stride_numz', 'stri
 
 @triton.jit(do_not_specialize=SIZE_ARGS_FWD)
 def _block_sparse_fwd_kernel(
-    Q, K, V, O, LSE, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, FLAG,
+    Q, K, V, O, O2, LSE, KV_NUM, KV_IDX, QWIN, TOK, ROUTE, RPB, PERM, FLAG,
     stride_qz, stride_qh, stride_qm, stride_qk,
     stride_kz, stride_kh, stride_kn, stride_kk,
     stride_vz, stride_vh, stride_vn, stride_vk,
@@ -271,7 +271,7 @@ def _block_sparse_fwd_kernel(
     H, N, n_groups, rpb_r, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_MODE: tl.constexpr, HAS_RPB: tl.constexpr, HAS_PERM: tl.constexpr, SPLIT_P: tl.constexpr,
-    EXACT: tl.constexpr,
+    HAS_O2: tl.constexpr, EXACT: tl.constexpr,
 ):
     tl.static_assert(HEAD_DIM >= 16)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -354,9 +354,10 @@ def _block_sparse_fwd_kernel(
     if EXACT:
         o = tl.where(hit[:, None], float('nan'), o)
     lse = tl.where(m_i == float('-inf'), 0.0, m_i) + tl.math.log2(l_use)
-    o_base = O + z64 * stride_oz + h64 * stride_oh
-    tl.store(o_base + rows_m[:, None] * stride_om + offs_d[None, :] * stride_ok, o.to(O.dtype.element_ty),
-             mask=offs_m[:, None] < N)
+    o_off = z64 * stride_oz + h64 * stride_oh + rows_m[:, None] * stride_om + offs_d[None, :] * stride_ok
+    tl.store(O + o_off, o.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
+    if HAS_O2:      # o in q's dtype too, O's layout (the caller's output: no cast kernel)
+        tl.store(O2 + o_off, o.to(O2.dtype.element_ty), mask=offs_m[:, None] < N)
     tl.store(LSE + z64 * stride_lz + h64 * stride_lh + offs_m, lse, mask=offs_m < N)
     if not EXACT:   # flag for the exact pass: a result that is not finite, or a real row that saw no key
         bad = ~(tl.sum(tl.abs(o), 1) < float('inf')) | ((l_i == 0.0) & (offs_m < N))
@@ -373,7 +374,8 @@ def _table_strides(num: torch.Tensor, idx: torch.Tensor):
 
 
 def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale: float, mask_mode: int,
-                     n_groups: int, config: Config, o_dtype: torch.dtype | None = None, heads_last: bool = False):
+                     n_groups: int, config: Config, o_dtype: torch.dtype | None = None, heads_last: bool = False,
+                     cast: bool = False):
     """Launch the forward kernel.
 
     q, k, v: (B, H, N, D) in memory order; ``rows (N,)`` int32 or None: memory row of each sequence position
@@ -385,6 +387,8 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
     v's dtype, two dots), so that ``rowsum(dO * O)`` in the backward is the backward's own ``sum_j P_ij dP_ij``
     (``block_sparse.py``). ``heads_last=True`` lays o out as a ``(B, N, H, D)`` buffer seen as ``(B, H, N, D)``
     (what the models' output projection wants: their ``transpose(1, 2).reshape(B, N, H * D)`` is then a view).
+    ``cast=True`` (with ``o_dtype``) has the kernel also store o rounded to q's dtype in o's layout (the caller's
+    output: no cast kernel). Returns ``(o, lse, out)``: out is that second output, or o itself.
     """
     b, h, n, d = q.shape
     if heads_last:
@@ -399,9 +403,11 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
     rpb_r = (rpb.shape[-1] + 1) // 2 if rpb is not None else 1
     grid = (n_qb, b * h)
     flag = torch.empty((b * h, n_qb), device=q.device, dtype=torch.int32)   # written by every program
+    cast = cast and o.dtype != q.dtype
+    out = torch.empty_like(o, dtype=q.dtype) if cast else o       # o's strides (empty_like keeps a dense layout)
     for exact in (False, True):   # the first pass, then the exact pass of the flagged programs (module docstring)
         _block_sparse_fwd_kernel[grid](
-            q, k, v, o, lse, kv_num, kv_idx,
+            q, k, v, o, out, lse, kv_num, kv_idx,
             qwin if qwin is not None else dummy, tok if tok is not None else dummy,
             route if route is not None else dummy, rpb if rpb is not None else q, rows if rows is not None else dummy,
             flag,
@@ -411,8 +417,8 @@ def block_sparse_fwd(q, k, v, kv_num, kv_idx, qwin, tok, route, rpb, rows, scale
             h, n, n_groups, rpb_r, scale * LOG2E,
             HEAD_DIM=d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, MASK_MODE=mask_mode,
             HAS_RPB=rpb is not None, HAS_PERM=rows is not None, SPLIT_P=o.dtype == torch.float32 != q.dtype,
-            EXACT=exact,
+            HAS_O2=cast, EXACT=exact,
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )
-    return o, lse
+    return o, lse, out

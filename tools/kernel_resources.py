@@ -153,7 +153,7 @@ def variants(fwd, bwd, cfg_default, cfg_small):
                 ints_d.discard('N') if mask == 3 else None
                 for exact in _passes(fwd._block_sparse_fwd_kernel):
                     f = fwd._block_sparse_fwd_kernel
-                    s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale'}, dict(base, SPLIT_P=o32, EXACT=exact),
+                    s = _sig(f, ptrt[dt], ints_d, ones, {'qk_scale'}, dict(base, SPLIT_P=o32, HAS_O2=o32, EXACT=exact),
                              fp32_ptrs={'LSE'} | set(rp) | ({'O'} if o32 else set()), i32_ptrs=TABLES)
                     out.append((_tag(exact) + 'fwd ' + name, f, *s, cfg.num_warps, cfg.num_stages))
                 for exact in _passes(bwd._block_sparse_bwd_dq_kernel):

@@ -78,7 +78,7 @@ class AttentionKernelOps(KernelOps):
         c, heads = c3 // 3, self.spec.num_heads
         p, cfg = self.spec.plan(n, c // heads, qkv.device)
         scale = (c // heads) ** -0.5
-        o, lse = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, self.w['attn.rpb'], p.rows,
+        o, lse, _ = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, self.w['attn.rpb'], p.rows,
                      scale, p.mask_mode, p.n_groups, cfg, None, heads_last=True)
         self.saved.update({'attn.qkv': qkv, 'attn.o': o, 'attn.lse': lse})
         self.aux.update(pattern=p, config=cfg, scale=scale)
