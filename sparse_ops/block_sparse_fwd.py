@@ -22,8 +22,8 @@ Load schedule: with ``HAS_PERM`` a key tile's address hangs on a chain of loads 
 permutation's rows, then k / v) that Triton's pipeliner leaves synchronous: each iteration would wait for it.
 That loop prefetches by hand: it reads table entries two ahead and issues the next tile's k / v loads (into
 registers) before this tile's dots, so their latency overlaps this tile's math. Tiles in memory order (no
-``HAS_PERM``) keep the plain loop, which the pipeliner handles with async copies. docs/benchmarks.md ("Routing and the
-forward load schedule") has the measurement behind both choices.
+``HAS_PERM``) keep the plain loop, which the pipeliner handles with async copies. docs/benchmarks.md ("Current
+kernels; routing and the forward load schedule") has the measurement behind both choices.
 
 NaN and inf (the rule: docs/design.md, "NaN and inf"): the launcher runs the kernel twice. ``EXACT=False`` is the
 plain loop, in which a NaN / inf in a v row reaches every query of a tile that loads it (``0 * NaN`` in ``P V``); it

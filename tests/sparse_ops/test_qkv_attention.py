@@ -159,9 +159,12 @@ def test_one_function_serves_both_layouts(case):
         return out.movedim(1, -2).flatten(-2), leaf.grad, kw['rpb'].grad if 'rpb' in kw else None, out.grad_fn
 
     split, twin = separate('triton'), separate('torch')
+    # exact dots in the interpreter; tf32 (Triton's fp32 dot) on a GPU, as in the test above
+    tols = [dict(atol=2e-4, rtol=2e-4)] * 3 if device == 'cpu' else [dict(atol=2e-2, rtol=2e-2)] * 2 + [
+        dict(atol=5e-2, rtol=2e-2)]
     for got in (packed, split):
         node = got[3] if pattern in ('window', 'slide', 'na1d') or got is packed else got[3].next_functions[0][0]
         assert type(node).__name__ == BlockSparseAttention.__name__ + 'Backward'
-        for a, b in zip(got[:3], twin[:3]):
+        for a, b, tol in zip(got[:3], twin[:3], tols):
             if b is not None:
-                torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
+                torch.testing.assert_close(a, b, **tol)
