@@ -169,3 +169,14 @@ def test_routing_baselines_gather_matmul_and_gather_sdpa_agree():
     a, b = bench.biformer_gather(q, k, v), bench.biformer_gather_sdpa(q, k, v)
     assert a.shape == q.shape
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_host_cost_without_cuda_exits_with_one_line(capsys, monkeypatch):
+    """``tools/host_cost.py`` measures the host cost of GPU launches: without CUDA it returns 2 and says why in one
+    line."""
+    import torch
+    tool = load_tool('host_cost')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert tool.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'needs a CUDA device' in err[0]
