@@ -23,8 +23,9 @@ to bf16, or O = round(P) V, it carries a relative error of ~2^-9 that is the sam
 ``(heads * D)^-0.5``), so that error dominates dS and adds up in gradients summed over tokens (biases, norms).
 Measured on an H200 with bf16 O: BiFormer-S parameter gradients 2.5-2.9x the bf16 twin's error; in the CPU test
 (fp16) ``sum_j dK_j`` (exactly 0) is 26x the twin's with fp32 O = round(P) V and at the twin's level with the split.
-Costs a second output (the kernel stores o in fp32 for the backward and in q's dtype for the caller), an fp32
-instead of a bf16 copy of o saved for the backward, and the extra dot.
+Costs a second output (eager: the kernel stores o in fp32 for the backward and in q's dtype for the caller; under
+``torch.compile`` the registered op returns the fp32 o and Inductor casts it), an fp32 instead of a bf16 copy of o
+saved for the backward, and the extra dot.
 """
 from __future__ import annotations
 

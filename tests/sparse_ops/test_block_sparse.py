@@ -447,3 +447,29 @@ def test_registered_op_opcheck(layout):
             p.mask_mode, p.n_groups, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, layout != 'contiguous')
     torch.library.opcheck(torch.ops.sparse_ops.block_sparse_attention_fwd.default, args,
                           test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+
+
+@pytest.mark.parametrize('poison', [False, True], ids=['finite', 'nan-in-v'])
+def test_fp32_output_and_its_cast_come_from_one_launch(poison):
+    """``block_sparse_fwd(..., o_dtype=fp32, cast=True)``: the kernel's second output is exactly the fp32 o rounded to
+    q's dtype, in o's layout (heads-last buffer), including the tiles the exact NaN pass rewrites; without ``cast``
+    the third value is o itself. (Outputs start NaN-poisoned, so a tile that a pass forgets shows.)"""
+    from sparse_ops.block_sparse_fwd import block_sparse_fwd
+    g = torch.Generator().manual_seed(4)
+    b, h, hh, ww, d = 2, 2, 12, 10, 16
+    q, k, v = (torch.randn(b, h, hh * ww, d, generator=g).to(DEVICE, torch.float16) for _ in range(3))
+    if poison:
+        v[1, 0, 37, 3] = float('nan')
+    p, cfg = triton_api._routing_plan((b, h, hh, ww, d), q.device, 3, 2,
+                                      lambda layout: routing.route_regions(q.view(b, h, hh, ww, d),
+                                                                           k.view(b, h, hh, ww, d), 3, 2, layout),
+                                      None)
+    args = (q, k, v, p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows, d ** -0.5, p.mask_mode, p.n_groups,
+            cfg, torch.float32)
+    o, lse, out = block_sparse_fwd(*args, heads_last=True, cast=True)
+    assert o.dtype == torch.float32 and out.dtype == q.dtype and out.stride() == o.stride()
+    torch.testing.assert_close(out, o.to(q.dtype), rtol=0, atol=0, equal_nan=True)
+    assert bool(torch.isnan(o).any()) == poison and not torch.isnan(o).all()
+    o2, _, same = block_sparse_fwd(*args, heads_last=True)
+    assert same is o2
+    torch.testing.assert_close(o2, o, rtol=0, atol=0, equal_nan=True)
