@@ -7,8 +7,8 @@ with a 2D relative position bias.
 Why: at feature-map sizes a training step of these backbones waits for the host, not the GPU (HWT-T's batch-1 step did
 not grow from 512² to 1024² before this Function: docs/benchmarks.md at 167f716, session 10). Here the kernels are
 called directly with a hand-written backward: no autograd node per op, no argument checks per op, GELU recomputed in the
-backward, the attention's dq, dk, dv written into one qkv-shaped gradient. The backbone's CUDA graphs (``backbones/graphs.py``)
-capture these nodes like any other op.
+backward, the attention's dq, dk, dv written into one qkv-shaped gradient. The backbone's CUDA graphs
+(``backbones/graphs.py``) capture these nodes like any other op.
 
 Same math as the module composition (the same ``attention_block``; at each step the op the composition calls, in the
 same dtypes: fp32 residual stream, the
@@ -79,7 +79,7 @@ class AttentionKernelOps(KernelOps):
         p, cfg = self.spec.plan(n, c // heads, qkv.device)
         scale = (c // heads) ** -0.5
         o, lse, _ = fwd(*split(qkv, heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, self.w['attn.rpb'], p.rows,
-                     scale, p.mask_mode, p.n_groups, cfg, None, heads_last=True)
+                        scale, p.mask_mode, p.n_groups, cfg, None, heads_last=True)
         self.saved.update({'attn.qkv': qkv, 'attn.o': o, 'attn.lse': lse})
         self.aux.update(pattern=p, config=cfg, scale=scale)
         return o.transpose(1, 2).reshape(b, n, c)

@@ -97,8 +97,8 @@ class RoutingKernelOps(KernelOps):
         c = c3 // 3
         p, cfg = api.routing_qkv_plan(qkv, spec.num_heads, spec.n_win, spec.topk)
         o, lse, _ = fwd(*split(qkv, spec.num_heads), p.kv_num, p.kv_idx, p.qwin, p.tok, p.route, None, p.rows,
-                     spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if low != torch.float32 else None,
-                     heads_last=True)
+                        spec.scale, p.mask_mode, p.n_groups, cfg, torch.float32 if low != torch.float32 else None,
+                        heads_last=True)
         a = dwconv_triton.dwconv_fwd(lce_in, self.w['attn.lepe.weight'], self.w['attn.lepe.bias'],
                                      o.transpose(1, 2).view(b, h, wd, c), low)
         self.saved.update({'attn.qkv': qkv, 'attn.o': o, 'attn.lse': lse, 'attn.out': a})

@@ -31,8 +31,8 @@ from mmengine.logging import print_log
 from sparse_ops.backend import requested_backend
 
 __all__ = ['fused_path_applies', 'low_pair', 'linear_weights', 'norm_eps', 'cached_spec', 'fused_apply',
-           'fused_forward', 'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad', 'factor_grad',
-           'norm_out', 'mlp_backward', 'branches_backward', 'column_sums', 'BIAS_MATMUL_ROWS']
+           'fused_forward', 'fused_backward', 'KernelOps', 'saved_norm', 'GradSink', 'residual', 'branch_grad',
+           'factor_grad', 'norm_out', 'mlp_backward', 'branches_backward', 'column_sums', 'BIAS_MATMUL_ROWS']
 
 
 def fused_path_applies(block, x: torch.Tensor, qkv, backend: str | None, what: str, key: tuple,
