@@ -3,8 +3,8 @@
 # iterations with graph replay on, with the 1x keep-ratio and the 3x multi-scale-crop pipelines.
 #   bash tools/gpu_validate.sh [tests|train|all] [DATA_ROOT=data/tiny_coco] [LOG_DIR=work_dirs/gpu_validate]
 # tests: the fused blocks and block math on the GPU, Triton = twin for every backbone, the multi-scale graph
-#   schedule (one dtype per preset, two graphed models with DDP hooks, with_cp), the NaN rule and the kernels at
-#   real shapes. Needs torch + Triton + mmengine + mmdet / mmseg importable; mmcv's compiled ops are not needed (its
+#   schedule (one dtype per preset, two graphed models with DDP hooks, with_cp), the NaN rule, the kernels at
+#   real shapes, and the routing / packed-op tests compiled on the GPU (they run on CUDA where there is one). Needs torch + Triton + mmengine + mmdet / mmseg importable; mmcv's compiled ops are not needed (its
 #   Python source on PYTHONPATH is enough).
 # train: Mask R-CNN HWT-T 1x and ms-crop-3x on DATA_ROOT (a COCO-layout folder; ../shared/data/tiny_coco has
 #   50 + 50 images: 12 epochs of batch 2 = 300 iterations), no pretrained weights. Needs the full mm stack (on a
@@ -36,7 +36,9 @@ if [ "$STAGE" != train ]; then
   { "${PT[@]}" tests/backbones/test_graphs_schedule_gpu.py \
       -k 'HWT-T-bf16 or NAT-T-fp16 or DiNAT-T-bf16 or BiFormer-S-bf16 or HNT-T-fp16 or ddp or with_cp or capture' \
       > "$LOG_DIR/tests_schedule.log" 2>&1 || STATUS=1
-    "${PT[@]}" tests/sparse_ops/test_nan.py tests/sparse_ops/test_gpu.py > "$LOG_DIR/tests_ops.log" 2>&1 || STATUS=1
+    "${PT[@]}" tests/sparse_ops/test_nan.py tests/sparse_ops/test_gpu.py tests/sparse_ops/test_routing_triton.py \
+      tests/sparse_ops/test_routing_tables.py tests/sparse_ops/test_qkv_attention.py > "$LOG_DIR/tests_ops.log" 2>&1 \
+      || STATUS=1
     exit $STATUS; } &
   B=$!
   wait $A || STATUS=1
