@@ -97,11 +97,11 @@ def region_means(x: torch.Tensor, n_win: int, layout: Optional['RoutingLayout'] 
 
 def _empty_regions(h: int, w: int, n_win: int, device) -> Optional[torch.Tensor]:
     """``(R,)`` bool on ``device``, True where a region has no real token, or None when none is empty."""
-    if nonempty_bands(h, w, n_win) == (n_win, n_win):
+    rows, cols = nonempty_bands(h, w, n_win)
+    if (rows, cols) == (n_win, n_win):
         return None
-    rh, rw = region_size(h, w, n_win)
     bands = torch.arange(n_win, device=device)
-    return (~((bands * rh < h)[:, None] & (bands * rw < w)[None, :])).reshape(-1)
+    return (~((bands < rows)[:, None] & (bands < cols)[None, :])).reshape(-1)
 
 
 _AFFINITY_CHUNK = 1 << 22      # elements of one (B, rows, R, C) product block: 16 MiB in fp32
