@@ -13,11 +13,19 @@ drained every 50 calls), bf16, window 64 on s1 of ``tools/benchmark_attention.py
 ``--profile`` adds a ``cProfile`` listing (by own time) of 100 window and routing fwd+bwd calls: Triton's
 ``JITFunction.run`` and its per-argument ``native_specialize_impl`` against autograd and the allocations.
 
-Usage: python tools/host_cost.py [--profile]   (needs a CUDA device; exits with one line otherwise)
+``--backbones HWT-T ...`` adds, per backbone, an unreplayed training step (``cuda_graphs=False``, bf16 autocast,
+batch 2, fwd+bwd at ``--size``): its wall ms (median of 10 after 3, synchronised) and the host time spent inside
+Triton's ``JITFunction.run`` over 5 steps (every launch timed: its share of the step, then per kernel the launches
+per step, us per launch and arguments per launch). What is left of the wall time is PyTorch's ops, autograd and
+our Python.
+
+Usage: python tools/host_cost.py [--profile] [--backbones HWT-T BiFormer-S ...] [--size 1024x1024]
+(needs a CUDA device; exits with one line otherwise)
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import io
 import os.path as osp
@@ -26,9 +34,14 @@ import statistics
 import sys
 import time
 
+from unittest import mock
+
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+BACKBONES = {'HWT-T': dict(type='HWT', arch='tiny'), 'HNT-T': dict(type='HNT', arch='tiny'),
+             'BiFormer-S': dict(type='BiFormer', arch='small'), 'NAT-T': dict(type='NAT', arch='tiny'),
+             'DiNAT-T': dict(type='DiNAT', arch='tiny')}
 
 
 def host_us(fn, n: int = 300) -> float:
@@ -47,10 +60,71 @@ def host_us(fn, n: int = 300) -> float:
     return statistics.median(ts)
 
 
+def launch_share(name: str, size: tuple, batch: int = 2) -> str:
+    """Markdown lines: one unreplayed fwd+bwd step of backbone ``name`` at ``size`` (H, W), its wall ms and the
+    host time inside Triton's ``JITFunction.run`` (per kernel: launches / step, us / launch, arguments)."""
+    from mmengine.registry import MODELS
+
+    import backbones  # noqa: F401  (registers ours)
+    from triton.runtime.jit import JITFunction
+    torch.manual_seed(0)
+    model = MODELS.build(dict(BACKBONES[name], cuda_graphs=False)).cuda().train()
+    x = torch.randn(batch, 3, *size, device='cuda')
+
+    def step():
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            outs = model(x)
+        sum(o.float().mean() for o in outs).backward()
+        model.zero_grad(set_to_none=True)
+
+    def wall_ms():
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) * 1e3
+
+    for _ in range(3):
+        step()
+    wall = statistics.median(wall_ms() for _ in range(10))
+    per_kernel = collections.defaultdict(lambda: [0, 0.0, 0])       # launches, seconds, arguments
+    run = JITFunction.run
+
+    def timed_run(fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = run(fn, *args, **kwargs)
+        k = per_kernel[fn.fn.__name__]
+        k[0], k[1], k[2] = k[0] + 1, k[1] + time.perf_counter() - t, len(args) + len(kwargs) - 2  # grid, warmup
+        return out
+
+    n = 5
+    with mock.patch.object(JITFunction, 'run', timed_run):
+        for _ in range(n):
+            step()
+    torch.cuda.synchronize()
+    del model
+    torch.cuda.empty_cache()
+    triton_ms = sum(k[1] for k in per_kernel.values()) * 1e3 / n
+    lines = [f'| {name} {size[1]}x{size[0]} | wall {wall:.1f} ms | Triton run() {triton_ms:.1f} ms '
+             f'({100 * triton_ms / wall:.0f} %) | {sum(k[0] for k in per_kernel.values()) // n} launches |']
+    for kernel, (count, sec, n_args) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f'| {kernel} | x{count // n} | {sec / count * 1e6:.1f} us / launch | {n_args} arguments |')
+    return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--profile', action='store_true', help='add cProfile listings of the fwd+bwd calls')
+    ap.add_argument('--backbones', nargs='*', default=[], choices=list(BACKBONES),
+                    help='add the Triton launch share of an unreplayed training step of these backbones')
+    ap.add_argument('--size', default='1024x1024', help='WxH of the backbone steps (default 1024x1024)')
     args = ap.parse_args(argv)
+    try:
+        size = tuple(int(v) for v in args.size.lower().split('x'))[::-1]
+        assert len(size) == 2 and min(size) > 0
+    except (ValueError, AssertionError):
+        print(f'host_cost.py: --size must look like 1024x1024, got {args.size!r}', file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print('host_cost.py: needs a CUDA device (host cost of GPU launches); none found', file=sys.stderr)
         return 2
@@ -113,6 +187,10 @@ def main(argv=None) -> int:
             out = io.StringIO()
             pstats.Stats(pr, stream=out).sort_stats('tottime').print_stats(18)
             print(f'\n## {name}, 100 calls\n{out.getvalue()}')
+    if args.backbones:
+        print('\n| unreplayed step (bf16, batch 2, fwd+bwd) | | | |\n|---|---|---|---|')
+        for name in args.backbones:
+            print(launch_share(name, size))
     return 0
 
 

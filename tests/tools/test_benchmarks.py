@@ -180,3 +180,12 @@ def test_host_cost_without_cuda_exits_with_one_line(capsys, monkeypatch):
     assert tool.main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'needs a CUDA device' in err[0]
+
+
+@pytest.mark.parametrize('size', ['12', '0x64', 'axb'])
+def test_host_cost_bad_size_is_one_line(capsys, size):
+    """``--size`` is checked before anything runs: a malformed or empty size returns 2 with one line naming it."""
+    tool = load_tool('host_cost')
+    assert tool.main(['--size', size]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and repr(size) in err[0] and '--size' in err[0]
