@@ -80,6 +80,7 @@ def test_backbone_benchmark_compiled_modes_varying_and_merge(tmp_path, capsys, m
     varying = _table(out, 'model | mode | sizes')
     assert [r[:3] for r in varying[1:]] == [['Swin-T', 'eager', '2 sizes'], ['HWT-T', 'default', '2 sizes']]
     assert varying[1][5] == '1.00' and float(varying[2][4]) > 0
+    assert varying[1][7] == '1.00' and float(varying[2][6]) > 0      # the second pass over the same sizes
 
 
 @pytest.mark.slow
