@@ -38,9 +38,8 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-BACKBONES = {'HWT-T': dict(type='HWT', arch='tiny'), 'HNT-T': dict(type='HNT', arch='tiny'),
-             'BiFormer-S': dict(type='BiFormer', arch='small'), 'NAT-T': dict(type='NAT', arch='tiny'),
-             'DiNAT-T': dict(type='DiNAT', arch='tiny')}
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from benchmark_backbone import MODELS as BACKBONES  # noqa: E402  (name -> config of our backbones)
 
 
 def host_us(fn, n: int = 300) -> float:
