@@ -40,13 +40,8 @@ from triton._C.libtriton import native_specialize_impl  # noqa: E402
 from triton.backends.compiler import BaseBackend  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-MODELS = {
-    'HWT-T': dict(type='HWT', arch='tiny'),
-    'NAT-T': dict(type='NAT', arch='tiny'),
-    'DiNAT-T': dict(type='DiNAT', arch='tiny'),
-    'BiFormer-S': dict(type='BiFormer', arch='small'),
-    'HNT-T': dict(type='HNT', arch='tiny'),
-}
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from benchmark_backbone import MODELS  # noqa: E402  (name -> config of our backbones)
 SIZES = [(480 + 32 * (i % 11), 640 + 32 * ((7 * i) % 22)) for i in range(16)]
 H100_SMS = 132
 
