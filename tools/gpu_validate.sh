@@ -4,8 +4,9 @@
 #   bash tools/gpu_validate.sh [tests|train|all] [DATA_ROOT=data/tiny_coco] [LOG_DIR=work_dirs/gpu_validate]
 # tests: the fused blocks and block math on the GPU, Triton = twin for every backbone, the multi-scale graph
 #   schedule (one dtype per preset, two graphed models with DDP hooks, with_cp), the NaN rule, the kernels at
-#   real shapes, and the routing / packed-op tests compiled on the GPU (they run on CUDA where there is one). Needs torch + Triton + mmengine + mmdet / mmseg importable; mmcv's compiled ops are not needed (its
-#   Python source on PYTHONPATH is enough).
+#   real shapes, and the routing / packed-op tests compiled on the GPU (they run on CUDA where there is one).
+#   Needs torch + Triton + mmengine + mmdet / mmseg importable; mmcv's compiled ops are not needed (its Python
+#   source on PYTHONPATH is enough).
 # train: Mask R-CNN HWT-T 1x and ms-crop-3x on DATA_ROOT (a COCO-layout folder; ../shared/data/tiny_coco has
 #   50 + 50 images: 12 epochs of batch 2 = 300 iterations), no pretrained weights. Needs the full mm stack (on a
 #   machine without a registry: tools/fetch_offline_wheels.sh + tools/setup_offline_gpu.sh). The two runs share the

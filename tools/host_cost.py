@@ -39,7 +39,9 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _timing import time_steps  # noqa: E402
 from benchmark_backbone import MODELS as BACKBONES  # noqa: E402  (name -> config of our backbones)
+from benchmark_backbone import fwd_bwd_step  # noqa: E402
 
 
 def host_us(fn, n: int = 300) -> float:
@@ -66,25 +68,10 @@ def launch_share(name: str, size: tuple, batch: int = 2) -> str:
     import backbones  # noqa: F401  (registers ours)
     from triton.runtime.jit import JITFunction
     torch.manual_seed(0)
-    model = MODELS.build(dict(BACKBONES[name], cuda_graphs=False)).cuda().train()
-    x = torch.randn(batch, 3, *size, device='cuda')
-
-    def step():
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            outs = model(x)
-        sum(o.float().mean() for o in outs).backward()
-        model.zero_grad(set_to_none=True)
-
-    def wall_ms():
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t) * 1e3
-
-    for _ in range(3):
-        step()
-    wall = statistics.median(wall_ms() for _ in range(10))
+    device = torch.device('cuda')
+    model = MODELS.build(dict(BACKBONES[name], cuda_graphs=False)).to(device)
+    step = fwd_bwd_step(model, batch, size, device)
+    wall = time_steps(step, device, warmup=3, iters=10)['wall_ms']
     per_kernel = collections.defaultdict(lambda: [0, 0.0, 0])       # launches, seconds, arguments
     run = JITFunction.run
 
@@ -100,7 +87,7 @@ def launch_share(name: str, size: tuple, batch: int = 2) -> str:
         for _ in range(n):
             step()
     torch.cuda.synchronize()
-    del model
+    del model, step
     torch.cuda.empty_cache()
     triton_ms = sum(k[1] for k in per_kernel.values()) * 1e3 / n
     lines = [f'| {name} {size[1]}x{size[0]} | wall {wall:.1f} ms | Triton run() {triton_ms:.1f} ms '

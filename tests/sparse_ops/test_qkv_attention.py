@@ -48,7 +48,6 @@ def _tolerances(exact: bool) -> tuple[dict, dict]:
     return dict(atol=2e-2, rtol=2e-2), dict(atol=5e-2, rtol=2e-2)
 
 
-
 def _inputs(pattern, spatial, heads, dim, kwargs_of, device, dtype, batch=2):
     hw = spatial
     shape = (batch, hw[0] * hw[1]) if pattern not in _2D else (batch,) + tuple(hw)
