@@ -32,6 +32,7 @@ from torch import nn
 
 from .base import MODELS, SparseBackbone, drop_path_schedule, resolve_arch
 from .layers.biformer_blocks import GLOBAL, BiFormerBlock, LayerNorm2d, biformer_downsample, biformer_stem
+from .layers.init import init_linear_and_norm
 
 __all__ = ['BiFormer']
 
@@ -134,7 +135,7 @@ class BiFormer(SparseBackbone):
                 for j in range(depths[i])]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
-        self.apply(_official_init)
+        self.apply(init_linear_and_norm)   # the official _init_weights
         self._freeze_stages()
 
     def _stem_modules(self) -> list[nn.Module]:
@@ -160,12 +161,3 @@ class BiFormer(SparseBackbone):
         return tuple(outs)
 
 
-def _official_init(module: nn.Module) -> None:
-    """The official ``_init_weights``: Linear trunc-normal(0.02) / zero bias, LayerNorm 1 / 0; convs PyTorch's."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -50,6 +50,7 @@ from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDro
 from .layers.block_math import ModuleOps, attention_block
 from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
+from .layers.init import init_linear_and_norm, trunc_normal_
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS', 'bias_radius']
 
@@ -240,15 +241,9 @@ class HWT(SparseBackbone):
         ``init_cfg`` (e.g. ``Pretrained`` / ``ConvertedPretrained``) through MMEngine."""
         if not self._is_init:
             for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.trunc_normal_(module.weight, std=0.02)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                elif isinstance(module, nn.LayerNorm):
-                    nn.init.ones_(module.weight)
-                    nn.init.zeros_(module.bias)
-                elif isinstance(module, HilbertWindowAttention):
-                    nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+                init_linear_and_norm(module)
+                if isinstance(module, HilbertWindowAttention):
+                    trunc_normal_(module.relative_position_bias_table, std=0.02)
         super().init_weights()
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

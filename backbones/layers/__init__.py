@@ -9,6 +9,7 @@ Layouts: NCHW ``(B, C, H, W)``; channels-last ``(B, H, W, C)`` between stems / d
 - ``norm``: ``PreNorm`` (``nn.LayerNorm`` before a Linear; under CUDA autocast one Triton kernel, autocast dtype out)
 - ``linear``: ``Linear`` / ``Conv2d`` (``nn.Linear`` / ``nn.Conv2d`` whose autocast weight casts
   ``cast_linear_weights`` batches per forward)
+- ``init``: ``init_linear_and_norm`` (the source works' Linear / LayerNorm initialisation)
 - ``drop_path``: ``ResidualDropPath`` (``x + drop_path(gamma * y)`` in one fused ``addcmul``; what the blocks use)
 
 Architecture-family blocks live beside them and are imported from their modules directly:

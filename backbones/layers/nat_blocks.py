@@ -35,6 +35,7 @@ import sparse_ops
 from .block_math import ModuleOps, attention_block
 from .drop_path import ResidualDropPath
 from .fused_block import fused_path_applies
+from .init import init_linear_and_norm
 from .linear import Linear
 from .mlp import Mlp
 from .nat_fused import fused_neighborhood_block
@@ -255,12 +256,6 @@ def init_nat_weights(module: nn.Module) -> None:
     """Official NAT initialisation of one module (use with ``model.apply``): Linear weights trunc-normal(0.02) with
     zero bias, LayerNorm weight 1 / bias 0, neighbourhood-attention ``rpb`` trunc-normal(0.02) (NATTEN's). Convs keep
     PyTorch's default init, as in the official code."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, (NeighborhoodAttention2d, HilbertNeighborhoodAttention1d)) and module.rpb is not None:
+    init_linear_and_norm(module)
+    if isinstance(module, (NeighborhoodAttention2d, HilbertNeighborhoodAttention1d)) and module.rpb is not None:
         trunc_normal_(module.rpb, std=0.02)

@@ -28,7 +28,7 @@ SMALL = dict(depths=[1, 1, 2, 1], embed_dims=[32, 64, 64, 64])  # head_dim 32, g
 def _preset(arch: str) -> BiFormer:
     """A preset model in eval mode (n_win 8, the ADE20K setting), built once for this file; do not mutate.
     PyTorch's default init instead of the (slow, trunc-normal) official one: only shapes and counts are tested."""
-    with mock.patch('backbones.biformer._official_init', lambda module: None):
+    with mock.patch('backbones.biformer.init_linear_and_norm', lambda module: None):
         return BiFormer(arch, n_win=8).eval()
 
 

@@ -78,7 +78,7 @@ def synthetic(shapes: dict, seed: int = 0) -> dict:
 def ours(arch: str, out_indices: tuple = (0, 1, 2, 3)) -> BiFormer:
     """Our model, built once per (arch, out_indices) for this file (loading into it is harmless); the official
     trunc-normal init is skipped (slow, irrelevant to names and shapes)."""
-    with mock.patch('backbones.biformer._official_init', lambda module: None):
+    with mock.patch('backbones.biformer.init_linear_and_norm', lambda module: None):
         return BiFormer(arch=arch, out_indices=out_indices, drop_path_rate=0.0)
 
 
