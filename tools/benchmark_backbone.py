@@ -69,7 +69,11 @@ def parse_size(text):
 
 
 def build(cfg):
-    import backbones  # noqa: F401  (registers ours)
+    """Ours from MMEngine's registry; mmdet (which needs a built mmcv) is imported only for the Swin-T baseline."""
+    if cfg['type'] != SWIN_T['type']:
+        import backbones  # noqa: F401  (registers ours)
+        from mmengine.registry import MODELS as ENGINE_MODELS
+        return ENGINE_MODELS.build(dict(cfg))
     import mmdet.models  # noqa: F401  (registers SwinTransformer)
     from mmdet.registry import MODELS as DET_MODELS
     from mmengine.registry import init_default_scope
