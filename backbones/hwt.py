@@ -50,7 +50,7 @@ from .layers import (Linear, Mlp, PatchEmbed, PatchMerging, PreNorm, ResidualDro
 from .layers.block_math import ModuleOps, attention_block
 from .layers.fused_block import fused_path_applies
 from .layers.hwt_fused import fused_window_block
-from .layers.init import init_linear_and_norm, trunc_normal_
+from .layers.init import init_linear_and_norm
 
 __all__ = ['HWT', 'HWTBlock', 'HWTStage', 'HilbertWindowAttention', 'HWT_PRESETS', 'bias_radius']
 
@@ -243,7 +243,7 @@ class HWT(SparseBackbone):
             for module in self.modules():
                 init_linear_and_norm(module)
                 if isinstance(module, HilbertWindowAttention):
-                    trunc_normal_(module.relative_position_bias_table, std=0.02)
+                    nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
         super().init_weights()
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

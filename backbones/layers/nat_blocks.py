@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
 import sparse_ops
@@ -258,4 +257,4 @@ def init_nat_weights(module: nn.Module) -> None:
     PyTorch's default init, as in the official code."""
     init_linear_and_norm(module)
     if isinstance(module, (NeighborhoodAttention2d, HilbertNeighborhoodAttention1d)) and module.rpb is not None:
-        trunc_normal_(module.rpb, std=0.02)
+        nn.init.trunc_normal_(module.rpb, std=0.02)
