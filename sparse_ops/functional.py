@@ -21,7 +21,8 @@ from . import reference
 from .backend import choose_backend
 from .routing import clamp_routing
 from .kernels import triton_api
-from .reference._common import ceil_div, check_hw, check_na2d_args, check_positive_int, check_qkv, check_rpb
+from .reference._common import (ceil_div, check_hw, check_na2d_args, check_positive_int, check_qkv, check_routing_args,
+                                check_rpb)
 
 __all__ = ['hilbert_window_attention', 'hilbert_slide_attention', 'hilbert_neighborhood_attention_1d',
            'neighborhood_attention_2d', 'bilevel_routing_attention']
@@ -79,12 +80,7 @@ def _resolve_na2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backen
 
 
 def _resolve_routing(q, k, v, n_win, topk, scale=None, *, backend=None):
-    name = 'bilevel_routing_attention'
-    check_qkv(q, k, v, 5, name)
-    n_win = check_positive_int(n_win, 'n_win', name)
-    topk = check_positive_int(topk, 'topk', name)
-    if topk > n_win * n_win:
-        raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
+    n_win, topk = check_routing_args(q, k, v, n_win, topk, 'bilevel_routing_attention')
     n_win, topk = clamp_routing(n_win, topk, *q.shape[2:4])
     chosen = choose_backend(backend, q, 'routing', n_win=n_win, topk=topk)
     return chosen, (n_win, topk, scale), {}

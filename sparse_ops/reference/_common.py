@@ -88,6 +88,17 @@ def check_na2d_args(q, k, v, kernel_size, dilation, rpb, name: str) -> tuple[int
     return kernel_size, dilation
 
 
+def check_routing_args(q, k, v, n_win, topk, name: str) -> tuple[int, int]:
+    """The checks of ``bilevel_routing_attention``'s arguments (5D q, k, v; ``n_win`` >= 1; ``1 <= topk <=
+    n_win**2``); returns ``(n_win, topk)`` as python ints."""
+    check_qkv(q, k, v, 5, name)
+    n_win = check_positive_int(n_win, 'n_win', name)
+    topk = check_positive_int(topk, 'topk', name)
+    if topk > n_win * n_win:
+        raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
+    return n_win, topk
+
+
 def check_hw(hw, n: int, name: str) -> tuple[int, int]:
     if hw is None:
         raise ValueError(f'{name}: rpb needs hw=(H, W) with H*W == N to place tokens, got {hw=}')

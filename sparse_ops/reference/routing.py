@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..routing import route_regions
-from ._common import ceil_div, check_positive_int, check_qkv, default_scale, masked_attention
+from ._common import ceil_div, check_routing_args, default_scale, masked_attention
 
 __all__ = ['bilevel_routing_attention', 'region_partition', 'route_regions', 'to_regions', 'from_regions']
 
@@ -62,12 +62,7 @@ def bilevel_routing_attention(q, k, v, n_win, topk, scale=None, backend=None):
     q, k, v ``(B, heads, H, W, D)``; ``1 <= topk <= n_win**2``. ``backend`` is accepted for signature parity
     and ignored (torch twin). Returns q's shape and dtype.
     """
-    name = 'bilevel_routing_attention'
-    check_qkv(q, k, v, 5, name)
-    n_win = check_positive_int(n_win, 'n_win', name)
-    topk = check_positive_int(topk, 'topk', name)
-    if topk > n_win * n_win:
-        raise ValueError(f'{name}: topk must be in [1, n_win**2={n_win * n_win}], got {topk=}')
+    n_win, topk = check_routing_args(q, k, v, n_win, topk, 'bilevel_routing_attention')
     b, heads, h, w, d = q.shape
     scale = default_scale(scale, d)
     _, _, valid = region_partition(h, w, n_win, device=q.device)
