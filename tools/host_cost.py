@@ -41,7 +41,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _timing import time_steps  # noqa: E402
 from benchmark_backbone import MODELS as BACKBONES  # noqa: E402  (name -> config of our backbones)
-from benchmark_backbone import fwd_bwd_step  # noqa: E402
+from benchmark_backbone import fwd_bwd_step, prepare  # noqa: E402
 
 
 def host_us(fn, n: int = 300) -> float:
@@ -63,13 +63,10 @@ def host_us(fn, n: int = 300) -> float:
 def launch_share(name: str, size: tuple, batch: int = 2) -> str:
     """Markdown lines: one unreplayed fwd+bwd step of backbone ``name`` at ``size`` (H, W), its wall ms and the
     host time inside Triton's ``JITFunction.run`` (per kernel: launches / step, us / launch, arguments)."""
-    from mmengine.registry import MODELS
-
-    import backbones  # noqa: F401  (registers ours)
     from triton.runtime.jit import JITFunction
     torch.manual_seed(0)
     device = torch.device('cuda')
-    model = MODELS.build(dict(BACKBONES[name], cuda_graphs=False)).to(device)
+    model, _ = prepare(name, 'no-graphs', device)
     step = fwd_bwd_step(model, batch, size, device)
     wall = time_steps(step, device, warmup=3, iters=10)['wall_ms']
     per_kernel = collections.defaultdict(lambda: [0, 0.0, 0])       # launches, seconds, arguments

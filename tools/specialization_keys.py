@@ -42,6 +42,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from benchmark_backbone import MODELS  # noqa: E402  (name -> config of our backbones)
+
 SIZES = [(480 + 32 * (i % 11), 640 + 32 * ((7 * i) % 22)) for i in range(16)]
 H100_SMS = 132
 

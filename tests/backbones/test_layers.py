@@ -372,7 +372,6 @@ def test_biformer_conv_add_kernel_path_equals_the_module_composition(strided):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-
 def test_init_linear_and_norm():
     """Linear weights: PyTorch's truncated normal (std 0.02), zero bias; LayerNorm 1 / 0; other modules untouched."""
     from backbones.layers.init import init_linear_and_norm
